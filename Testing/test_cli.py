@@ -1,0 +1,91 @@
+"""The ``qhqgan`` command line: commands, outputs, refusals and one-line errors."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from QHQGANLib import read_volume
+from QHQGANLib.cli import main
+
+
+def test_console_script_is_installed():
+    exe = shutil.which("qhqgan")
+    assert exe, "the qhqgan console script is not on PATH (pip install -e .)"
+    out = subprocess.run([exe, "--version"], capture_output=True, text=True, check=True)
+    assert out.stdout.startswith("qhqgan ")
+
+
+def test_info_json(capsys):
+    assert main(["info", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["qhqgan"]
+    assert info["torch"] != "not installed"
+    assert isinstance(info["models"], list)
+
+
+def test_simulate_low_dose_command(tmp_path, ct_small_path, capsys):
+    out = tmp_path / "quarter.nrrd"
+    before = ct_small_path.read_bytes()
+    assert main(["simulate-low-dose", str(ct_small_path), str(out), "--dose", "0.25", "--seed", "3", "--quiet"]) == 0
+    low, normal = read_volume(out), read_volume(ct_small_path)
+    assert low.same_geometry(normal)
+    assert 1.0 < float(np.std(low.array - normal.array)) < 200.0
+    assert ct_small_path.read_bytes() == before  # the input is never touched
+    # the same output again is refused, the file kept
+    written = out.read_bytes()
+    assert main(["simulate-low-dose", str(ct_small_path), str(out), "--quiet"]) == 2
+    assert "exists" in capsys.readouterr().err
+    assert out.read_bytes() == written
+
+
+def test_errors_are_one_line_and_nonzero(tmp_path, capsys):
+    bad = tmp_path / "notes.txt"
+    bad.write_text("not a CT")
+    assert main(["simulate-low-dose", str(bad), str(tmp_path / "o.nrrd")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("qhqgan: error:") and "not a supported volume" in err
+    assert "\n" not in err and "Traceback" not in err
+    assert not (tmp_path / "o.nrrd").exists()
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "QHQGANLib.cli", "simulate-low-dose", "--debug",
+                           str(tmp_path / "absent.nrrd"), str(tmp_path / "o.nrrd")],
+                          capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert "Traceback" in proc.stderr and "VolumeReadError" in proc.stderr
+
+
+def test_output_equal_to_input_refused(tmp_path, ct_small_path, capsys):
+    target = tmp_path / "ct.nrrd"
+    assert main(["degrade-resolution", str(ct_small_path), str(target), "--quiet"]) == 0
+    assert main(["degrade-resolution", str(target), str(target), "--overwrite", "--quiet"]) == 2
+    assert "never overwrites its input" in capsys.readouterr().err
+
+
+def test_bad_dose_rejected_by_parser(capsys):
+    with pytest.raises(SystemExit):
+        main(["simulate-low-dose", "a.nrrd", "b.nrrd", "--dose", "1.5"])
+    assert "dose fraction must be in (0, 1]" in capsys.readouterr().err
+
+
+def test_demo_writes_its_folder(tmp_path, capsys):
+    folder = tmp_path / "demo"
+    assert main(["demo", "--output-dir", str(folder), "--quiet"]) == 0
+    names = sorted(p.name for p in folder.iterdir())
+    assert names == ["figure.png", "low_dose_25pct.nrrd", "metrics.json", "normal_dose.nrrd"]
+    report = json.loads((folder / "metrics.json").read_text())
+    m = report["metrics"]
+    assert 20.0 < m["psnr_low_vs_normal_db_full_window"] < 70.0
+    assert 0.0 < m["ssim_low_vs_normal_full_window"] < 1.0
+    assert m["added_noise_std_hu_in_body"] > 1.0
+    assert "no trained enhancement model" in capsys.readouterr().out
+    # no staging folder left beside it
+    assert [p.name for p in tmp_path.iterdir()] == ["demo"]
+    # a second run into the same, non-empty folder is refused
+    assert main(["demo", "--output-dir", str(folder), "--quiet"]) == 2
