@@ -67,11 +67,10 @@ def _check_output(input_path: Path, output_path: Path) -> None:
 def cmd_simulate_low_dose(args: argparse.Namespace) -> int:
     from .io import read_volume, write_volume
     from .lowdose import simulate_low_dose
-    from .progress import tqdm_progress
 
     _check_output(Path(args.input), Path(args.output))
     volume = read_volume(args.input, force=args.force, series_uid=args.series_uid)
-    with tqdm_progress(f"simulating {args.dose:.0%} dose", enabled=not args.quiet) as progress:
+    with _progress(args, f"simulating {args.dose:.0%} dose") as progress:
         low = simulate_low_dose(volume, args.dose, seed=args.seed, progress=progress)
     write_volume(low, args.output, overwrite=args.overwrite)
     _say(args, f"wrote {args.output}: {low.shape[0]} slice(s) at {args.dose:.0%} of the input dose (seed {args.seed})")
@@ -102,6 +101,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------
 # parser and entry point
 # ---------------------------------------------------------------------------
+def _progress(args: argparse.Namespace, description: str):
+    from .progress import progress_reporter
+
+    return progress_reporter(description, "none" if args.quiet else args.progress)
+
+
 def _say(args: argparse.Namespace, message: str) -> None:
     if not args.quiet:
         print(message)
@@ -111,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     common.add_argument("--quiet", action="store_true", help="no progress bars or messages")
+    common.add_argument("--progress", choices=("bar", "lines", "none"), default="bar",
+                        help="progress display: a bar on stderr (default), machine-readable "
+                             "'QHQGAN-PROGRESS <fraction> <message>' lines on stdout, or none")
 
     parser = argparse.ArgumentParser(
         prog="qhqgan", parents=[common],

@@ -43,6 +43,47 @@ def report(progress: Optional[ProgressCallback], fraction: float, message: str =
         progress(min(max(float(fraction), 0.0), 1.0), message)
 
 
+#: Prefix of the machine-readable progress lines that ``qhqgan --progress lines`` prints on
+#: stdout, e.g. ``QHQGAN-PROGRESS 0.4200 slice 42/100``; the Slicer module parses them.
+PROGRESS_LINE_PREFIX = "QHQGAN-PROGRESS"
+
+
+def parse_progress_line(line: str):
+    """``(fraction, message)`` of a progress line, or None for any other line."""
+    parts = line.strip().split(" ", 2)
+    if len(parts) < 2 or parts[0] != PROGRESS_LINE_PREFIX:
+        return None
+    try:
+        fraction = float(parts[1])
+    except ValueError:
+        return None
+    return fraction, (parts[2] if len(parts) > 2 else "")
+
+
+@contextlib.contextmanager
+def line_progress(stream=None, min_step: float = 0.005) -> Iterator[ProgressCallback]:
+    """A callback printing :data:`PROGRESS_LINE_PREFIX` lines (flushed) for a parent process."""
+    import sys
+
+    out = stream or sys.stdout
+    last = {"fraction": -1.0}
+
+    def update(fraction: float, message: str = "") -> None:
+        fraction = min(max(float(fraction), 0.0), 1.0)
+        if fraction - last["fraction"] >= min_step or fraction >= 1.0:
+            last["fraction"] = fraction
+            print(f"{PROGRESS_LINE_PREFIX} {fraction:.4f} {message}".rstrip(), file=out, flush=True)
+
+    yield update
+
+
+def progress_reporter(description: str, mode: str = "bar"):
+    """The progress context for a CLI ``--progress`` mode: ``bar``, ``lines`` or ``none``."""
+    if mode == "lines":
+        return line_progress()
+    return tqdm_progress(description, enabled=(mode == "bar"))
+
+
 @contextlib.contextmanager
 def tqdm_progress(description: str, enabled: bool = True) -> Iterator[ProgressCallback]:
     """A ``progress(fraction, message)`` callback drawing a tqdm bar on stderr."""

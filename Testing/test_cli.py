@@ -89,3 +89,16 @@ def test_demo_writes_its_folder(tmp_path, capsys):
     assert [p.name for p in tmp_path.iterdir()] == ["demo"]
     # a second run into the same, non-empty folder is refused
     assert main(["demo", "--output-dir", str(folder), "--quiet"]) == 2
+
+
+def test_progress_lines_for_a_parent_process(tmp_path, ct_small_path):
+    """`--progress lines` prints parseable, monotonic progress on stdout (what the Slicer panel reads)."""
+    from QHQGANLib.progress import parse_progress_line
+
+    proc = subprocess.run([shutil.which("qhqgan"), "simulate-low-dose", str(ct_small_path),
+                           str(tmp_path / "low.nrrd"), "--progress", "lines"],
+                          capture_output=True, text=True, check=True)
+    fractions = [p[0] for p in map(parse_progress_line, proc.stdout.splitlines()) if p is not None]
+    assert fractions, proc.stdout
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    assert "%|" not in proc.stderr  # no progress bar drawn in this mode
