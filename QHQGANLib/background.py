@@ -449,24 +449,101 @@ def start_node_task(request: TaskRequest, input_node=None, **kwargs) -> NodeTask
     return NodeTask(request, input_node, **kwargs)
 
 
-def process_node(input_node, request: TaskRequest, progress: Optional[ProgressCallback] = None,
-                 cancel=None, poll_interval: float = 0.1, **kwargs):
-    """Run ``request`` on ``input_node`` to the end and return the new output node (blocking)."""
-    job = NodeTask(request, input_node, **kwargs)
+def wait(job, progress: Optional[ProgressCallback] = None, cancel=None, poll_interval: float = 0.1) -> None:
+    """Wait for a :class:`NodeTask` or :class:`BackgroundTask` to end, forwarding progress; cancel on request."""
+    task = job.task if isinstance(job, NodeTask) else job
     try:
         while job.running:
             if cancel is not None and cancel.is_set():
                 job.cancel()
                 break
-            _forward(job.task, progress)
+            _forward(task, progress)
             time.sleep(poll_interval)
-        _forward(job.task, progress)
-        return job.finish()
+        _forward(task, progress)
     except BaseException:
-        if job.running:
-            job.cancel()
-        job.workspace.cleanup()
+        job.cancel()
         raise
+
+
+def process_node(input_node, request: TaskRequest, progress: Optional[ProgressCallback] = None,
+                 cancel=None, poll_interval: float = 0.1, **kwargs):
+    """Run ``request`` on ``input_node`` to the end and return the new output node (blocking)."""
+    job = NodeTask(request, input_node, **kwargs)
+    wait(job, progress, cancel, poll_interval)
+    return job.finish()
+
+
+def move_volume_into(source_node, target_node):
+    """Move the voxels, geometry and QHQGAN attributes of ``source_node`` into ``target_node``.
+
+    ``source_node`` (a fresh output) is removed from the scene; ``target_node`` (the
+    output volume the user picked) is returned.
+    """
+    import slicer.util
+    import vtk
+
+    from .scene import ATTRIBUTE_PREFIX
+
+    matrix = vtk.vtkMatrix4x4()
+    source_node.GetIJKToRASMatrix(matrix)
+    target_node.SetIJKToRASMatrix(matrix)
+    slicer.util.updateVolumeFromArray(target_node, slicer.util.arrayFromVolume(source_node).copy())
+    for name in target_node.GetAttributeNames() or ():
+        if name.startswith(ATTRIBUTE_PREFIX):
+            target_node.RemoveAttribute(name)
+    for name in source_node.GetAttributeNames() or ():
+        if name.startswith(ATTRIBUTE_PREFIX):
+            target_node.SetAttribute(name, source_node.GetAttribute(name))
+    if target_node.GetDisplayNode() is None:
+        target_node.CreateDefaultDisplayNodes()
+    source_node.GetScene().RemoveNode(source_node)
+    return target_node
+
+
+# ---------------------------------------------------------------------------
+# dependencies (Slicer older than 5.11 has no slicer.pydeps)
+# ---------------------------------------------------------------------------
+def read_requirements(path: PathLike) -> List[str]:
+    """The requirement lines of a requirements file (comments and blank lines dropped)."""
+    lines = []
+    for line in Path(path).read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            lines.append(line)
+    return lines
+
+
+def missing_requirements(path: PathLike) -> List[str]:
+    """The requirements of ``path`` not satisfied by the installed distributions."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+
+    missing = []
+    for line in read_requirements(path):
+        requirement = Requirement(line)
+        try:
+            version = metadata.version(requirement.name)
+        except metadata.PackageNotFoundError:
+            missing.append(line)
+            continue
+        if requirement.specifier and not requirement.specifier.contains(version, prereleases=True):
+            missing.append(line)
+    return missing
+
+
+def slicer_constraints(packages: Sequence[str], path: PathLike) -> str:
+    """Write a pip constraints file holding ``packages`` at their installed versions (so pip keeps them)."""
+    from importlib import metadata
+
+    lines = []
+    for name in packages:
+        try:
+            lines.append(f"{name}=={metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            continue
+    Path(path).write_text("\n".join(lines) + "\n")
+    return str(path)
 
 
 # ---------------------------------------------------------------------------

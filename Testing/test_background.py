@@ -9,10 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from QHQGANLib import Volume, read_volume, write_volume
+from QHQGANLib import Volume, read_volume
 from QHQGANLib.background import (
     BackgroundTask, TaskFailed, TaskRequest, TemporaryWorkspace, build_command, child_environment,
-    cli_commands, default_output_name, process_node, run_task, task_unavailable_reason)
+    cli_commands, default_output_name, missing_requirements, move_volume_into, process_node, read_requirements,
+    run_task, slicer_constraints, task_unavailable_reason)
 from QHQGANLib.progress import OperationCancelled
 
 PY = sys.executable
@@ -196,5 +197,26 @@ def test_process_node_adds_a_new_node_and_keeps_the_input(ct_small_path):
         with pytest.raises(OperationCancelled):
             process_node(node, TaskRequest("simulate-low-dose"), cancel=stop)
         assert mrml.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == n_nodes + 1
+        # the output volume the user picked receives the result
+        target = mrml.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "picked")
+        kept = move_volume_into(out, target)
+        assert kept is target and out.GetScene() is None
+        assert target.GetAttribute("QHQGAN.task") == "simulate-low-dose"
+        np.testing.assert_allclose(target.GetSpacing(), node.GetSpacing(), atol=1e-5)
+        assert slicer.util.arrayFromVolume(target).shape == before.shape
     finally:
         mrml.Clear(True)
+
+
+def test_requirements_for_slicer(tmp_path):
+    """Resources/requirements.txt: ranges only, no torch, nothing Slicer bundles."""
+    path = Path(__file__).resolve().parents[1] / "Resources" / "requirements.txt"
+    lines = read_requirements(path)
+    names = [line.split(">=")[0].lower() for line in lines]
+    assert lines and all(">=" in line and "==" not in line for line in lines)
+    assert not {"torch", "simpleitk", "vtk", "numpy"} & set(names)
+    assert missing_requirements(path) == [], "the test environment should satisfy the Slicer requirements"
+    (tmp_path / "r.txt").write_text("# c\npydicom>=1.0\nno-such-package-qhqgan>=1\npytest>=999\n")
+    assert missing_requirements(tmp_path / "r.txt") == ["no-such-package-qhqgan>=1", "pytest>=999"]
+    text = Path(slicer_constraints(["numpy", "no-such-package-qhqgan"], tmp_path / "c.txt")).read_text()
+    assert text.startswith("numpy==") and "no-such" not in text
