@@ -1,0 +1,231 @@
+"""The Slicer module's panel (QHQGAN/Resources/UI/QHQGAN.ui) checked against QHQGAN/QHQGAN.py, offscreen.
+
+Slicer itself is not needed: PySide6's QUiLoader builds the .ui with stand-in
+widgets for Slicer's and CTK's own classes, and the module source is read with
+``ast`` (it imports Slicer's ``qt``, so it is not imported here).
+
+Render the panel picture for the README::
+
+    QT_QPA_PLATFORM=offscreen python Testing/test_slicer_module.py   # writes Resources/Images/panel.png
+"""
+from __future__ import annotations
+
+import ast
+import os
+import re
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+QtWidgets = pytest.importorskip("PySide6.QtWidgets", reason="PySide6 (test extra) renders the .ui offscreen")
+from PySide6 import QtCore, QtGui, QtUiTools  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+MODULE = REPO / "QHQGAN" / "QHQGAN.py"
+UI = REPO / "QHQGAN" / "Resources" / "UI" / "QHQGAN.ui"
+PANEL_PNG = REPO / "Resources" / "Images" / "panel.png"
+PARAMETER_PROPERTY = "SlicerParameterName"
+
+
+# ---------------------------------------------------------------------------
+# stand-ins for Slicer/CTK widget classes
+# ---------------------------------------------------------------------------
+def _text_property(getter_name: str, setter_name: str):
+    return QtCore.Property(str, lambda self: getattr(self, getter_name)(),
+                           lambda self, value: getattr(self, setter_name)(value))
+
+
+def _stand_in_classes():
+    """QWidget subclasses named like Slicer's, with the few properties the .ui sets that matter for a picture."""
+
+    def set_none_display(self, text):
+        self._none_display = text
+        if self.count() == 0:
+            self.addItem(text)
+        else:
+            self.setItemText(0, text)
+
+    node_combo = type("qMRMLNodeComboBox", (QtWidgets.QComboBox,), {
+        "noneDisplay": QtCore.Property(str, lambda self: getattr(self, "_none_display", ""), set_none_display)})
+    collapsible = type("ctkCollapsibleButton", (QtWidgets.QGroupBox,), {
+        "text": _text_property("title", "setTitle"),
+        "collapsed": QtCore.Property(bool, lambda self: False, lambda self, value: None)})
+    path_edit = type("ctkPathLineEdit", (QtWidgets.QLineEdit,), {})
+    mrml_widget = type("qMRMLWidget", (QtWidgets.QWidget,), {})
+    return [node_combo, collapsible, path_edit, mrml_widget]
+
+
+_APP = None
+#: created once and kept alive: QUiLoader does not hold a reference to registered classes
+STAND_INS = _stand_in_classes()
+
+
+def app():
+    global _APP
+    _APP = QtWidgets.QApplication.instance() or QtWidgets.QApplication([])
+    return _APP
+
+
+def load_panel():
+    app()
+    loader = QtUiTools.QUiLoader()
+    for cls in STAND_INS:
+        loader.registerCustomWidget(cls)
+    ui_file = QtCore.QFile(str(UI))
+    assert ui_file.open(QtCore.QFile.ReadOnly)
+    try:
+        widget = loader.load(ui_file)
+    finally:
+        ui_file.close()
+    assert widget is not None, loader.errorString()
+    return widget
+
+
+# ---------------------------------------------------------------------------
+# what the module source says
+# ---------------------------------------------------------------------------
+def module_tree() -> ast.Module:
+    return ast.parse(MODULE.read_text(), filename=str(MODULE))
+
+
+def ui_names_used() -> set:
+    """Every ``self.ui.<name>`` in QHQGAN.py."""
+    names = set()
+    for node in ast.walk(module_tree()):
+        if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute)
+                and node.value.attr == "ui" and isinstance(node.value.value, ast.Name)
+                and node.value.value.id == "self"):
+            names.add(node.attr)
+    return names
+
+
+def parameter_fields() -> dict:
+    """Fields of the ``@parameterNodeWrapper`` class: name -> annotation source."""
+    for node in module_tree().body:
+        if isinstance(node, ast.ClassDef) and any(
+                (isinstance(d, ast.Name) and d.id == "parameterNodeWrapper") for d in node.decorator_list):
+            return {stmt.target.id: ast.unparse(stmt.annotation)
+                    for stmt in node.body if isinstance(stmt, ast.AnnAssign)}
+    raise AssertionError("no @parameterNodeWrapper class in QHQGAN.py")
+
+
+def enum_labels(enum_name: str) -> list:
+    """The labels of an Enum of QHQGAN.py, from the dict literal its ``label`` method returns, in member order."""
+    for node in module_tree().body:
+        if isinstance(node, ast.ClassDef) and node.name == enum_name:
+            values = [ast.literal_eval(s.value) for s in node.body if isinstance(s, ast.Assign)]
+            for item in node.body:
+                if isinstance(item, ast.FunctionDef) and item.name == "label":
+                    for sub in ast.walk(item):
+                        if isinstance(sub, ast.Dict):
+                            mapping = ast.literal_eval(sub)
+                            return [mapping[v] for v in values]
+                        if isinstance(sub, ast.IfExp):
+                            return [ast.literal_eval(sub.body), ast.literal_eval(sub.orelse)]
+    raise AssertionError(f"no labels for {enum_name}")
+
+
+def ui_parameter_widgets() -> dict:
+    """SlicerParameterName -> (widget class, objectName), read from the .ui XML."""
+    found = {}
+    for widget in ET.parse(UI).getroot().iter("widget"):
+        for prop in widget.findall("property"):
+            if prop.get("name") == PARAMETER_PROPERTY:
+                name = prop.findtext("string")
+                assert name not in found, f"{name} is bound to two widgets"
+                found[name] = (widget.get("class"), widget.get("name"))
+    return found
+
+
+# ---------------------------------------------------------------------------
+# tests
+# ---------------------------------------------------------------------------
+def test_ui_loads_offscreen():
+    panel = load_panel()
+    assert panel.objectName() == "QHQGAN"
+    assert panel.findChild(QtWidgets.QPushButton, "applyButton").text() == "Apply"
+    assert panel.findChild(QtWidgets.QProgressBar, "progressBar") is not None
+    selector = panel.findChild(QtWidgets.QComboBox, "outputSelector")
+    assert type(selector).__name__ == "qMRMLNodeComboBox" and selector.itemText(0) == "Create new volume"
+
+
+def test_every_ui_name_used_by_the_module_exists():
+    panel = load_panel()
+    object_names = {w.objectName() for w in panel.findChildren(QtCore.QObject)}
+    used = ui_names_used()
+    assert {"applyButton", "progressBar", "statusLabel", "compareButton", "modelComboBox"} <= used
+    missing = sorted(used - object_names)
+    assert not missing, f"QHQGAN.py uses self.ui.{missing} which the .ui lacks"
+
+
+def test_parameter_names_match_the_parameter_node():
+    fields = parameter_fields()
+    bound = ui_parameter_widgets()
+    assert set(bound) - set(fields) == set(), f"SlicerParameterName without a field: {set(bound) - set(fields)}"
+    assert set(fields) - set(bound) == set(), f"fields without a widget: {set(fields) - set(bound)}"
+    # the widget types suit the field types (what Slicer's GUI connectors accept)
+    expected = {"vtkMRMLScalarVolumeNode": "qMRMLNodeComboBox", "pathlib.Path": "ctkPathLineEdit",
+                "str": "QLineEdit", "int": "QSpinBox", "float": "QDoubleSpinBox",
+                "Task": "QComboBox", "QuantumBackend": "QComboBox", "ComputeDevice": "QComboBox"}
+    for name, annotation in fields.items():
+        base = re.sub(r"^Annotated\[(\w+),.*\]$", r"\1", annotation)
+        assert bound[name][0] == expected[base], f"{name}: {annotation} bound to a {bound[name][0]}"
+    # the panel's widgets carry the property at run time too (what connectGui reads)
+    panel = load_panel()
+    runtime = {w.property(PARAMETER_PROPERTY) for w in panel.findChildren(QtWidgets.QWidget)} - {None}
+    assert runtime == set(fields)
+
+
+def test_bounds_in_ui_match_the_parameter_node():
+    """Spin box ranges in the .ui agree with the WithinRange annotations (the connectors set them anyway)."""
+    panel = load_panel()
+    fields = parameter_fields()
+    for name, (cls, object_name) in ui_parameter_widgets().items():
+        match = re.search(r"WithinRange\(([-\d.]+), ([-\d.]+)\)", fields[name])
+        if not match:
+            continue
+        box = panel.findChild(QtWidgets.QAbstractSpinBox, object_name)
+        assert (box.minimum(), box.maximum()) == (float(match.group(1)), float(match.group(2))), name
+
+
+def test_panel_renders(tmp_path):
+    path = render_panel(tmp_path / "panel.png")
+    image = QtGui.QImage(str(path))
+    assert image.width() >= 300 and image.height() >= 400
+    colours = {image.pixel(x, y) for x in range(0, image.width(), 7) for y in range(0, image.height(), 7)}
+    assert len(colours) > 5, "the rendered panel is blank"
+
+
+# ---------------------------------------------------------------------------
+# the README picture
+# ---------------------------------------------------------------------------
+def render_panel(path: Path, width: int = 380) -> Path:
+    """Render the panel to ``path`` as a clinician sees it while enhancing CTChest (Apply has become Cancel)."""
+    panel = load_panel()
+    panel.findChild(QtWidgets.QComboBox, "inputSelector").insertItem(0, "CTChest")
+    panel.findChild(QtWidgets.QComboBox, "inputSelector").setCurrentIndex(0)
+    for object_name, enum_name in (("taskComboBox", "Task"), ("quantumBackendComboBox", "QuantumBackend"),
+                                   ("deviceComboBox", "ComputeDevice")):
+        panel.findChild(QtWidgets.QComboBox, object_name).addItems(enum_labels(enum_name))
+    panel.findChild(QtWidgets.QComboBox, "modelComboBox").addItems(["Custom weights file…"])
+    panel.findChild(QtWidgets.QLineEdit, "pennylaneDeviceLineEdit").setText("lightning.qubit")
+    panel.findChild(QtWidgets.QLineEdit, "pennylaneDeviceLineEdit").setEnabled(False)
+    for name in ("samplesSpinBox", "doseSpinBox"):
+        panel.findChild(QtWidgets.QWidget, name).setEnabled(False)
+    panel.findChild(QtWidgets.QPushButton, "applyButton").setEnabled(True)
+    panel.findChild(QtWidgets.QPushButton, "applyButton").setText("Cancel")
+    panel.findChild(QtWidgets.QProgressBar, "progressBar").setValue(42)
+    panel.findChild(QtWidgets.QLabel, "statusLabel").setText("Enhance low-dose CT: slice 42/100")
+    panel.resize(width, panel.sizeHint().height())
+    panel.adjustSize()
+    panel.resize(width, panel.height())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert panel.grab().save(str(path)), f"could not write {path}"
+    return path
+
+
+if __name__ == "__main__":
+    print(render_panel(Path(sys.argv[1]) if len(sys.argv) > 1 else PANEL_PNG))
