@@ -29,6 +29,10 @@ _LAZY = {
     "degrade_resolution": "lowdose",
     "ScannerModel": "lowdose",
     "QuantumLayer": "quantum",
+    "enhance": "inference",
+    "super_resolve": "inference",
+    "list_models": "registry",
+    "load_model": "registry",
     "psnr": "metrics",
     "ssim": "metrics",
 }

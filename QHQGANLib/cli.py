@@ -89,6 +89,71 @@ def cmd_degrade_resolution(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_model_command(args: argparse.Namespace, task: str) -> int:
+    from .inference import enhance, super_resolve
+    from .io import read_volume, write_volume
+
+    _check_output(Path(args.input), Path(args.output))
+    if Path(args.output).exists() and not args.overwrite:
+        raise FileExistsError(f"{args.output} exists; pass --overwrite to replace it")
+    volume = read_volume(args.input, force=args.force, series_uid=args.series_uid)
+    options = dict(device=args.device, quantum_backend=args.quantum_backend, tile_size=args.tile_size,
+                   overlap=args.overlap)
+    with _progress(args, task) as progress:
+        if task == "enhance":
+            result = enhance(volume, model=args.model or "hqgan-enhance", progress=progress, **options)
+        else:
+            result = super_resolve(volume, scale=args.scale, model=args.model, progress=progress, **options)
+    write_volume(result, args.output, overwrite=args.overwrite)
+    _say(args, f"wrote {args.output}: {result.size_xyz} voxels, spacing "
+               f"{tuple(round(s, 4) for s in result.spacing)} mm ({result.metadata['history'][-1]})")
+    return 0
+
+
+def cmd_enhance(args: argparse.Namespace) -> int:
+    return _run_model_command(args, "enhance")
+
+
+def cmd_super_resolve(args: argparse.Namespace) -> int:
+    return _run_model_command(args, "super-resolve")
+
+
+def cmd_train_enhance(args: argparse.Namespace) -> int:
+    from .io import read_volume
+    from .registry import save_model
+    from .train import TrainConfig, train_enhancer
+
+    volumes = [read_volume(p, force=args.force) for p in args.input]
+    cfg = TrainConfig(arch=args.arch, task=args.task, steps=args.steps, batch_size=args.batch_size,
+                      patch_size=args.patch_size, lr=args.lr, adv_weight=args.adv_weight,
+                      ssim_weight=args.ssim_weight, dose_range=(args.dose_min, args.dose_max), seed=args.seed,
+                      output_dir=args.output_dir, resume=args.resume, pool_size=args.pool_size,
+                      checkpoint_every=args.checkpoint_every, redcnn_width=args.redcnn_width,
+                      n_qubits=args.n_qubits, n_layers=args.n_layers, width=args.width)
+    with _progress(args, f"training {args.arch}") as progress:
+        model = train_enhancer(cfg, volumes, progress=progress)
+    import os
+
+    if args.save_model and int(os.environ.get("RANK", "0")) == 0:
+        card = save_model(model, args.save_model, {"task": args.task, "training": cfg.to_dict(),
+                                                   "training_data": [str(p) for p in args.input]})
+        _say(args, f"saved {card['weights']} (sha256 {card['sha256'][:12]}...)")
+    return 0
+
+
+def cmd_list_models(args: argparse.Namespace) -> int:
+    from .registry import list_models
+
+    cards = list_models()
+    if not cards:
+        print("no models ship in this installation")
+    for card in cards:
+        metrics = card.get("validation", {})
+        summary = ", ".join(f"{k} {v:.3g}" for k, v in metrics.items() if isinstance(v, (int, float)))
+        print(f"{card['name']:<18} {card.get('task', '?'):<14} {card.get('n_parameters', 0):>9,} params  {summary}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -149,6 +214,60 @@ def build_parser() -> argparse.ArgumentParser:
     add_io(p)
     p.add_argument("--scale", type=int, default=2, choices=(2, 3, 4), help="in-plane factor (default 2)")
     p.set_defaults(func=cmd_degrade_resolution)
+
+    def add_model_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--model", help="a shipped model name (qhqgan list-models) or a .safetensors file")
+        p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                       help="compute device (default: CUDA when available)")
+        p.add_argument("--quantum-backend", default=None,
+                       help="torch (fast built-in simulator, default) or pennylane:DEVICE, "
+                            "e.g. pennylane:default.qubit or pennylane:lightning.qubit")
+        p.add_argument("--tile-size", type=int, default=512,
+                       help="largest tile (output pixels) computed at once (default 512); smaller saves memory")
+        p.add_argument("--overlap", type=float, default=0.0,
+                       help="extra context around each tile as a fraction of the tile (default 0: the "
+                            "network's receptive field, which already makes tiling seamless)")
+
+    p = sub.add_parser("enhance", parents=[common], help="denoise a low-dose CT with an enhancement model")
+    add_io(p)
+    add_model_options(p)
+    p.set_defaults(func=cmd_enhance)
+
+    p = sub.add_parser("super-resolve", parents=[common], help="x2 in-plane super-resolution of a CT")
+    add_io(p)
+    add_model_options(p)
+    p.add_argument("--scale", type=int, default=2, choices=(2,), help="in-plane factor (2)")
+    p.set_defaults(func=cmd_super_resolve)
+
+    p = sub.add_parser("train-enhance", parents=[common],
+                       help="train an enhancement / super-resolution model on normal-dose CT "
+                            "(also under torchrun --nproc_per_node N -m QHQGANLib.cli train-enhance ...)")
+    p.add_argument("--input", action="append", required=True, help="a normal-dose CT (repeatable)")
+    p.add_argument("--arch", default="hqgan", choices=("hqgan", "ablation", "redcnn"))
+    p.add_argument("--task", default="enhance", choices=("enhance", "super-resolve"))
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--patch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--adv-weight", type=float, default=1e-3, help="adversarial weight (0 = regression)")
+    p.add_argument("--ssim-weight", type=float, default=0.1)
+    p.add_argument("--dose-min", type=float, default=0.1)
+    p.add_argument("--dose-max", type=float, default=0.5)
+    p.add_argument("--pool-size", type=int, default=4, help="low-dose realisations per volume")
+    p.add_argument("--width", type=int, default=16)
+    p.add_argument("--n-qubits", type=int, default=8)
+    p.add_argument("--n-layers", type=int, default=2)
+    p.add_argument("--redcnn-width", type=int, default=96)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--output-dir", help="checkpoints, config and losses.jsonl go here")
+    p.add_argument("--checkpoint-every", type=int, default=500)
+    p.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/checkpoint.pt")
+    p.add_argument("--save-model", help="write the trained model as PATH.safetensors + PATH.json")
+    p.add_argument("--force", action="store_true", help="accept a non-CT modality or non-HU values")
+    p.set_defaults(func=cmd_train_enhance)
+
+    p = sub.add_parser("list-models", parents=[common], help="the shipped models and their validation metrics")
+    p.set_defaults(func=cmd_list_models)
 
     p = sub.add_parser("demo", parents=[common],
                        help="run the main job on a real CT (pydicom's CT_small.dcm unless --input)")
