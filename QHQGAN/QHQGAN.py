@@ -5,7 +5,6 @@ in a child process (QHQGANLib.background) so the panel never freezes.
 """
 import enum
 import logging
-import os
 import pathlib
 from typing import Annotated
 
@@ -83,8 +82,8 @@ class QHQGANParameterNode:
     quantumBackend: QuantumBackend = QuantumBackend.BUILTIN
     pennylaneDevice: str = "lightning.qubit"
     computeDevice: ComputeDevice = ComputeDevice.AUTO
-    tileSize: Annotated[int, WithinRange(32, 1024)] = 256
-    overlap: Annotated[float, WithinRange(0.0, 0.75)] = 0.25
+    tileSize: Annotated[int, WithinRange(32, 1024)] = 512
+    overlap: Annotated[float, WithinRange(0.0, 0.75)] = 0.0
     nSamples: Annotated[int, WithinRange(1, 64)] = 8
     seed: Annotated[int, WithinRange(0, 999999)] = 0
     doseFraction: Annotated[float, WithinRange(0.05, 1.0)] = 0.25
@@ -200,7 +199,7 @@ class QHQGANWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         with slicer.util.tryWithErrorDisplay("QHQGAN could not start.", waitCursor=True):
             p = self._parameterNode
-            if p.task is not Task.SIMULATE_LOW_DOSE and not self.logic.installDependencies(askConfirmation=True):
+            if not self.logic.installDependencies(askConfirmation=True, needTorch=p.task is not Task.SIMULATE_LOW_DOSE):
                 return
             self._job = self.logic.process(p.inputVolume, task=p.task.value, blocking=False, **self._options())
             self.ui.applyButton.text = "Cancel"
@@ -290,11 +289,10 @@ class QHQGANLogic(ScriptedLoadableModuleLogic):
             composite.SetLinkedControl(True)
         slicer.util.resetSliceViews()
 
-    def installDependencies(self, askConfirmation=True):
+    def installDependencies(self, askConfirmation=True, needTorch=True):
         """torch through the PyTorch extension, the rest from Resources/requirements.txt; False if declined."""
-        try:
-            import torch  # noqa: F401
-        except ImportError:
+        import importlib.util
+        if needTorch and importlib.util.find_spec("torch") is None:
             try:
                 import PyTorchUtils
             except ImportError:
@@ -305,28 +303,12 @@ class QHQGANLogic(ScriptedLoadableModuleLogic):
         if not requirements.is_file():  # source checkout: Resources/ is at the top
             requirements = pathlib.Path(__file__).parents[1] / "Resources" / "requirements.txt"
         try:
-            import slicer.pydeps as pydeps
+            import slicer.pydeps as pydeps  # Slicer >= 5.11: pip_ensure; older: slicer.util.pip_install
         except ImportError:
-            pydeps = getattr(slicer, "packaging", None)
-        if pydeps is not None and hasattr(pydeps, "pip_ensure"):
-            reqs = pydeps.load_requirements(str(requirements))
-            if pydeps.pip_check(reqs):
-                return True
-            if askConfirmation and not slicer.util.confirmOkCancelDisplay(
-                    "QHQGAN will now download and install the Python packages it needs (PennyLane, pydicom, ...)."):
-                return False
-            pydeps.pip_ensure(reqs, skip_packages=SLICER_OWN_PACKAGES, requester="QHQGAN")
-            return True
-        from QHQGANLib.background import missing_requirements, slicer_constraints
-        missing = missing_requirements(requirements)
-        if not missing:
-            return True
-        if askConfirmation and not slicer.util.confirmOkCancelDisplay(
-                "QHQGAN will now download and install: " + ", ".join(missing)):
-            return False
-        constraints = slicer_constraints(SLICER_OWN_PACKAGES, os.path.join(slicer.app.temporaryPath, "qhqgan-constraints.txt"))
-        slicer.util.pip_install(["-c", constraints] + missing)
-        return True
+            pydeps = None
+        from QHQGANLib.background import ensure_requirements
+        confirm = slicer.util.confirmOkCancelDisplay if askConfirmation else (lambda text: True)
+        return ensure_requirements(requirements, confirm, slicer.util.pip_install, pydeps, keep=SLICER_OWN_PACKAGES)
 
 
 class QHQGANTest(ScriptedLoadableModuleTest):

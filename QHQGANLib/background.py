@@ -33,7 +33,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Deque, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Union
 
 from .progress import OperationCancelled, ProgressCallback, parse_progress_line
 
@@ -68,8 +68,8 @@ class TaskRequest:
     model: Optional[str] = None
     quantum_backend: str = "torch"
     device: str = "auto"
-    tile_size: int = 256
-    overlap: float = 0.25
+    tile_size: int = 512
+    overlap: float = 0.0
     scale: int = 2
     n_samples: int = 8
     seed: int = 0
@@ -530,6 +530,36 @@ def missing_requirements(path: PathLike) -> List[str]:
         if requirement.specifier and not requirement.specifier.contains(version, prereleases=True):
             missing.append(line)
     return missing
+
+
+def ensure_requirements(requirements: PathLike, confirm: Callable[[str], bool],
+                        pip_install: Callable[[List[str]], Any], pydeps=None,
+                        keep: Sequence[str] = ("SimpleITK", "vtk", "numpy", "torch"),
+                        constraints_path: Optional[PathLike] = None) -> bool:
+    """Install what ``requirements`` lists and is missing, after ``confirm(text)``; False if declined.
+
+    With Slicer >= 5.11 ``pydeps`` is ``slicer.pydeps`` (``pip_ensure`` skipping
+    ``keep``); on older Slicer ``pip_install`` (``slicer.util.pip_install``) gets the
+    missing requirements with a constraints file holding ``keep`` at their
+    installed versions, so Slicer's own SimpleITK, vtk, numpy and torch stay.
+    """
+    if pydeps is not None and hasattr(pydeps, "pip_ensure"):
+        reqs = pydeps.load_requirements(str(requirements))
+        if pydeps.pip_check(reqs):
+            return True
+        if not confirm("QHQGAN will now download and install the Python packages it needs "
+                       "(PennyLane, pydicom, scikit-image, ...). This takes a few minutes."):
+            return False
+        pydeps.pip_ensure(reqs, skip_packages=list(keep), requester="QHQGAN")
+        return True
+    missing = missing_requirements(requirements)
+    if not missing:
+        return True
+    if not confirm("QHQGAN will now download and install: " + ", ".join(missing) + ". This takes a few minutes."):
+        return False
+    constraints = slicer_constraints(keep, constraints_path or Path(tempfile.mkdtemp(prefix="qhqgan-pip-")) / "constraints.txt")
+    pip_install(["-c", constraints] + missing)
+    return True
 
 
 def slicer_constraints(packages: Sequence[str], path: PathLike) -> str:

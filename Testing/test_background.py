@@ -1,6 +1,7 @@
 """The background runner of the Slicer panel: the real ``qhqgan`` CLI in a child process."""
 from __future__ import annotations
 
+import re
 import sys
 import threading
 import time
@@ -12,7 +13,7 @@ import pytest
 from QHQGANLib import Volume, read_volume
 from QHQGANLib.background import (
     BackgroundTask, TaskFailed, TaskRequest, TemporaryWorkspace, build_command, child_environment,
-    cli_commands, default_output_name, missing_requirements, move_volume_into, process_node, read_requirements,
+    cli_commands, default_output_name, ensure_requirements, missing_requirements, move_volume_into, process_node, read_requirements,
     run_task, slicer_constraints, task_unavailable_reason)
 from QHQGANLib.progress import OperationCancelled
 
@@ -45,7 +46,7 @@ def test_build_command_for_each_task():
 
     argv = build_command(TaskRequest("super-resolve", device="cuda"), "in.nrrd", "out.nrrd", PY)
     assert argv == head + ["super-resolve", "in.nrrd", "out.nrrd", "--device", "cuda", "--quantum-backend",
-                           "torch", "--scale", "2", "--tile-size", "256", "--overlap", "0.25",
+                           "torch", "--scale", "2", "--tile-size", "512", "--overlap", "0.0",
                            "--progress", "lines"]
 
     argv = build_command(TaskRequest("synthesize", model="/w/gen.safetensors", n_samples=4, seed=7),
@@ -134,13 +135,31 @@ def test_failing_child_reports_its_one_line_error(tmp_path):
     assert "exit status 2" in message and not (tmp_path / "out.nrrd").exists()
 
 
-def test_missing_command_fails_clearly(tmp_path):
-    """Until the enhancement CLI ships, the panel shows argparse's one line, not a traceback."""
-    if "enhance" in cli_commands():
-        pytest.skip("the enhance command exists now")
-    argv = build_command(TaskRequest("enhance"), tmp_path / "in.nrrd", tmp_path / "out.nrrd", PY)
-    with pytest.raises(TaskFailed, match="invalid choice"):
-        run_task(argv)
+def test_build_command_matches_the_cli_parser():
+    """Every flag build_command emits is accepted by the qhqgan parser, for the commands it has."""
+    from QHQGANLib.cli import build_parser
+
+    parser = build_parser()
+    requests = [TaskRequest("simulate-low-dose"), TaskRequest("enhance", model="m", device="cpu"),
+                TaskRequest("super-resolve", quantum_backend="pennylane:default.qubit"), TaskRequest("synthesize")]
+    for request in requests:
+        if request.task not in cli_commands():
+            continue
+        argv = build_command(request, "in.nrrd", "out.nrrd", PY)[3:]
+        args = parser.parse_args(argv)
+        assert args.command == request.task and args.progress == "lines" and args.output == "out.nrrd"
+
+
+def test_missing_model_or_command_fails_in_one_line(ct_small_path, tmp_path):
+    """Before models (or the synthesize command) ship, the panel shows one clear line, not a traceback."""
+    for task in ("enhance", "synthesize"):
+        if task_unavailable_reason(task) is None:
+            continue
+        argv = build_command(TaskRequest(task), ct_small_path, tmp_path / "out.nrrd", PY)
+        with pytest.raises(TaskFailed) as info:
+            run_task(argv)
+        assert "\n" not in str(info.value) and str(info.value).startswith("qhqgan: error:")
+        assert not (tmp_path / "out.nrrd").exists()
 
 
 def test_background_task_polls_without_blocking(ct_small_path, tmp_path):
@@ -220,3 +239,47 @@ def test_requirements_for_slicer(tmp_path):
     assert missing_requirements(tmp_path / "r.txt") == ["no-such-package-qhqgan>=1", "pytest>=999"]
     text = Path(slicer_constraints(["numpy", "no-such-package-qhqgan"], tmp_path / "c.txt")).read_text()
     assert text.startswith("numpy==") and "no-such" not in text
+
+
+def test_requirements_cover_the_runtime_dependencies():
+    """Every runtime dependency of pyproject.toml is in Resources/requirements.txt, except Slicer's own."""
+    import tomllib
+
+    repo = Path(__file__).resolve().parents[1]
+    project = tomllib.loads((repo / "pyproject.toml").read_text())["project"]
+    name = lambda req: re.split(r"[<>=!~;\[ ]", req, maxsplit=1)[0].lower()  # noqa: E731
+    wanted = {name(r) for r in project["dependencies"]} - {"torch", "simpleitk", "vtk", "numpy"}
+    listed = {name(r) for r in read_requirements(repo / "Resources" / "requirements.txt")}
+    assert wanted <= listed, f"add to Resources/requirements.txt (with >= ranges): {sorted(wanted - listed)}"
+
+
+def test_ensure_requirements_asks_then_installs(tmp_path):
+    req = tmp_path / "requirements.txt"
+    req.write_text("pydicom>=1.0\nno-such-package-qhqgan>=1\n")
+    installed, asked = [], []
+    # declined: nothing installed
+    assert ensure_requirements(req, lambda text: asked.append(text) or False, installed.append) is False
+    assert installed == [] and "no-such-package-qhqgan" in asked[0]
+    # accepted: only the missing one, with Slicer's own packages held at their versions
+    assert ensure_requirements(req, lambda text: True, installed.append, constraints_path=tmp_path / "c.txt")
+    assert installed == [["-c", str(tmp_path / "c.txt"), "no-such-package-qhqgan>=1"]]
+    assert "numpy==" in (tmp_path / "c.txt").read_text()
+    # nothing missing: no question
+    req.write_text("pydicom>=1.0\n")
+    assert ensure_requirements(req, lambda text: pytest.fail("asked for nothing"), installed.append)
+
+    class FakePydeps:  # Slicer >= 5.11
+        calls = []
+
+        def load_requirements(self, path):
+            return read_requirements(path)
+
+        def pip_check(self, reqs):
+            return False
+
+        def pip_ensure(self, reqs, skip_packages, requester):
+            self.calls.append((reqs, skip_packages, requester))
+
+    pydeps = FakePydeps()
+    assert ensure_requirements(req, lambda text: True, installed.append, pydeps, keep=["SimpleITK", "numpy"])
+    assert pydeps.calls == [(["pydicom>=1.0"], ["SimpleITK", "numpy"], "QHQGAN")]
