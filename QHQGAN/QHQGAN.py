@@ -6,6 +6,7 @@ in a child process (QHQGANLib.background) so the panel never freezes.
 import enum
 import logging
 import pathlib
+import sys
 from typing import Annotated
 
 import qt
@@ -16,6 +17,11 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper
 from slicer.util import VTKObservationMixin
+
+# Developer mode (a source checkout): QHQGANLib sits beside the QHQGAN folder, not in it.
+_SOURCE_ROOT = pathlib.Path(__file__).resolve().parents[1]
+if (_SOURCE_ROOT / "QHQGANLib" / "__init__.py").is_file() and str(_SOURCE_ROOT) not in sys.path:
+    sys.path.append(str(_SOURCE_ROOT))
 
 CUSTOM_WEIGHTS = "Custom weights file…"
 #: Packages of Slicer itself that QHQGAN's requirements must never replace.
@@ -40,9 +46,10 @@ as synthetic (name and node attributes). Processing runs in a background process
 See <a href="https://github.com/qhqgan/SlicerQHQGAN">the project page</a>.
 """
         self.parent.acknowledgementText = """
-Built on 3D Slicer, PyTorch, PennyLane, SimpleITK, pydicom and the ASTRA toolbox. Models were
-trained on public CT data under their own licences: the AAPM/Mayo Low Dose CT Grand Challenge
-data (TCIA LDCT-and-Projection-data, CC BY 4.0 per TCIA terms) and pydicom's test files (MIT).
+Built on 3D Slicer, PyTorch, PennyLane, SimpleITK, pydicom and the ASTRA toolbox. Models are trained
+and tested on public CT under their own licences: the TotalSegmentator example CT (Apache-2.0 /
+CC BY 4.0), TCIA C4KC-KiTS slices (CC BY 3.0), the VTKData head CT (BSD-3) and pydicom's test
+files (MIT). Each shipped model's card names the data it was trained on.
 """
 
 
