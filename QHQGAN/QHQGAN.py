@@ -281,7 +281,7 @@ class QHQGANLogic(ScriptedLoadableModuleLogic):
     def finish(self, job, outputNode=None):
         """The output of a finished NodeTask, moved into ``outputNode`` when one is given."""
         node = job.finish()
-        if outputNode is not None and outputNode is not node:
+        if outputNode is not None and outputNode is not node and outputNode is not job.input_node:  # never the input
             from QHQGANLib.background import move_volume_into
             node = move_volume_into(node, outputNode)
         return node

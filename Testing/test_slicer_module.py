@@ -275,6 +275,9 @@ def test_module_logic_runs_a_task_on_real_mrml(qhqgan_module, ct_small_path):
     again = logic.process(ct, task="simulate-low-dose", outputNode=picked)
     assert again is picked and slicer.util.arrayFromVolume(picked).shape == slicer.util.arrayFromVolume(ct).shape
     assert scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == 3  # input, first output, picked
+    kept = logic.process(ct, task="simulate-low-dose", outputNode=ct)  # the input is never the output
+    assert kept is not ct and slicer.util.arrayFromVolume(ct).max() == read_volume(ct_small_path).array.max()
+    scene.RemoveNode(kept)
     job = logic.process(ct, task="simulate-low-dose", blocking=False)
     job.cancel()
     with pytest.raises(Exception, match="cancelled"):
