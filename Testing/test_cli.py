@@ -77,14 +77,22 @@ def test_bad_dose_rejected_by_parser(capsys):
 def test_demo_writes_its_folder(tmp_path, capsys):
     folder = tmp_path / "demo"
     assert main(["demo", "--output-dir", str(folder), "--quiet"]) == 0
+    from QHQGANLib.registry import list_models
+
     names = sorted(p.name for p in folder.iterdir())
-    assert names == ["figure.png", "low_dose_25pct.nrrd", "metrics.json", "normal_dose.nrrd"]
     report = json.loads((folder / "metrics.json").read_text())
     m = report["metrics"]
     assert 20.0 < m["psnr_low_vs_normal_db_full_window"] < 70.0
     assert 0.0 < m["ssim_low_vs_normal_full_window"] < 1.0
     assert m["added_noise_std_hu_in_body"] > 1.0
-    assert "no trained enhancement model" in capsys.readouterr().out
+    if any(c["task"] == "enhance" for c in list_models()):
+        assert report["model"]
+        assert names == ["enhanced_%s.nrrd" % report["model"], "figure.png", "low_dose_25pct.nrrd",
+                         "metrics.json", "normal_dose.nrrd"]
+        assert 20.0 < m["psnr_enhanced_vs_normal_db_full_window"] < 80.0
+    else:
+        assert names == ["figure.png", "low_dose_25pct.nrrd", "metrics.json", "normal_dose.nrrd"]
+        assert "no trained enhancement model" in capsys.readouterr().out
     # no staging folder left beside it
     assert [p.name for p in tmp_path.iterdir()] == ["demo"]
     # a second run into the same, non-empty folder is refused
