@@ -135,3 +135,37 @@ def degrade_resolution_node(input_node, scale: int = 2, name: Optional[str] = No
     attributes = {"task": "degrade-resolution", "scale": scale, "source_node": input_node.GetID()}
     return node_from_volume(low, input_node.GetScene(), name or _output_name(input_node, f"lowres{scale}x"),
                             reference_node=input_node, attributes=attributes)
+
+
+def _model_label(model) -> str:
+    if isinstance(model, str):
+        return model
+    card = getattr(model, "card", None)
+    return card.get("name", type(model).__name__) if isinstance(card, dict) else type(model).__name__
+
+
+def enhance_node(input_node, model="hqgan-enhance", name: Optional[str] = None, progress=None, cancel=None,
+                 **options):
+    """A new node: ``input_node`` enhanced by ``model`` (same grid). ``options`` go to
+    :func:`QHQGANLib.inference.enhance` (``device``, ``quantum_backend``, ``tile_size``, ``overlap``)."""
+    from .inference import enhance
+
+    volume = volume_from_node(input_node)
+    out = enhance(volume, model=model, progress=progress, cancel=cancel, **options)
+    attributes = {"task": "enhance", "model": _model_label(model), "source_node": input_node.GetID(),
+                  **{k: v for k, v in options.items() if v is not None}}
+    return node_from_volume(out, input_node.GetScene(), name or _output_name(input_node, "enhanced"),
+                            reference_node=input_node, attributes=attributes)
+
+
+def super_resolve_node(input_node, scale: int = 2, model=None, name: Optional[str] = None, progress=None,
+                       cancel=None, **options):
+    """A new node: ``input_node`` super-resolved x``scale`` in-plane (spacing / scale, same region)."""
+    from .inference import super_resolve
+
+    volume = volume_from_node(input_node)
+    out = super_resolve(volume, scale, model=model, progress=progress, cancel=cancel, **options)
+    attributes = {"task": "super-resolve", "scale": scale, "model": _model_label(model or f"hqgan-sr{scale}"),
+                  "source_node": input_node.GetID(), **{k: v for k, v in options.items() if v is not None}}
+    return node_from_volume(out, input_node.GetScene(), name or _output_name(input_node, f"sr{scale}x"),
+                            reference_node=input_node, attributes=attributes)

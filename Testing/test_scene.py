@@ -119,3 +119,34 @@ def test_label_maps_are_refused(mrml_scene):
     slicer.util.updateVolumeFromArray(label, np.zeros((2, 3, 4), np.uint8))
     with pytest.raises(TypeError, match="label map"):
         bridge.volume_from_node(label)
+
+
+def _textured(task):
+    import torch
+
+    from QHQGANLib.models import HQGANGenerator
+
+    torch.manual_seed(0)
+    g = HQGANGenerator(task=task, width=4, n_qubits=3, n_layers=1)
+    torch.nn.init.normal_(g.head.weight, std=0.05)
+    return g.eval()
+
+
+def test_enhance_and_super_resolve_nodes_oblique_non_square(mrml_scene):
+    vol = Volume(ct_phantom((3, 40, 56)), (0.7, 0.9, 2.5), (-12.0, 3.5, -40.0), oblique_direction(9))
+    node = bridge.node_from_volume(vol, mrml_scene, "phantom")
+    before = slicer.util.arrayFromVolume(node).copy()
+
+    enhanced = bridge.enhance_node(node, model=_textured("enhance"))
+    assert bridge.volume_from_node(enhanced).same_geometry(vol, tol=1e-6)
+    assert enhanced.GetAttribute("QHQGAN.task") == "enhance"
+    assert enhanced.GetName() == "phantom_enhanced"
+
+    sr = bridge.super_resolve_node(node, 2, model=_textured("super-resolve"))
+    high = bridge.volume_from_node(sr)
+    assert high.shape == (3, 80, 112)
+    np.testing.assert_allclose(high.spacing, (0.35, 0.45, 2.5), atol=1e-9)
+    np.testing.assert_allclose(high.direction, vol.direction, atol=1e-9)  # oblique axes kept
+    for a, b in zip(vol.physical_extent(), high.physical_extent()):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(node), before)
