@@ -319,8 +319,10 @@ class TemporaryWorkspace:
     :class:`~QHQGANLib.volume.Volume`) to ``ws.input_path``.
     """
 
-    def __init__(self, source=None, prefix: str = "qhqgan-", parent: Optional[PathLike] = None):
+    def __init__(self, source=None, prefix: str = "qhqgan-", parent: Optional[PathLike] = None,
+                 output_name: str = "output.nrrd"):
         self.source = source
+        self.output_name = output_name
         self.prefix = prefix
         self.parent = parent
         self.folder: Optional[Path] = None
@@ -344,7 +346,7 @@ class TemporaryWorkspace:
 
     @property
     def output_path(self) -> Path:
-        return self._path("output.nrrd")
+        return self._path(self.output_name)
 
     def _path(self, name: str) -> Path:
         if self.folder is None:
@@ -399,7 +401,10 @@ class NodeTask:
         if self.scene is None:
             raise ValueError("no MRML scene: give an input node or a scene")
         self.name = name or default_output_name(request, input_node)
-        self.workspace = TemporaryWorkspace(input_node if request.needs_input else None)
+        # synthetic images are marked synthetic in their names, files included
+        self.workspace = TemporaryWorkspace(input_node if request.needs_input else None,
+                                            output_name="output_synthetic.nrrd" if request.task == "synthesize"
+                                            else "output.nrrd")
         self.workspace.__enter__()
         try:
             argv = build_command(request, self.workspace.input_path, self.workspace.output_path, python)

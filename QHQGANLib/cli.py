@@ -141,6 +141,67 @@ def cmd_train_enhance(args: argparse.Namespace) -> int:
     return 0
 
 
+def _synthetic_output_name(path: str) -> None:
+    if "synthetic" not in Path(path).name.lower():
+        raise ValueError(f"{path}: synthetic images are marked synthetic in their names too; "
+                         "use a name containing 'synthetic', e.g. liver_synthetic.nrrd")
+
+
+def cmd_train_synth(args: argparse.Namespace) -> int:
+    from .io import read_volume
+    from .registry import save_model
+    from .synthesis import SynthConfig, train_synth
+
+    volumes = [read_volume(p, force=args.force) for p in args.input]
+    roi = None
+    if args.roi:
+        if len(args.roi) != len(volumes):
+            raise ValueError(f"give one --roi per --input ({len(volumes)} inputs, {len(args.roi)} ROIs)")
+        roi = []
+        for path, volume in zip(args.roi, volumes):
+            mask = read_volume(path, force=True)
+            if mask.shape != volume.shape:
+                raise ValueError(f"{path}: ROI shape {mask.shape} differs from its volume {volume.shape}")
+            roi.append(mask.array > 0)
+    cfg = SynthConfig(method=args.method, size=args.size, steps=args.steps, batch_size=args.batch_size,
+                      seed=args.seed, n_qubits=args.n_qubits, n_layers=args.n_layers,
+                      output_dir=args.output_dir)
+    with _progress(args, f"training {args.method} synthesis") as progress:
+        model = train_synth(cfg, volumes, roi=roi, progress=progress)
+    card = save_model(model, args.save_model, {"task": "synthesize", "training": cfg.to_dict(),
+                                                "training_data": [str(p) for p in args.input],
+                                                "roi": [str(p) for p in args.roi] if args.roi else None})
+    _say(args, f"saved {card['weights']} (sha256 {card['sha256'][:12]}...); generate with "
+               f"qhqgan synthesize OUT_synthetic.nrrd --model {Path(args.save_model).with_suffix('.safetensors')}")
+    return 0
+
+
+def cmd_synthesize(args: argparse.Namespace) -> int:
+    from .inference import pick_device
+    from .io import write_volume
+    from .synthesis import synthesize
+
+    _synthetic_output_name(args.output)
+    pick_device(args.device)  # a clear error when CUDA is asked for and absent; generation is cheap on CPU
+    if args.dicom:
+        from .dicom_export import export_dicom_series
+
+        out = Path(args.output)
+        if out.exists() and any(out.iterdir()) and not args.overwrite:
+            raise FileExistsError(f"{out} exists and is not empty; pass --overwrite to replace it")
+    elif Path(args.output).exists() and not args.overwrite:
+        raise FileExistsError(f"{args.output} exists; pass --overwrite to replace it")
+    with _progress(args, "synthesizing") as progress:
+        volume = synthesize(args.model or "hqgan-synth", n=args.n, seed=args.seed, progress=progress,
+                            quantum_backend=args.quantum_backend)
+    if args.dicom:
+        export_dicom_series(volume, args.output, overwrite=args.overwrite)
+    else:
+        write_volume(volume, args.output, overwrite=args.overwrite)
+    _say(args, f"wrote {args.output}: {args.n} SYNTHETIC slice(s) ({volume.metadata['history'][-1]})")
+    return 0
+
+
 def cmd_list_models(args: argparse.Namespace) -> int:
     from .registry import list_models
 
@@ -265,6 +326,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-model", help="write the trained model as PATH.safetensors + PATH.json")
     p.add_argument("--force", action="store_true", help="accept a non-CT modality or non-HU values")
     p.set_defaults(func=cmd_train_enhance)
+
+    p = sub.add_parser("train-synth", parents=[common],
+                       help="train a synthetic-CT generator on the slices of CT volumes")
+    p.add_argument("--input", action="append", required=True, help="a CT volume or DICOM folder (repeatable)")
+    p.add_argument("--roi", action="append", help="a segmentation/label volume per input: crop slices to it")
+    p.add_argument("--method", default="hqgan", choices=("hqgan", "ablation", "wgan-gp", "dcgan"))
+    p.add_argument("--size", type=int, default=64, choices=(64, 128))
+    p.add_argument("--steps", type=int, default=1500, help="generator updates (default 1500)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--n-qubits", type=int, default=8)
+    p.add_argument("--n-layers", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--output-dir", help="config and losses.jsonl go here")
+    p.add_argument("--save-model", required=True, help="write PATH.safetensors + PATH.json")
+    p.add_argument("--force", action="store_true", help="accept a non-CT modality or non-HU values")
+    p.set_defaults(func=cmd_train_synth)
+
+    p = sub.add_parser("synthesize", parents=[common],
+                       help="generate synthetic CT slices (marked synthetic in names, headers and DICOM)")
+    p.add_argument("output", help="OUT_synthetic.nrrd (or a folder with --dicom); the name must say 'synthetic'")
+    p.add_argument("--model", help="a shipped synthesis model (default hqgan-synth) or a .safetensors file")
+    p.add_argument("--n", type=int, default=32, help="number of slices (default 32)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--quantum-backend", default=None, help="torch (default) or pennylane:DEVICE")
+    p.add_argument("--dicom", action="store_true", help="write a DICOM series folder (SyntheticData YES)")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_synthesize)
 
     p = sub.add_parser("list-models", parents=[common], help="the shipped models and their validation metrics")
     p.set_defaults(func=cmd_list_models)

@@ -51,6 +51,11 @@ KEPT_DICOM_KEYWORDS = (
 )
 
 
+#: Header key and value that mark a synthetic volume in NRRD / NIfTI-less formats (read back too).
+SYNTHETIC_KEY = "QHQGAN_SYNTHETIC"
+SYNTHETIC_VALUE = "YES: synthetic image made by QHQGAN, not for diagnosis"
+
+
 class VolumeReadError(ValueError):
     """The input cannot be read as one consistent CT volume; the message says why."""
 
@@ -131,6 +136,8 @@ def write_volume(volume: Volume, path: PathLike, *, overwrite: bool = False,
         raise ValueError("the volume holds NaN or infinite values; refusing to write it")
 
     image = volume_to_sitk(volume)
+    if volume.metadata.get("synthetic"):
+        image.SetMetaData(SYNTHETIC_KEY, SYNTHETIC_VALUE)
     # two-file formats (.nhdr, .mhd) name their data file after the header: write both
     # into a private temporary folder, then move them into place.
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".qhqgan-write-") as tmp:
@@ -193,7 +200,10 @@ def _read_itk(path: Path, *, max_voxels: int) -> Volume:
     except RuntimeError as exc:
         raise VolumeReadError(f"{path}: the image data cannot be read ({_first_line(exc)})") from None
     fmt = "nifti" if ".nii" in path.name.lower() else path.name.lower().rsplit(".", 1)[-1]
-    return volume_from_sitk(image, {"source": str(path), "format": fmt})
+    metadata = {"source": str(path), "format": fmt}
+    if image.HasMetaDataKey(SYNTHETIC_KEY):
+        metadata["synthetic"] = True
+    return volume_from_sitk(image, metadata)
 
 
 # ---------------------------------------------------------------------------

@@ -169,3 +169,21 @@ def super_resolve_node(input_node, scale: int = 2, model=None, name: Optional[st
                   "source_node": input_node.GetID(), **{k: v for k, v in options.items() if v is not None}}
     return node_from_volume(out, input_node.GetScene(), name or _output_name(input_node, f"sr{scale}x"),
                             reference_node=input_node, attributes=attributes)
+
+
+def synthesize_nodes(input_node, n: int = 8, seed: int = 0, model="hqgan-synth", name: Optional[str] = None,
+                     progress=None, cancel=None, **options):
+    """A new node of ``n`` synthetic slices in ``input_node``'s scene, named and marked synthetic.
+
+    ``input_node`` only places the result (its scene and study); no voxel of it is used,
+    and no identifier of it is copied. ``options`` go to :func:`QHQGANLib.synthesis.synthesize`.
+    """
+    from .synthesis import synthesize
+
+    volume = synthesize(model, n=n, seed=seed, progress=progress, cancel=cancel, **options)
+    label = volume.metadata.get("model", _model_label(model))
+    attributes = {"task": "synthesize", "synthetic": "YES (not for diagnosis)", "model": label, "seed": seed,
+                  "n_samples": n}
+    return node_from_volume(volume, input_node.GetScene(),
+                            name or f"SYNTHETIC_{label}_seed{seed}", reference_node=input_node,
+                            attributes=attributes)
