@@ -146,10 +146,7 @@ class _Plan:
         src = np.argsort(f)  # after the ring, amplitude j comes from src[j]
         idx = np.arange(dim)
         zsign = np.stack([1 - 2 * ((idx >> (n - 1 - w)) & 1) for w in range(n)], axis=1)  # (2^n, n)
-        # layout position of (basis index j, part r)
-        hi, lo = idx >> self.lo, idx & (2**self.lo - 1)
-
-        def pos(j, r):
+        def pos(j, r):  # layout position of (basis index j, part r)
             return ((j >> self.lo) * 2 + r) * 2**self.lo + (j & (2**self.lo - 1))
 
         tgt_j = np.empty(2 * dim, dtype=np.int64)
@@ -165,7 +162,6 @@ class _Plan:
         self.part_is_im = as_t(tgt_r.astype(bool))
         self.gs, self.go = as_t(gs), as_t(go)
         self.gs_inv, self.go_inv = as_t(np.argsort(gs)), as_t(np.argsort(go))
-        self.first_inv = None  # first_src is not a permutation (each amplitude used twice)
         self.sign_other = as_t(np.where(tgt_r == 0, -1.0, 1.0), dtype)
         self.zsign = as_t(zsign, dtype)  # Z eigenvalues, (2^n, n)
         self.zsign_after_ring = as_t(zsign[f], dtype)  # <Z> after the ring from probs before it

@@ -70,7 +70,7 @@ class SynthConfig:
     n_qubits: int = 8
     n_layers: int = 4
     latent_dim: int = 100              # for wgan-gp / dcgan (published); hqgan/ablation use n_qubits
-    width: int = 32                    # decoder channels at the last stage (x8 at 4x4)
+    width: int = 16                    # decoder channels at the last stage (x8 at 4x4)
     lr_g: Optional[float] = None       # None: the method's published setting
     lr_d: Optional[float] = None
     n_critic: int = 5                  # WGAN-GP critic updates per generator update (published)
@@ -89,7 +89,7 @@ class SynthConfig:
 class Decoder(nn.Module):
     """features (B, d) -> image (B, 1, size, size) in [-1, 1]."""
 
-    def __init__(self, in_features: int, size: int = 64, width: int = 32):
+    def __init__(self, in_features: int, size: int = 64, width: int = 16):
         super().__init__()
         if size not in (64, 128):
             raise ValueError(f"size must be 64 or 128, got {size}")
@@ -111,7 +111,7 @@ class SynthGenerator(nn.Module):
     """Latent -> (quantum | classical | nothing) -> decoder. ``sample_latent`` draws its noise."""
 
     def __init__(self, method: str = "hqgan", size: int = 64, n_qubits: int = 8, n_layers: int = 4,
-                 latent_dim: int = 100, width: int = 32, quantum_backend: str = "torch"):
+                 latent_dim: int = 100, width: int = 16, quantum_backend: str = "torch"):
         super().__init__()
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -145,7 +145,7 @@ class SynthGenerator(nn.Module):
 class Critic(nn.Module):
     """Strided-convolution critic / discriminator: image (B, 1, s, s) in [-1, 1] -> (B,) score."""
 
-    def __init__(self, size: int = 64, width: int = 32, batch_norm: bool = False):
+    def __init__(self, size: int = 64, width: int = 16, batch_norm: bool = False):
         super().__init__()
         n_down = int(math.log2(size // 4))
         layers, cin = [], 1
