@@ -176,6 +176,18 @@ def test_read_back_with_simpleitk_and_read_volume(tmp_path, synthetic, source):
     assert "SYNTHETIC" in back.metadata["dicom"]["SeriesDescription"]
 
 
+def test_left_handed_direction_keeps_the_physical_image(tmp_path, synthetic):
+    """Slices stacked against the normal: readers sort by position, the voxels stay in place."""
+    flipped = synthetic.direction.copy()
+    flipped[:, 2] *= -1
+    volume = Volume(synthetic.array, SPACING, ORIGIN, flipped)
+    export_dicom_series(volume, tmp_path / "lh")
+    back = read_volume(tmp_path / "lh")
+    assert np.allclose(back.direction[:, 2], -flipped[:, 2], atol=1e-4)
+    assert np.allclose(back.origin, volume.index_to_physical((0, 0, 2)), atol=1e-4)
+    assert np.array_equal(back.array[::-1].astype(np.float64), _expected(volume))
+
+
 def test_non_synthetic_export(tmp_path, synthetic, source_ds):
     files = export_dicom_series(synthetic, tmp_path / "enhanced", source=source_ds, synthetic=False,
                                 series_description="QHQGAN denoised")

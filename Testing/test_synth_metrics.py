@@ -127,6 +127,7 @@ def test_precision_recall_density_coverage_on_known_sets():
 
 
 # --- real CT -----------------------------------------------------------------
+@pytest.mark.shared_data
 def test_fidelity_on_real_ct_identical_vs_altered_sets(abdomen, abdomen_features):
     from scipy.ndimage import gaussian_filter
 
@@ -154,6 +155,7 @@ def test_fidelity_on_real_ct_identical_vs_altered_sets(abdomen, abdomen_features
         assert precision < 0.5, name
 
 
+@pytest.mark.shared_data
 def test_hu_histogram_wasserstein(abdomen, ct_small):
     train, heldout = abdomen
     assert sm.hu_histogram_wasserstein(train, train) == 0.0
@@ -163,6 +165,7 @@ def test_hu_histogram_wasserstein(abdomen, ct_small):
     assert sm.hu_histogram_wasserstein(ct_small, ct_small - 100.0) == pytest.approx(100.0, abs=1e-6)
 
 
+@pytest.mark.shared_data
 def test_memorization_copy_and_noise(abdomen):
     train, heldout = abdomen
     rng = np.random.default_rng(4)
@@ -184,6 +187,7 @@ def test_memorization_copy_and_noise(abdomen):
     assert np.allclose(exhaustive["ssim"], prefiltered["ssim"])
 
 
+@pytest.mark.shared_data
 def test_diversity_ms_ssim(abdomen, ct_small):
     train, _ = abdomen
     assert sm.ms_ssim_scales(64, 64) == 3 and sm.ms_ssim_scales(128, 128) == 4
@@ -198,6 +202,7 @@ def test_diversity_ms_ssim(abdomen, ct_small):
     assert sm.diversity_ms_ssim(np.repeat(ct_small, 3, axis=0), n_pairs=3) == pytest.approx(1.0, abs=1e-4)
 
 
+@pytest.mark.shared_data
 def test_fid_inception_is_never_downloaded(abdomen):
     train, heldout = abdomen
     result = sm.fid_inception(train[:4], heldout[:4])
@@ -207,6 +212,7 @@ def test_fid_inception_is_never_downloaded(abdomen):
         assert result["fid"] >= 0
 
 
+@pytest.mark.shared_data
 def test_evaluate_synthetic_report(abdomen):
     train, heldout = abdomen
     samples = np.concatenate([train[:4], heldout[:12] + np.random.default_rng(6).normal(scale=20, size=(12, 64, 64))])
