@@ -33,6 +33,8 @@ _LAZY = {
     "super_resolve": "inference",
     "list_models": "registry",
     "load_model": "registry",
+    "synthesize": "synthesis",
+    "export_dicom_series": "dicom_export",
     "psnr": "metrics",
     "ssim": "metrics",
 }

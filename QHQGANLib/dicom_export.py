@@ -318,10 +318,6 @@ def _source_attributes(source: Any) -> Dict[str, Any]:
         if value is None or value == "":
             continue
         out[keyword] = value if keyword in ("PatientName",) else _plain(value)
-    if "PatientName" in out:  # Volume metadata may hold the name as characters joined by "\"
-        name = str(out["PatientName"])
-        parts = name.split("\\")
-        out["PatientName"] = "".join(parts) if parts and all(len(p) <= 1 for p in parts) else name
     return out
 
 

@@ -25,7 +25,7 @@ import shutil
 import tempfile
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -401,7 +401,9 @@ def _kept_attributes(ds) -> Dict[str, str]:
 
 
 def _is_multivalue(value: Any) -> bool:
-    return isinstance(value, Iterable) and not isinstance(value, (str, bytes))
+    from pydicom.multival import MultiValue
+
+    return isinstance(value, (MultiValue, list, tuple))
 
 
 # ---------------------------------------------------------------------------
