@@ -1,0 +1,140 @@
+"""Benchmark: synthetic CT from HQGAN, its classical ablation, WGAN-GP and DCGAN, side by side.
+
+Every method is trained on the same slices (``synth_data.py``) with the same number of
+generator updates and batch size, for each seed; then 200 samples per run are scored
+against the held-out real slices with ``QHQGANLib.synth_metrics.evaluate_synthetic``
+(FRD, KID, precision/recall, density/coverage, diversity, memorization, HU Wasserstein).
+Writes the "synth" section of BENCHMARKS.md (mean +- sd and median over seeds) and a
+PNG grid of samples per method beside real slices. With ``--ship``, the seed-0 model
+of each method is written to Resources/Models as ``<method>-synth`` with its model card.
+
+    python Testing/Benchmarks/bench_synth.py --steps 600 --seeds 0 1 2 --ship
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from report import write_section  # noqa: E402
+from synth_data import DESCRIPTION, load_slices  # noqa: E402
+
+from QHQGANLib.figures import save_panels_png  # noqa: E402
+from QHQGANLib.registry import save_model  # noqa: E402
+from QHQGANLib.resources import models_dir  # noqa: E402
+from QHQGANLib.synth_metrics import evaluate_synthetic  # noqa: E402
+from QHQGANLib.synthesis import METHODS, SynthConfig, synthesize, train_synth  # noqa: E402
+
+FIGURE = HERE.parents[1] / "Resources" / "Images" / "benchmark-synth.png"
+SHIP_NAMES = {"hqgan": "hqgan-synth", "ablation": "ablation-synth", "wgan-gp": "wgangp-synth", "dcgan": "dcgan-synth"}
+KEYS = [("frd", "FRD"), ("kid_mean", "KID"), ("precision", "precision"), ("recall", "recall"),
+        ("density", "density"), ("coverage", "coverage"), ("diversity_samples", "MS-SSIM among samples"),
+        ("memorization_max", "max SSIM to training"), ("memorization_fraction_above_0.9", "share > 0.9"),
+        ("hu_wasserstein", "HU W1")]
+
+
+def flat(metrics: dict) -> dict:
+    """The scalar numbers of ``evaluate_synthetic``'s result, under the names of KEYS."""
+    out = {}
+    for key, value in metrics.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[key] = float(value)
+        elif isinstance(value, dict):
+            for sub, v in value.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    out[f"{key}_{sub}"] = float(v)
+        elif isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, float) for v in value):
+            out[f"{key}_mean"], out[f"{key}_std"] = value
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=600)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    ap.add_argument("--n-samples", type=int, default=200)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--ship", action="store_true", help="write the seed-0 models to Resources/Models")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    data = load_slices(64)
+    results, grids = {}, {}
+    for method in args.methods:
+        for seed in args.seeds:
+            cfg = SynthConfig(method=method, steps=args.steps, seed=seed)
+            t0 = time.time()
+            model = train_synth(cfg, slices=data["train"], show_progress=True)
+            seconds = time.time() - t0
+            samples = synthesize(model, args.n_samples, seed=1000 + seed).array
+            metrics = evaluate_synthetic(samples, data["heldout"], data["train"], seed=seed)
+            row = {"seconds": seconds, **flat(metrics)}
+            results.setdefault(method, []).append(row)
+            print(method, seed, json.dumps({k: round(v, 4) for k, v in row.items()}), flush=True)
+            if seed == args.seeds[0]:
+                grids[method] = samples[:6]
+                if args.ship:
+                    card = {
+                        "name": SHIP_NAMES[method], "task": "synthesize", "arch": model.config["arch"],
+                        "size": 64, "window_hu": [-1024, 1024], "training_data": DESCRIPTION,
+                        "training": {**cfg.to_dict(), "output_dir": None, "seconds": round(seconds)},
+                        "validation": {k: row[k] for k, _ in KEYS if k in row},
+                        "intended_use": "data augmentation research; every output is synthetic, "
+                                        "not for diagnosis",
+                    }
+                    models_dir().mkdir(parents=True, exist_ok=True)
+                    save_model(model, models_dir() / SHIP_NAMES[method], card)
+    lines = ["## Synthetic CT (64x64): HQGAN vs ablation vs WGAN-GP vs DCGAN", "",
+             f"Training: {DESCRIPTION}; {len(data['train'])} training slices, {len(data['heldout'])} held-out "
+             f"slices. Same budget for every method: {args.steps} generator updates, batch 32 "
+             "(WGAN-GP critics: 5 critic updates per generator update, as published; DCGAN: 1). "
+             f"{args.n_samples} samples per run scored against the held-out slices. Seeds: "
+             f"{', '.join(map(str, args.seeds))}; mean +- sd (median).", "",
+             "| method | train s | " + " | ".join(label for _, label in KEYS) + " |",
+             "|---|---|" + "---|" * len(KEYS)]
+    for method, rows in results.items():
+        cells = [f"{np.mean([r['seconds'] for r in rows]):.0f}"]
+        for key, _ in KEYS:
+            values = np.array([r.get(key, np.nan) for r in rows])
+            cells.append(f"{np.mean(values):.4g} +- {np.std(values):.2g} ({np.median(values):.4g})")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    reference = evaluate_synthetic(data["heldout"], data["heldout"], data["train"], seed=0)
+    lines += ["", f"Reference: real held-out slices against the training slices have MS-SSIM among themselves "
+              f"{reference['diversity_real']:.3f} and max SSIM to a training slice "
+              f"{reference['memorization_heldout_reference']['max']:.3f} (neighbouring anatomy); "
+              "FID with InceptionV3 is not reported (its weights are not on this machine and nothing is downloaded).", ""]
+    panels = [(f"real {i}", data["heldout"][i]) for i in range(0, min(18, len(data["heldout"])), 3)][:6]
+    rows_png = [panels] + [[(f"{m} {i}", img) for i, img in enumerate(grid)] for m, grid in grids.items()]
+    FIGURE.parent.mkdir(parents=True, exist_ok=True)
+    for index, row in enumerate(rows_png):
+        save_panels_png(row, FIGURE.with_name(f"{FIGURE.stem}-{index}.png"), window=(-160, 240), min_panel_size=128)
+    _stack_rows([FIGURE.with_name(f"{FIGURE.stem}-{i}.png") for i in range(len(rows_png))], FIGURE)
+    lines += [f"![real held-out slices (first row) and samples of each method]"
+              f"({FIGURE.relative_to(HERE.parents[1])})", ""]
+    write_section("synth", "\n".join(lines))
+    print("\n".join(lines))
+
+
+def _stack_rows(paths, out):
+    from PIL import Image
+
+    images = [Image.open(p) for p in paths]
+    canvas = Image.new("L", (max(i.width for i in images), sum(i.height for i in images)))
+    y = 0
+    for image in images:
+        canvas.paste(image, (0, y))
+        y += image.height
+    canvas.save(out)
+    for p in paths:
+        Path(p).unlink()
+
+
+if __name__ == "__main__":
+    main()
