@@ -202,6 +202,53 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_rows(rows, keys) -> None:
+    print(" | ".join(["method"] + [k for k in keys]))
+    for row in rows:
+        print(" | ".join([str(row.get("method"))] + [f"{row[k]:.4g}" if isinstance(row.get(k), float) else str(row.get(k))
+                                                    for k in keys]))
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate_enhancement, evaluate_super_resolution
+    from .io import read_volume
+
+    volumes = [read_volume(p, force=args.force) for p in args.input]
+    models = [m for m in args.models.split(",") if m]
+    if args.task == "enhance":
+        doses = [float(d) for d in args.doses.split(",")]
+        rows = evaluate_enhancement({m: m for m in models}, volumes, doses=doses, seed=args.seed)
+        keys = ["dose", "psnr_abdomen", "ssim_abdomen", "psnr_full", "ssim_full", "noise_hu", "seconds_per_slice"]
+    else:
+        rows = evaluate_super_resolution({m: m for m in models}, volumes)
+        keys = ["psnr_abdomen", "ssim_abdomen", "psnr_full", "ssim_full", "noise_hu", "seconds_per_slice"]
+    _print_rows(rows, keys)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+def cmd_evaluate_synth(args: argparse.Namespace) -> int:
+    from .io import read_volume
+    from .synth_metrics import evaluate_synthetic
+    from .synthesis import training_slices
+
+    samples = read_volume(args.samples, force=True).array
+    size = samples.shape[-1]
+    real = training_slices([read_volume(p, force=args.force) for p in args.real], size)
+    train = training_slices([read_volume(p, force=args.force) for p in args.train], size) if args.train else None
+    result = evaluate_synthetic(samples, real, train, seed=args.seed)
+    for key, value in result.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            print(f"{key:<28} {value:.4g}")
+    if isinstance(result.get("memorization"), dict):
+        mem = result["memorization"]
+        print(f"{'memorization max SSIM':<28} {mem['max']:.4g}  (share > 0.9: {mem['fraction_above_0.9']:.3g})")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2, default=str))
+    return 0
+
+
 def cmd_list_models(args: argparse.Namespace) -> int:
     from .registry import list_models
 
@@ -354,6 +401,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dicom", action="store_true", help="write a DICOM series folder (SyntheticData YES)")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_synthesize)
+
+    p = sub.add_parser("evaluate", parents=[common],
+                       help="score enhancement / SR models side by side on normal-dose CT (PSNR, SSIM, noise, speed)")
+    p.add_argument("--input", action="append", required=True, help="a held-out normal-dose CT (repeatable)")
+    p.add_argument("--models", default="hqgan-enhance,ablation-enhance,redcnn-enhance",
+                   help="comma-separated model names or files")
+    p.add_argument("--task", default="enhance", choices=("enhance", "super-resolve"))
+    p.add_argument("--doses", default="0.25,0.1", help="comma-separated dose fractions (enhance)")
+    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--json", help="also write the rows to this JSON file")
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("evaluate-synth", parents=[common],
+                       help="fidelity, diversity and memorization of synthetic slices against real ones")
+    p.add_argument("samples", help="the synthetic volume (e.g. from qhqgan synthesize)")
+    p.add_argument("--real", action="append", required=True, help="held-out real CT (repeatable)")
+    p.add_argument("--train", action="append", help="the training CT, for the memorization check")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", help="also write the full result to this JSON file")
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(func=cmd_evaluate_synth)
 
     p = sub.add_parser("list-models", parents=[common], help="the shipped models and their validation metrics")
     p.set_defaults(func=cmd_list_models)
