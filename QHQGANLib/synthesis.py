@@ -23,7 +23,7 @@ Console usage::
     >>> import QHQGANLib as q
     >>> from QHQGANLib.synthesis import SynthConfig, train_synth, synthesize
     >>> ct = q.read_volume("rare_case_ct/")
-    >>> model = train_synth(SynthConfig(method="hqgan", size=64, steps=1500), [ct])
+    >>> model = train_synth(SynthConfig(method="hqgan", size=64, steps=500), [ct])
     >>> fake = synthesize(model, n=32, seed=0)          # a Volume of 32 synthetic slices, HU
     >>> fake = synthesize("hqgan-synth", n=32, seed=0)  # with a shipped model
 """
@@ -64,7 +64,7 @@ def unit_to_hu(x: np.ndarray) -> np.ndarray:
 class SynthConfig:
     method: str = "hqgan"
     size: int = 64
-    steps: int = 1500
+    steps: int = 500
     batch_size: int = 32
     seed: int = 0
     n_qubits: int = 8
