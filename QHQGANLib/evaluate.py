@@ -83,20 +83,23 @@ def evaluate_enhancement(methods: Dict[str, Method], normal_volumes: Sequence[Vo
         pairs = [(simulate_low_dose(v, dose, seed=seed + i), v) for i, v in enumerate(normal_volumes)]
         names = (["low-dose input"] if include_input else []) + list(methods)
         for name in names:
-            acc: Dict[str, float] = {}
-            n_slices, seconds = 0, 0.0
-            for low, normal in pairs:
-                t0 = time.perf_counter()
-                out = low if name == "low-dose input" else _apply(methods[name], low, "enhance")
-                seconds += time.perf_counter() - t0
-                s = score(out, normal, uniform_region_mask(np.clip(normal.array, -1024, 3071)))
-                for key, value in s.items():
-                    acc[key] = acc.get(key, 0.0) + value * normal.shape[0]
-                n_slices += normal.shape[0]
-            row = {"method": name, "dose": dose, **{k: v / n_slices for k, v in acc.items()}}
-            row["seconds_per_slice"] = seconds / n_slices if name != "low-dose input" else 0.0
-            rows.append(row)
+            run = (lambda v: v) if name == "low-dose input" else (lambda v, m=methods[name]: _apply(m, v, "enhance"))
+            rows.append({"method": name, "dose": dose, **_average_scores(run, pairs)})
     return rows
+
+
+def _average_scores(run: Callable[[Volume], Volume], pairs) -> Dict[str, float]:
+    """Scores of ``run(degraded)`` against each reference, averaged over slices, and its time per slice."""
+    acc: Dict[str, float] = {}
+    n_slices, seconds = 0, 0.0
+    for degraded, reference in pairs:
+        t0 = time.perf_counter()
+        out = run(degraded)
+        seconds += time.perf_counter() - t0
+        for key, value in score(out, reference, uniform_region_mask(np.clip(reference.array, -1024, 3071))).items():
+            acc[key] = acc.get(key, 0.0) + value * reference.shape[0]
+        n_slices += reference.shape[0]
+    return {**{k: v / n_slices for k, v in acc.items()}, "seconds_per_slice": seconds / n_slices}
 
 
 def evaluate_super_resolution(methods: Dict[str, Method], normal_volumes: Sequence[Volume],
@@ -112,19 +115,9 @@ def evaluate_super_resolution(methods: Dict[str, Method], normal_volumes: Sequen
         pairs.append((low, v.with_geometry(v.array[:, :ny, :nx], v.spacing, v.origin)))
     names = (["bicubic"] if include_bicubic else []) + list(methods)
     for name in names:
-        acc: Dict[str, float] = {}
-        n_slices, seconds = 0, 0.0
-        for low, high in pairs:
-            t0 = time.perf_counter()
-            out = bicubic_upsample(low, scale) if name == "bicubic" else _apply(methods[name], low, "super-resolve")
-            seconds += time.perf_counter() - t0
-            s = score(out, high, uniform_region_mask(np.clip(high.array, -1024, 3071)))
-            for key, value in s.items():
-                acc[key] = acc.get(key, 0.0) + value * high.shape[0]
-            n_slices += high.shape[0]
-        row = {"method": name, "scale": scale, **{k: v / n_slices for k, v in acc.items()},
-               "seconds_per_slice": seconds / n_slices}
-        rows.append(row)
+        run = ((lambda v: bicubic_upsample(v, scale)) if name == "bicubic"
+               else (lambda v, m=methods[name]: _apply(m, v, "super-resolve")))
+        rows.append({"method": name, "scale": scale, **_average_scores(run, pairs)})
     return rows
 
 
