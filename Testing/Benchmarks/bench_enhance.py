@@ -43,7 +43,7 @@ name, task = sys.argv[1], sys.argv[2]
 rng = np.random.default_rng(0)
 vol = Volume((rng.normal(40, 30, (4, 512, 512))).astype(np.float32), (0.8, 0.8, 2.0))
 if name == "bm3d":
-    run = lambda v: bm3d_denoise(v.with_array(v.array[:1]))
+    run = lambda v: bm3d_denoise(Volume(v.array[:1], v.spacing))
     per = 1
 else:
     from QHQGANLib.registry import load_model
@@ -80,7 +80,7 @@ def main() -> None:
     split = load_split()
     methods = {name: load_model(name) for name in enhancers}
     if not args.skip_bm3d:
-        methods["BM3D (blind sigma)"] = bm3d_denoise
+        methods["BM3D"] = bm3d_denoise
     keys = ["psnr_abdomen", "ssim_abdomen", "psnr_full", "ssim_full", "noise_hu"]
     lines = ["## Low-dose enhancement and x2 super-resolution", "",
              "Held-out slices: TotalSegmentator abdomen series slices 16-19 and KiTS CT28, CT29 (6 slices); "
@@ -92,7 +92,7 @@ def main() -> None:
     head = evaluate_enhancement(methods, split["head"], doses=(0.25,))
     timings = {name: timing(name, "enhance") for name in enhancers}
     if not args.skip_bm3d:
-        timings["BM3D (blind sigma)"] = timing("bm3d", "enhance")
+        timings["BM3D"] = timing("bm3d", "enhance")
     for title, rows in (("Abdomen, held out", quality), ("Head CT (other anatomy), 25 % dose", head)):
         lines += [f"### {title}", "",
                   "| method | dose | PSNR abd (dB) | SSIM abd | PSNR full (dB) | SSIM full | noise (HU) |",
