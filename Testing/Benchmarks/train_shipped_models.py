@@ -65,14 +65,19 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(models_dir()))
+    ap.add_argument("--lr", type=float, help="skip the sweep and use this learning rate (e.g. the one "
+                                            "the shipped model's card records, for another seed)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     spec = MODELS[args.model]
     split = load_split()
     t0 = time.time()
-    lr, sweep = tune_lr(spec, split, args.sweep_steps, args.batch_size, args.seed)
-    print(f"{args.model}: learning rate {lr:g} chosen on the tuning slices", flush=True)
-    run_dir = Path("runs") / args.model
+    if args.lr:
+        lr, sweep = args.lr, {}
+    else:
+        lr, sweep = tune_lr(spec, split, args.sweep_steps, args.batch_size, args.seed)
+        print(f"{args.model}: learning rate {lr:g} chosen on the tuning slices", flush=True)
+    run_dir = Path("runs") / f"{args.model}-seed{args.seed}"
     cfg = TrainConfig(**spec, lr=lr, steps=args.steps, batch_size=args.batch_size, seed=args.seed,
                       output_dir=str(run_dir), checkpoint_every=250, resume=True)
     t1 = time.time()
