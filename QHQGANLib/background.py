@@ -286,17 +286,9 @@ def run_task(argv: Sequence[str], progress: Optional[ProgressCallback] = None, c
     """
     task = BackgroundTask(argv, env=env)
     try:
-        while task.running:
-            if cancel is not None and cancel.is_set():
-                task.cancel()
-                break
-            _forward(task, progress)
-            time.sleep(poll_interval)
-        _forward(task, progress)
+        wait(task, progress, cancel, poll_interval)  # ends the child on cancel or on an exception here
         task.finish()
     except BaseException:
-        if task.running:  # e.g. KeyboardInterrupt in the parent
-            task.cancel()
         if output_path is not None:
             Path(output_path).unlink(missing_ok=True)
         raise
