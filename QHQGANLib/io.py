@@ -21,7 +21,6 @@ an empty volume, volumes above ``max_voxels``, and files that are not a volume.
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 from collections import defaultdict
 from pathlib import Path

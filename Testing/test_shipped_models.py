@@ -1,7 +1,6 @@
 """The models shipped in Resources/Models: cards complete, weights match their sha256, each runs from the CLI."""
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest

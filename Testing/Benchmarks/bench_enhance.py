@@ -15,7 +15,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -23,9 +22,9 @@ from enhance_data import load_split  # noqa: E402
 from report import write_section  # noqa: E402
 
 from QHQGANLib.classical import bm3d_denoise  # noqa: E402
-from QHQGANLib.evaluate import bicubic_upsample, evaluate_enhancement, evaluate_super_resolution  # noqa: E402
+from QHQGANLib.evaluate import evaluate_enhancement, evaluate_super_resolution  # noqa: E402
 from QHQGANLib.figures import save_panels_png  # noqa: E402
-from QHQGANLib.inference import enhance, super_resolve  # noqa: E402
+from QHQGANLib.inference import enhance  # noqa: E402
 from QHQGANLib.lowdose import simulate_low_dose  # noqa: E402
 from QHQGANLib.registry import list_models, load_model  # noqa: E402
 
