@@ -73,17 +73,14 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from .progress import OperationCancelled, check_cancel, report
 from .volume import Volume
 
 ProgressCallback = Callable[[float, str], None]
 
 
-class Cancelled(RuntimeError):
-    """Raised when the ``cancel`` event of a long operation is set; nothing is returned."""
-
-
-# alias with the shared name other modules may use
-OperationCancelled = Cancelled
+# the shared cancellation error (QHQGANLib.progress); ``Cancelled`` kept as a short alias
+Cancelled = OperationCancelled
 
 
 @dataclass(frozen=True)
@@ -160,16 +157,6 @@ class ScannerModel:
 
 
 # --- helpers -------------------------------------------------------------------------
-
-def _check_cancel(cancel) -> None:
-    if cancel is not None and cancel.is_set():
-        raise Cancelled("operation cancelled by the user; no volume was produced")
-
-
-def _report(progress: Optional[ProgressCallback], fraction: float, message: str) -> None:
-    if progress is not None:
-        progress(float(min(max(fraction, 0.0), 1.0)), message)
-
 
 def _check_volume(volume: Volume, what: str) -> None:
     if not isinstance(volume, Volume):
@@ -362,10 +349,10 @@ def simulate_low_dose(volume: Volume, dose_fraction: float, seed: Optional[int] 
             f"sigma_e^2={scanner.electronic_noise_var:g}, views={scanner.n_views}, filter={scanner.recon_filter}, "
             f"tcm={scanner.tube_current_modulation:g})")
     nz, ny, nx = volume.shape
-    _check_cancel(cancel)
-    _report(progress, 0.0, "simulating low dose")
+    check_cancel(cancel)
+    report(progress, 0.0, "simulating low dose")
     if a == 1.0:
-        _report(progress, 1.0, "done (full dose: unchanged)")
+        report(progress, 1.0, "done (full dose: unchanged)")
         return volume.with_array(volume.array, note=note)
 
     rng = np.random.default_rng(seed)
@@ -375,19 +362,19 @@ def simulate_low_dose(volume: Volume, dose_fraction: float, seed: Optional[int] 
     out = np.empty_like(volume.array)
     try:
         for k in range(nz):
-            _check_cancel(cancel)
+            check_cancel(cancel)
             sl = volume.array[k].astype(np.float64)
             mu_px = np.clip(scanner.mu_water * (1.0 + sl / 1000.0), 0.0, None) * pixel_mm  # 1/pixel
             p = geom.project_coarse(mu_px)  # dimensionless line integrals
-            _check_cancel(cancel)
+            check_cancel(cancel)
             delta = _noise_sinogram(p, a, scanner, i0_bin, rng)
-            _check_cancel(cancel)
+            check_cancel(cancel)
             dmu = geom.fbp(delta) / pixel_mm  # 1/mm
             out[k] = volume.array[k] + (hu_per_mu * dmu).astype(np.float32)
-            _report(progress, (k + 1) / nz, f"slice {k + 1}/{nz}")
+            report(progress, (k + 1) / nz, f"slice {k + 1}/{nz}")
     finally:
         geom.close()
-    _check_cancel(cancel)
+    check_cancel(cancel)
     return volume.with_array(out, note=note)
 
 
@@ -426,15 +413,15 @@ def degrade_resolution(volume: Volume, scale: int = 2, sigma_px: Optional[float]
     from scipy.ndimage import gaussian_filter
 
     note = f"degrade_resolution(scale={scale}, sigma_px={sigma_px:.3f}, remainder={remainder})"
-    _check_cancel(cancel)
-    _report(progress, 0.0, "degrading resolution")
+    check_cancel(cancel)
+    report(progress, 0.0, "degrading resolution")
     if remainder == "crop":
         cy, cx = ny - ny % scale, nx - nx % scale
     else:
         cy, cx = -(-ny // scale) * scale, -(-nx // scale) * scale
     out = np.empty((nz, cy // scale, cx // scale), np.float32)
     for k in range(nz):
-        _check_cancel(cancel)
+        check_cancel(cancel)
         sl = volume.array[k].astype(np.float64)
         if sigma_px > 0:
             sl = gaussian_filter(sl, sigma_px, mode="nearest")
@@ -443,7 +430,7 @@ def degrade_resolution(volume: Volume, scale: int = 2, sigma_px: Optional[float]
         else:
             sl = np.pad(sl, ((0, cy - ny), (0, cx - nx)), mode="edge")
         out[k] = sl.reshape(cy // scale, scale, cx // scale, scale).mean(axis=(1, 3))
-        _report(progress, (k + 1) / nz, f"slice {k + 1}/{nz}")
+        report(progress, (k + 1) / nz, f"slice {k + 1}/{nz}")
     sx, sy, sz = volume.spacing
     shift = np.array([(scale - 1) / 2.0 * sx, (scale - 1) / 2.0 * sy, 0.0])
     origin = np.asarray(volume.origin) + volume.direction @ shift
