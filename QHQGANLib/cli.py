@@ -163,9 +163,11 @@ def cmd_train_synth(args: argparse.Namespace) -> int:
             if mask.shape != volume.shape:
                 raise ValueError(f"{path}: ROI shape {mask.shape} differs from its volume {volume.shape}")
             roi.append(mask.array > 0)
+    optional = {key: value for key, value in (("n_critic", args.n_critic), ("diffaugment", args.diffaugment))
+                if value is not None}
     cfg = SynthConfig(method=args.method, size=args.size, steps=args.steps, batch_size=args.batch_size,
                       seed=args.seed, n_qubits=args.n_qubits, n_layers=args.n_layers,
-                      output_dir=args.output_dir)
+                      lr_g=args.lr_g, lr_d=args.lr_d, output_dir=args.output_dir, **optional)
     with _progress(args, f"training {args.method} synthesis") as progress:
         model = train_synth(cfg, volumes, roi=roi, progress=progress)
     card = save_model(model, args.save_model, {"task": "synthesize", "training": cfg.to_dict(),
@@ -384,6 +386,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--n-qubits", type=int, default=8)
     p.add_argument("--n-layers", type=int, default=4)
+    p.add_argument("--n-critic", type=int,
+                   help="critic updates per generator update of the WGAN-GP methods (default 2; "
+                        "the paper's 5 takes about twice as long)")
+    p.add_argument("--lr-g", type=float, help="generator learning rate (default: the method's setting)")
+    p.add_argument("--lr-d", type=float, help="critic learning rate (default: the method's setting)")
+    p.add_argument("--diffaugment",
+                   help="augmentation of the critic's inputs, comma-separated from translation,cutout; "
+                        "'' for none (default translation)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output-dir", help="config and losses.jsonl go here")
     p.add_argument("--save-model", required=True, help="write PATH.safetensors + PATH.json")

@@ -98,20 +98,33 @@ def _as_features(feat: np.ndarray, name: str) -> np.ndarray:
     return feat
 
 
-def _standardizer(real: np.ndarray):
-    """Mean and standard deviation of the real features (constant features keep unit scale)."""
-    mu = real.mean(axis=0)
-    sd = real.std(axis=0)
+def feature_scaler(reference: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Mean and standard deviation of reference features, for ``standardize=`` of the distances.
+
+    Constant features keep unit scale. Pass the features of *all* real slices at hand (e.g.
+    held-out and training together): a small held-out set alone can give a feature a tiny
+    spread, and then that one feature dominates every distance.
+    """
+    ref = _as_features(reference, "reference")
+    mu = ref.mean(axis=0)
+    sd = ref.std(axis=0)
     sd = np.where(sd > 1e-12 * np.maximum(1.0, np.abs(mu)), sd, 1.0)
     return mu, sd
 
 
-def _standardized(real: np.ndarray, fake: np.ndarray, standardize: bool):
+Standardize = Union[bool, Tuple[np.ndarray, np.ndarray]]
+
+
+def _standardized(real: np.ndarray, fake: np.ndarray, standardize: Standardize):
+    """Both sets scaled with ``standardize`` = True (the real set's statistics), a ``(mean, sd)``
+    pair from :func:`feature_scaler`, or False (raw features)."""
     if real.shape[1] != fake.shape[1]:
         raise ValueError(f"the feature sets differ in dimension: {real.shape[1]} vs {fake.shape[1]}")
-    if not standardize:
+    if standardize is False:
         return real, fake
-    mu, sd = _standardizer(real)
+    mu, sd = feature_scaler(real) if standardize is True else (np.asarray(v, float) for v in standardize)
+    if mu.shape != (real.shape[1],) or sd.shape != (real.shape[1],):
+        raise ValueError(f"the scaler has shape {mu.shape}, the features {real.shape[1]} dimensions")
     return (real - mu) / sd, (fake - mu) / sd
 
 
@@ -205,12 +218,13 @@ def _sqrt_psd(a: np.ndarray) -> np.ndarray:
     return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
 
 
-def frechet_distance(feat_real: np.ndarray, feat_fake: np.ndarray, *, standardize: bool = True) -> float:
+def frechet_distance(feat_real: np.ndarray, feat_fake: np.ndarray, *, standardize: Standardize = True) -> float:
     """Fréchet distance between Gaussians fitted to two feature sets (FRD on radiomic features).
 
     ``||mu_r - mu_f||² + tr(S_r + S_f - 2 (S_r S_f)^½)``. With ``standardize`` (default) both sets
-    are first scaled with the real set's mean and standard deviation, so the value does not
-    depend on the units of the features and is comparable between generators.
+    are first scaled with the real set's mean and standard deviation (or with a given
+    ``(mean, sd)`` from :func:`feature_scaler`), so the value does not depend on the units of
+    the features and is comparable between generators.
 
     The trace of the matrix square root is computed as the sum of the square roots of the
     eigenvalues of ``S_r^½ S_f S_r^½`` (symmetric, positive semi-definite: same eigenvalues as
@@ -238,7 +252,7 @@ def _polynomial_kernel(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def kid(feat_real: np.ndarray, feat_fake: np.ndarray, subset_size: int = 100, n_subsets: int = 100,
-        seed: int = 0, *, standardize: bool = True) -> Tuple[float, float]:
+        seed: int = 0, *, standardize: Standardize = True) -> Tuple[float, float]:
     """Kernel distance (KID) between two feature sets: ``(mean, std)`` of unbiased MMD² over subsets.
 
     Kernel ``k(x, y) = (x·y / d + 1)³`` (Bińkowski et al. 2018); each subset draws
@@ -277,7 +291,7 @@ def _knn_radii(x: np.ndarray, k: int) -> np.ndarray:
 
 
 def precision_recall(real_feat: np.ndarray, fake_feat: np.ndarray, k: int = 5, *,
-                     standardize: bool = True) -> Tuple[float, float]:
+                     standardize: Standardize = True) -> Tuple[float, float]:
     """Improved precision and recall (Kynkäänniemi et al. 2019) with k-NN manifolds.
 
     Precision: the fraction of fake samples inside the real manifold (the union of balls
@@ -297,7 +311,7 @@ def precision_recall(real_feat: np.ndarray, fake_feat: np.ndarray, k: int = 5, *
 
 
 def density_coverage(real_feat: np.ndarray, fake_feat: np.ndarray, k: int = 5, *,
-                     standardize: bool = True) -> Tuple[float, float]:
+                     standardize: Standardize = True) -> Tuple[float, float]:
     """Density and coverage (Naeem et al. 2020).
 
     Density: how many real-sample k-NN balls contain each fake sample, divided by k and
@@ -522,7 +536,10 @@ def evaluate_synthetic(samples: SlicesLike, real_heldout: SlicesLike,
     """All metrics of synthetic slices against held-out real slices, as a JSON-friendly dict.
 
     Keys: ``frd``, ``kid_mean``, ``kid_std``, ``precision``, ``recall``, ``density``,
-    ``coverage`` (radiomic-style features, standardised with the real set), ``hu_wasserstein``
+    ``coverage`` (radiomic-style features, standardised with all real slices given: held-out and
+    training), ``frd_real_reference`` / ``kid_real_reference`` (the same distances from the
+    held-out to the training slices: what a generator as good as the data can expect; None
+    without ``training_slices``), ``hu_wasserstein``
     (HU), ``diversity_samples`` and ``diversity_real`` (mean pairwise MS-SSIM; samples far above
     real = mode collapse), ``memorization`` (vs ``training_slices``, when given: ``max``,
     ``mean``, ``fraction_above_0.9``, ``fraction_above_0.95``, per-sample ``ssim`` and ``nearest``
@@ -537,20 +554,31 @@ def evaluate_synthetic(samples: SlicesLike, real_heldout: SlicesLike,
         raise ValueError(f"samples {s.shape[1:]} and real slices {r.shape[1:]} differ in size")
     fs = radiomic_features(s, mask)
     fr = radiomic_features(r, mask)
+    t = None if training_slices is None else _as_slices(training_slices, "training_slices")
+    if t is not None and t.shape[1:] != r.shape[1:]:
+        raise ValueError(f"training slices {t.shape[1:]} and real slices {r.shape[1:]} differ in size")
+    ft = None if t is None else radiomic_features(t, mask)
+    # scale of every feature from all real slices at hand (a small held-out set alone can give
+    # a feature a spread so small that it dominates the distances)
+    scaler = feature_scaler(fr if ft is None else np.concatenate([fr, ft]))
     kk = max(1, min(int(k), s.shape[0] - 1, r.shape[0] - 1))
-    kid_mean, kid_std = kid(fr, fs, kid_subset_size, kid_subsets, seed)
-    precision, recall = precision_recall(fr, fs, kk)
-    density, coverage = density_coverage(fr, fs, kk)
+    kid_mean, kid_std = kid(fr, fs, kid_subset_size, kid_subsets, seed, standardize=scaler)
+    precision, recall = precision_recall(fr, fs, kk, standardize=scaler)
+    density, coverage = density_coverage(fr, fs, kk, standardize=scaler)
     report: Dict[str, Any] = {
         "n_samples": int(s.shape[0]), "n_real": int(r.shape[0]),
-        "frd": frechet_distance(fr, fs), "kid_mean": kid_mean, "kid_std": kid_std,
+        "frd": frechet_distance(fr, fs, standardize=scaler), "kid_mean": kid_mean, "kid_std": kid_std,
+        # the same distances between two real sets (training vs held-out): the level to expect
+        # from a generator as good as the data (different slices of the same patients)
+        "frd_real_reference": None if ft is None else frechet_distance(fr, ft, standardize=scaler),
+        "kid_real_reference": None if ft is None else kid(fr, ft, kid_subset_size, kid_subsets, seed,
+                                                          standardize=scaler)[0],
         "precision": precision, "recall": recall, "density": density, "coverage": coverage,
         "hu_wasserstein": hu_histogram_wasserstein(s, r, seed=seed),
         "diversity_samples": diversity_ms_ssim(s, n_pairs, seed),
         "diversity_real": diversity_ms_ssim(r, n_pairs, seed),
     }
-    if training_slices is not None:
-        t = _as_slices(training_slices, "training_slices")
+    if t is not None:
         mem = memorization(s, t)
         report["memorization"] = {key: (value.tolist() if isinstance(value, np.ndarray) else value)
                                   for key, value in mem.items()}
@@ -568,7 +596,8 @@ def evaluate_synthetic(samples: SlicesLike, real_heldout: SlicesLike,
         "features": "radiomic-style features computed with scikit-image (" + ", ".join(FEATURE_NAMES) + ")",
         "glcm": f"{GLCM_LEVELS} levels in [{WINDOW[0]:g}, {WINDOW[1]:g}] HU, distances {list(GLCM_DISTANCES)}, "
                 "4 angles averaged",
-        "standardization": "features standardised with the real set's mean and std",
+        "standardization": "features standardised with the mean and std of all real slices given "
+                           "(held-out and training)",
         "k": kk, "kid_subset_size": int(min(kid_subset_size, s.shape[0], r.shape[0])),
         "kid_subsets": int(kid_subsets), "kid_kernel": "(x.y/d + 1)^3",
         "ssim_window_hu": list(WINDOW), "ms_ssim_scales": ms_ssim_scales(*s.shape[1:]),
@@ -580,6 +609,6 @@ def evaluate_synthetic(samples: SlicesLike, real_heldout: SlicesLike,
     return report
 
 
-__all__ = ["FEATURE_NAMES", "WINDOW", "radiomic_features", "frechet_distance", "kid", "precision_recall",
+__all__ = ["FEATURE_NAMES", "WINDOW", "radiomic_features", "feature_scaler", "frechet_distance", "kid", "precision_recall",
            "density_coverage", "hu_histogram_wasserstein", "diversity_ms_ssim", "ms_ssim_scales",
            "memorization", "find_inception_weights", "fid_inception", "evaluate_synthetic"]

@@ -229,3 +229,28 @@ def test_evaluate_synthetic_report(abdomen):
     assert report["fid_inception"] is None or report["fid_inception"] >= 0
     assert "scikit-image" in report["settings"]["features"]
     assert sm.evaluate_synthetic(samples, heldout, seed=0, kid_subsets=2, n_pairs=5)["memorization"] is None
+
+
+def test_feature_scaler_from_all_real_slices_keeps_one_feature_from_dominating(abdomen, abdomen_features):
+    train_feat, held_feat = abdomen_features
+    small = held_feat[:6]  # a small held-out set: some features barely vary within it
+    mu, sd = sm.feature_scaler(np.concatenate([small, train_feat]))
+    # the distance of the real training slices to the small held-out set: with the small set's own
+    # scale it is inflated by the features it happens not to spread; with all real slices it is not
+    alone = sm.frechet_distance(small, train_feat)
+    pooled = sm.frechet_distance(small, train_feat, standardize=(mu, sd))
+    assert pooled < alone
+    assert sm.frechet_distance(small, small, standardize=(mu, sd)) == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ValueError, match="scaler"):
+        sm.frechet_distance(small, small, standardize=(mu[:3], sd[:3]))
+
+
+def test_evaluate_synthetic_reports_the_real_to_real_reference(abdomen):
+    train, heldout = abdomen
+    copies = sm.evaluate_synthetic(train, heldout, train, seed=0, kid_subsets=5, n_pairs=10)
+    # samples that are the training slices score exactly the real-to-real reference
+    assert copies["frd"] == pytest.approx(copies["frd_real_reference"])
+    noisy = train + np.random.default_rng(1).normal(scale=60, size=train.shape)
+    worse = sm.evaluate_synthetic(noisy, heldout, train, seed=0, kid_subsets=5, n_pairs=10)
+    assert worse["frd"] > 3 * copies["frd_real_reference"]
+    assert worse["frd_real_reference"] == pytest.approx(copies["frd_real_reference"])

@@ -1,6 +1,8 @@
 """Synthetic CT: every method trains, generation is seeded and always marked synthetic."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -96,3 +98,48 @@ def test_synthesize_nodes_in_the_scene(slices):
     assert node.GetName().startswith("SYNTHETIC_")
     assert node.GetAttribute("QHQGAN.synthetic").startswith("YES")
     assert "Patient" not in node.GetName()
+
+
+def test_diff_augment_translates_and_cuts_out_with_air_and_stays_differentiable():
+    from QHQGANLib.synthesis import diff_augment, parse_diffaugment
+
+    assert parse_diffaugment("translation, cutout") == ["translation", "cutout"] and parse_diffaugment("") == []
+    with pytest.raises(ValueError, match="colour"):
+        parse_diffaugment("translation,colour")
+    x = torch.zeros(64, 1, 32, 32, requires_grad=True)  # water-grey images
+    g = torch.Generator().manual_seed(0)
+    assert diff_augment(x, [], g) is x
+    moved = diff_augment(x, ["translation"], g)
+    assert moved.shape == x.shape
+    air = (moved == -1.0).flatten(1).sum(1)
+    assert set(torch.unique(moved).tolist()) <= {-1.0, 0.0} and air.max() > 0 and (air == 0).any()
+    assert air.max() <= 32 * 32 - 28 * 28  # at most 1/8 of the side shifted in from each direction
+    cut = diff_augment(x, ["cutout"], g)
+    assert torch.all((cut == -1.0).flatten(1).sum(1) == 16 * 16)  # a square of half the side
+    cut.sum().backward()
+    assert torch.all(x.grad.flatten(1).sum(1) == 32 * 32 - 16 * 16)  # gradient flows where not cut out
+
+
+def test_feature_norm_spreads_the_circuit_outputs():
+    torch.manual_seed(0)
+    z = SynthGenerator("hqgan").sample_latent(256, torch.Generator().manual_seed(0))
+    model = SynthGenerator("hqgan")
+    raw = model.mixer(z).detach()
+    assert raw.std(0).max() < 0.2  # <Z_i> of a random 8-qubit, 4-layer circuit concentrate near 0
+    model.train()
+    assert model.features(raw).std(0).min() > 0.9
+    assert isinstance(SynthGenerator("wgan-gp").features, torch.nn.Identity)
+
+
+@pytest.mark.parametrize("upsample", ["resize", "transposed"])
+def test_decoder_upsampling_keeps_size_and_reloads(upsample, tmp_path):
+    from QHQGANLib.synthesis import build_from_config
+
+    model = SynthGenerator("ablation", size=128, width=4, upsample=upsample).eval()
+    z = model.sample_latent(2, torch.Generator().manual_seed(0))
+    assert model(z).shape == (2, 1, 128, 128)
+    clone = build_from_config(json.loads(json.dumps(model.config)))
+    clone.load_state_dict(model.state_dict())
+    torch.testing.assert_close(clone.eval()(z), model(z))
+    with pytest.raises(ValueError, match="upsample"):
+        SynthGenerator("dcgan", upsample="bilinear-ish")
