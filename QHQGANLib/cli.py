@@ -382,7 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--roi", action="append", help="a segmentation/label volume per input: crop slices to it")
     p.add_argument("--method", default="hqgan", choices=("hqgan", "ablation", "wgan-gp", "dcgan"))
     p.add_argument("--size", type=int, default=64, choices=(64, 128))
-    p.add_argument("--steps", type=int, default=500, help="generator updates (default 500: ~5-10 min on 2 CPU cores at 64x64)")
+    p.add_argument("--steps", type=int, default=1200,
+                   help="generator updates (default 1200: about 5 min at 64x64 on 2 idle CPU cores)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--n-qubits", type=int, default=8)
     p.add_argument("--n-layers", type=int, default=4)

@@ -11,7 +11,9 @@ from QHQGANLib.registry import list_models, load_model, sha256_of
 from QHQGANLib.resources import models_dir
 
 CARDS = list_models()
-REQUIRED = {"enhance": {"hqgan-enhance", "ablation-enhance", "redcnn-enhance"}, "super-resolve": {"hqgan-sr2"}}
+REQUIRED = {"enhance": {"hqgan-enhance", "ablation-enhance", "redcnn-enhance"}, "super-resolve": {"hqgan-sr2"},
+            "synthesize": {"hqgan-synth", "ablation-synth", "wgangp-synth", "dcgan-synth"}}
+SYNTH_CARDS = [c for c in CARDS if c["task"] == "synthesize"]
 
 
 def test_the_required_models_ship():
@@ -39,7 +41,7 @@ def test_runs_from_the_cli(card, tmp_path, ct_small_path):
         out = tmp_path / "samples_synthetic.nrrd"
         assert main(["synthesize", str(out), "--model", card["name"], "--n", "4", "--quiet"]) == 0
         result = read_volume(out, force=True)
-        assert result.shape[0] == 4 and result.metadata.get("synthetic")
+        assert result.shape == (4, 64, 64) and result.metadata.get("synthetic")
         return
     out = tmp_path / "out.nrrd"
     command = "enhance" if task == "enhance" else "super-resolve"
@@ -51,3 +53,26 @@ def test_runs_from_the_cli(card, tmp_path, ct_small_path):
     # a trained model changes the image by a plausible amount, not wildly
     reference = source.array if scale == 1 else source.array.repeat(2, 1).repeat(2, 2)
     assert 0.01 < float(np.abs(result.array - reference).mean()) < 100.0
+
+
+@pytest.mark.parametrize("card", SYNTH_CARDS, ids=[c["name"] for c in SYNTH_CARDS])
+def test_shipped_synthesis_models_make_body_slices(card, tmp_path):
+    """Samples of a trained model look like axial body CT: air around a body of soft tissue
+    (not noise, not a constant image), differ between samples, and go to a synthetic DICOM series."""
+    import pydicom
+
+    from QHQGANLib import synthesize
+
+    samples = synthesize(card["name"], n=16, seed=7).array
+    air, soft = (samples < -900).mean(axis=(1, 2)), ((samples > -150) & (samples < 150)).mean(axis=(1, 2))
+    assert np.all(air > 0.1) and np.all(soft > 0.1), (air.min(), soft.min())
+    # the body is one region in the middle, surrounded by air (corners)
+    assert np.all(samples[:, [0, 0, -1, -1], [0, -1, 0, -1]] < -900)
+    assert np.all(samples[:, 24:40, 24:40].mean(axis=(1, 2)) > -500)
+    assert float(np.std(samples, axis=0).mean()) > 20.0  # samples differ from each other
+    folder = tmp_path / "dicom_synthetic"
+    assert main(["synthesize", str(folder), "--model", card["name"], "--n", "2", "--dicom", "--quiet"]) == 0
+    files = sorted(folder.glob("*.dcm"))
+    assert len(files) == 2
+    ds = pydicom.dcmread(files[0])
+    assert ds.SyntheticData == "YES" and ds.Modality == "CT"

@@ -143,3 +143,25 @@ def test_decoder_upsampling_keeps_size_and_reloads(upsample, tmp_path):
     torch.testing.assert_close(clone.eval()(z), model(z))
     with pytest.raises(ValueError, match="upsample"):
         SynthGenerator("dcgan", upsample="bilinear-ish")
+
+
+def test_cli_train_synth_records_its_settings_and_refuses_bad_options(ct_small_path, tmp_path, capsys):
+    model_path = tmp_path / "my-synth"
+    args = ["train-synth", "--input", str(ct_small_path), "--method", "ablation", "--steps", "2",
+            "--batch-size", "4", "--n-critic", "1", "--diffaugment", "translation,cutout",
+            "--output-dir", str(tmp_path / "run"), "--save-model", str(model_path), "--quiet"]
+    assert main(args) == 0
+    card = json.loads(model_path.with_suffix(".json").read_text())
+    assert card["task"] == "synthesize"
+    assert card["training"]["n_critic"] == 1 and card["training"]["diffaugment"] == "translation,cutout"
+    assert card["training"]["ema_decay"] == SynthConfig.ema_decay
+    assert len((tmp_path / "run" / "losses.jsonl").read_text().splitlines()) == 2
+    out = tmp_path / "s_synthetic.nrrd"
+    assert main(["synthesize", str(out), "--model", str(model_path.with_suffix(".safetensors")), "--n", "3",
+                 "--quiet"]) == 0
+    assert read_volume(out, force=True).shape == (3, 64, 64)
+    capsys.readouterr()
+    bad = args[:11] + ["--diffaugment", "rotation", "--save-model", str(tmp_path / "bad"), "--quiet"]
+    assert main(bad) != 0
+    assert "rotation" in capsys.readouterr().err
+    assert not list(tmp_path.glob("bad*"))  # nothing written
