@@ -599,8 +599,13 @@ def task_unavailable_reason(task: str) -> Optional[str]:
     return None
 
 
+#: The model each task uses when none is named (the library's defaults); listed first in the panel.
+DEFAULT_MODELS = {"enhance": "hqgan-enhance", "super-resolve": "hqgan-sr2", "synthesize": "hqgan-synth"}
+
+
 def models_for_task(task: str) -> List[Dict]:
-    """Shipped model cards usable for ``task`` (a card without a ``task``/``tasks`` field fits all)."""
+    """Shipped model cards usable for ``task`` (a card without a ``task``/``tasks`` field fits all),
+    the task's default model (:data:`DEFAULT_MODELS`) first, then by name."""
     from .resources import model_cards
 
     fitting = []
@@ -608,5 +613,5 @@ def models_for_task(task: str) -> List[Dict]:
         tasks = card.get("tasks", card.get("task"))
         if tasks is None or task == tasks or (isinstance(tasks, list) and task in tasks):
             fitting.append(card)
-    return fitting
+    return sorted(fitting, key=lambda card: (card["name"] != DEFAULT_MODELS.get(task), card["name"]))
 

@@ -83,6 +83,20 @@ def test_available_tasks_are_read_from_the_cli():
         assert reason is None or "yet" in reason
 
 
+def test_the_panel_lists_each_tasks_default_model_first(tmp_path, monkeypatch):
+    import json
+
+    from QHQGANLib.background import DEFAULT_MODELS, models_for_task
+
+    for name, task in (("ablation-synth", "synthesize"), ("dcgan-synth", "synthesize"),
+                       ("hqgan-synth", "synthesize"), ("ablation-enhance", "enhance"), ("hqgan-enhance", "enhance")):
+        (tmp_path / f"{name}.json").write_text(json.dumps({"name": name, "task": task}))
+    monkeypatch.setenv("QHQGAN_MODELS_DIR", str(tmp_path))
+    assert [c["name"] for c in models_for_task("synthesize")] == ["hqgan-synth", "ablation-synth", "dcgan-synth"]
+    assert [c["name"] for c in models_for_task("enhance")] == [DEFAULT_MODELS["enhance"], "ablation-enhance"]
+    assert models_for_task("super-resolve") == []
+
+
 # ---------------------------------------------------------------------------
 # the real CLI as a child process
 # ---------------------------------------------------------------------------
