@@ -258,10 +258,37 @@ def cmd_list_models(args: argparse.Namespace) -> int:
     if not cards:
         print("no models ship in this installation")
     for card in cards:
-        metrics = card.get("validation", {})
-        summary = ", ".join(f"{k} {v:.3g}" for k, v in metrics.items() if isinstance(v, (int, float)))
-        print(f"{card['name']:<18} {card.get('task', '?'):<14} {card.get('n_parameters', 0):>9,} params  {summary}")
+        print(f"{card['name']:<18} {card.get('task', '?'):<14} {card.get('n_parameters', 0):>9,} params  "
+              f"{validation_summary(card)}")
     return 0
+
+
+def validation_summary(card: dict) -> str:
+    """One line of a model card's held-out validation: PSNR of the model (and of its input) per
+    dose or scale for enhancement / SR cards (a list of rows), the headline numbers of a
+    synthesis card (a dict), or the card's scalar metrics."""
+    validation = card.get("validation")
+    if isinstance(validation, list):
+        rows = [r for r in validation if isinstance(r, dict)]
+        parts = []
+        for row in rows:
+            if row.get("method") != "model" or "psnr_abdomen" not in row:
+                continue
+            setting = "dose" if "dose" in row else "scale"
+            baseline = next((r for r in rows if r is not row and r.get(setting) == row.get(setting)
+                             and "psnr_abdomen" in r), None)
+            text = f"{setting} {row.get(setting):g}: PSNR {row['psnr_abdomen']:.2f} dB"
+            if baseline is not None:
+                text += f" ({baseline.get('method', 'input')} {baseline['psnr_abdomen']:.2f})"
+            parts.append(text)
+        return "; ".join(parts) + (" (abdomen window, held out)" if parts else "")
+    if isinstance(validation, dict):
+        names = {"frd": "FRD", "kid_mean": "KID", "diversity_samples": "MS-SSIM among samples",
+                 "memorization_max": "max SSIM to training"}
+        chosen = [(names[k], validation[k]) for k in names if isinstance(validation.get(k), (int, float))]
+        chosen = chosen or [(k, v) for k, v in validation.items() if isinstance(v, (int, float))]
+        return ", ".join(f"{k} {v:.3g}" for k, v in chosen)
+    return ""
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

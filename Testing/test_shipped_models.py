@@ -76,3 +76,16 @@ def test_shipped_synthesis_models_make_body_slices(card, tmp_path):
     assert len(files) == 2
     ds = pydicom.dcmread(files[0])
     assert ds.SyntheticData == "YES" and ds.Modality == "CT"
+
+
+def test_list_models_summarises_every_card(capsys):
+    assert main(["list-models"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == len(CARDS)
+    for card, line in zip(CARDS, lines):
+        assert line.startswith(card["name"]) and card["task"] in line
+        if card["task"] in ("enhance", "super-resolve"):  # the model's held-out PSNR and its baseline's
+            model_rows = [r for r in card["validation"] if r["method"] == "model"]
+            assert f"PSNR {model_rows[0]['psnr_abdomen']:.2f} dB" in line
+        else:
+            assert f"FRD {card['validation']['frd']:.3g}" in line
