@@ -82,7 +82,7 @@ def save_model(model, path: Union[str, Path], card: Optional[Dict[str, Any]] = N
         "config": config,
         "weights": weights.name,
         "sha256": sha256_of(weights),
-        "n_parameters": int(sum(v.numel() for v in state.values())),
+        "n_parameters": int(sum(p.numel() for p in model.parameters())),  # trainable; not batch-norm statistics
         "qhqgan_version": __version__,
         "created": card.get("created") or _dt.date.today().isoformat(),
     })
