@@ -67,8 +67,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--ship", action="store_true", help="write the seed-0 models to Resources/Models")
     ap.add_argument("--save-dir", type=Path, help="keep every run's samples, model and metrics here")
+    ap.add_argument("--section", default="synth",
+                    help="BENCHMARKS.md section (and figure suffix) to write; e.g. synth-long for a longer budget")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    figure = FIGURE if args.section == "synth" else FIGURE.with_name(f"benchmark-{args.section}.png")
     data = load_slices(64)
     results, grids = {}, {}
     for seed in args.seeds:  # seed-major: an interrupted run still has every method for the first seeds
@@ -101,7 +104,8 @@ def main() -> None:
                     }
                     models_dir().mkdir(parents=True, exist_ok=True)
                     save_model(model, models_dir() / SHIP_NAMES[method], card)
-    lines = ["## Synthetic CT (64x64): HQGAN vs ablation vs WGAN-GP vs DCGAN", "",
+    title = "## Synthetic CT (64x64): HQGAN vs ablation vs WGAN-GP vs DCGAN"
+    lines = [title + ("" if args.section == "synth" else f" ({args.steps} updates)"), "",
              f"Training: {DESCRIPTION}; {len(data['train'])} training slices, {len(data['heldout'])} held-out "
              f"slices. Same budget for every method: {args.steps} generator updates, batch 32; "
              f"hqgan, ablation and wgan-gp train with the WGAN-GP loss, {cfg.n_critic} critic updates per "
@@ -130,13 +134,13 @@ def main() -> None:
               "FID with InceptionV3 is not reported (its weights are not on this machine and nothing is downloaded).", ""]
     panels = [(f"real {i}", data["heldout"][i]) for i in range(0, min(18, len(data["heldout"])), 3)][:6]
     rows_png = [panels] + [[(f"{m} {i}", img) for i, img in enumerate(grid)] for m, grid in grids.items()]
-    FIGURE.parent.mkdir(parents=True, exist_ok=True)
+    figure.parent.mkdir(parents=True, exist_ok=True)
     for index, row in enumerate(rows_png):
-        save_panels_png(row, FIGURE.with_name(f"{FIGURE.stem}-{index}.png"), window=(-160, 240), min_panel_size=128)
-    _stack_rows([FIGURE.with_name(f"{FIGURE.stem}-{i}.png") for i in range(len(rows_png))], FIGURE)
+        save_panels_png(row, figure.with_name(f"{figure.stem}-{index}.png"), window=(-160, 240), min_panel_size=128)
+    _stack_rows([figure.with_name(f"{figure.stem}-{i}.png") for i in range(len(rows_png))], figure)
     lines += [f"![real held-out slices (first row) and samples of each method]"
-              f"({FIGURE.relative_to(HERE.parents[1])})", ""]
-    write_section("synth", "\n".join(lines))
+              f"({figure.relative_to(HERE.parents[1])})", ""]
+    write_section(args.section, "\n".join(lines))
     print("\n".join(lines))
 
 
