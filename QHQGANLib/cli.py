@@ -167,7 +167,8 @@ def cmd_train_synth(args: argparse.Namespace) -> int:
                 if value is not None}
     cfg = SynthConfig(method=args.method, size=args.size, steps=args.steps, batch_size=args.batch_size,
                       seed=args.seed, n_qubits=args.n_qubits, n_layers=args.n_layers,
-                      lr_g=args.lr_g, lr_d=args.lr_d, output_dir=args.output_dir, **optional)
+                      n_circuits=args.n_circuits, lr_g=args.lr_g, lr_d=args.lr_d, output_dir=args.output_dir,
+                      **optional)
     with _progress(args, f"training {args.method} synthesis") as progress:
         model = train_synth(cfg, volumes, roi=roi, progress=progress)
     card = save_model(model, args.save_model, {"task": "synthesize", "training": cfg.to_dict(),
@@ -414,6 +415,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--n-qubits", type=int, default=8)
     p.add_argument("--n-layers", type=int, default=4)
+    p.add_argument("--n-circuits", type=int, default=1,
+                   help="hqgan/ablation: runs of the circuit (same weights) on independent noise per sample; "
+                        "their n-qubit outputs are concatenated (default 1)")
     p.add_argument("--n-critic", type=int,
                    help="critic updates per generator update of the WGAN-GP methods (default 2; "
                         "the paper's 5 takes about twice as long)")

@@ -90,6 +90,7 @@ class SynthConfig:
     diffaugment: str = "translation"   # differentiable augmentation of real and fake critic inputs
     upsample: str = "resize"           # decoder upsampling: "resize" (+conv) or "transposed" (DCGAN)
     feature_norm: bool = True          # hqgan/ablation: batch-normalise the mixer's outputs
+    n_circuits: int = 1                # hqgan/ablation: circuit runs (shared weights) on independent noise
     ema_decay: float = 0.99            # returned generator: exponential moving average of the weights (0: off)
     output_dir: Optional[str] = None
     checkpoint_every: int = 500
@@ -136,23 +137,29 @@ class SynthGenerator(nn.Module):
 
     def __init__(self, method: str = "hqgan", size: int = 64, n_qubits: int = 8, n_layers: int = 4,
                  latent_dim: int = 100, width: int = 16, quantum_backend: str = "torch",
-                 upsample: str = "resize", feature_norm: bool = True):
+                 upsample: str = "resize", feature_norm: bool = True, n_circuits: int = 1):
         super().__init__()
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        if n_circuits < 1:
+            raise ValueError(f"n_circuits must be at least 1, got {n_circuits}")
         self.method, self.size = method, size
+        # hqgan/ablation: the mixer (one set of weights) runs on n_circuits independent noise
+        # vectors per sample; their outputs are concatenated (n_circuits * n_qubits features)
+        self.n_circuits = int(n_circuits) if method in ("hqgan", "ablation") else 1
         self.config = {"arch": ARCH_OF_METHOD[method], "method": method, "size": size, "n_qubits": n_qubits,
                        "n_layers": n_layers, "latent_dim": latent_dim, "width": width, "upsample": upsample,
-                       "feature_norm": bool(feature_norm and method in ("hqgan", "ablation"))}
+                       "feature_norm": bool(feature_norm and method in ("hqgan", "ablation")),
+                       "n_circuits": self.n_circuits}
         if method == "hqgan":
             from .quantum import QuantumLayer
 
-            self.latent_dim = n_qubits
+            self.latent_dim = n_qubits * self.n_circuits
             self.mixer = QuantumLayer(n_qubits, n_layers, outputs="expval", reupload=True, backend=quantum_backend)
         elif method == "ablation":
             from .models import ClassicalMixer
 
-            self.latent_dim = n_qubits
+            self.latent_dim = n_qubits * self.n_circuits
             self.mixer = ClassicalMixer(n_qubits, target_params=n_layers * n_qubits * 2)
         else:
             self.latent_dim = latent_dim
@@ -169,7 +176,11 @@ class SynthGenerator(nn.Module):
         return torch.randn(n, self.latent_dim, generator=generator)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.features(self.mixer(z).to(z.dtype)))
+        if self.n_circuits > 1:  # (B, K*n) -> K circuit runs per sample -> (B, K*n)
+            features = self.mixer(z.reshape(-1, z.shape[-1] // self.n_circuits)).reshape(z.shape[0], -1)
+        else:
+            features = self.mixer(z)
+        return self.decoder(self.features(features.to(z.dtype)))
 
 
 class Critic(nn.Module):
@@ -198,7 +209,8 @@ def build_from_config(config: Dict):
     return SynthGenerator(method=config["method"], size=int(config["size"]), n_qubits=int(config["n_qubits"]),
                           n_layers=int(config["n_layers"]), latent_dim=int(config["latent_dim"]),
                           width=int(config["width"]), upsample=str(config.get("upsample", "transposed")),
-                          feature_norm=bool(config.get("feature_norm", False)))
+                          feature_norm=bool(config.get("feature_norm", False)),
+                          n_circuits=int(config.get("n_circuits", 1)))
 
 
 # ---------------------------------------------------------------------------
@@ -331,7 +343,7 @@ def train_synth(cfg: SynthConfig, volumes: Optional[Sequence[Volume]] = None,
 
     policy = parse_diffaugment(cfg.diffaugment)
     gen = SynthGenerator(cfg.method, cfg.size, cfg.n_qubits, cfg.n_layers, cfg.latent_dim, cfg.width,
-                         upsample=cfg.upsample, feature_norm=cfg.feature_norm)
+                         upsample=cfg.upsample, feature_norm=cfg.feature_norm, n_circuits=cfg.n_circuits)
     critic = Critic(cfg.size, cfg.width, batch_norm=(cfg.method == "dcgan"))
     lr_g, lr_d, betas = _default_lrs(cfg.method)
     opt_g = torch.optim.Adam(gen.parameters(), lr=cfg.lr_g or lr_g, betas=betas)

@@ -165,3 +165,19 @@ def test_cli_train_synth_records_its_settings_and_refuses_bad_options(ct_small_p
     assert main(bad) != 0
     assert "rotation" in capsys.readouterr().err
     assert not list(tmp_path.glob("bad*"))  # nothing written
+
+
+@pytest.mark.parametrize("method", ["hqgan", "ablation"])
+def test_several_circuit_runs_share_weights_and_each_sees_its_own_noise(method):
+    one, four = SynthGenerator(method, n_circuits=1), SynthGenerator(method, n_circuits=4)
+    assert sum(p.numel() for p in four.mixer.parameters()) == sum(p.numel() for p in one.mixer.parameters())
+    four.eval()
+    z = four.sample_latent(6, torch.Generator().manual_seed(0))
+    assert z.shape == (6, 32)
+    features = four.mixer(z.reshape(-1, 8)).reshape(6, 32)
+    moved = z.clone()
+    moved[:, 8:16] += 0.5  # change the noise of the second run only
+    changed = (four.mixer(moved.reshape(-1, 8)).reshape(6, 32) - features).abs().amax(0)
+    assert changed[8:16].min() > 0 and changed[:8].max() == 0 and changed[16:].max() == 0
+    assert four(z).shape == (6, 1, 64, 64)
+    assert four.config["n_circuits"] == 4 and SynthGenerator("dcgan", n_circuits=4).config["n_circuits"] == 1

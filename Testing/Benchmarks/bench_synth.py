@@ -67,6 +67,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--ship", action="store_true", help="write the seed-0 models to Resources/Models")
     ap.add_argument("--save-dir", type=Path, help="keep every run's samples, model and metrics here")
+    ap.add_argument("--n-circuits", type=int, default=1,
+                    help="hqgan/ablation: circuit runs (shared weights) on independent noise per sample")
     ap.add_argument("--section", default="synth",
                     help="BENCHMARKS.md section (and figure suffix) to write; e.g. synth-long for a longer budget")
     args = ap.parse_args()
@@ -76,7 +78,7 @@ def main() -> None:
     results, grids = {}, {}
     for seed in args.seeds:  # seed-major: an interrupted run still has every method for the first seeds
         for method in args.methods:
-            cfg = SynthConfig(method=method, steps=args.steps, seed=seed)
+            cfg = SynthConfig(method=method, steps=args.steps, seed=seed, n_circuits=args.n_circuits)
             t0 = time.time()
             model = train_synth(cfg, slices=data["train"], show_progress=True)
             seconds = time.time() - t0
@@ -111,6 +113,9 @@ def main() -> None:
              f"hqgan, ablation and wgan-gp train with the WGAN-GP loss, {cfg.n_critic} critic updates per "
              "generator update and Adam 2e-4, betas (0, 0.9) (published: 5 and 1e-4; halved time for a CPU "
              "budget), DCGAN with BCE, 1 discriminator update and Adam 2e-4, betas (0.5, 0.999) as published. "
+             f"hqgan / ablation: {cfg.n_qubits} qubits, {cfg.n_layers} layers (64 trainable angles; the ablation's MLP "
+             f"about as many weights), run on {args.n_circuits} independent noise vector(s) per sample "
+             f"({args.n_circuits * cfg.n_qubits} features into the decoder; wgan-gp and dcgan: 100-d Gaussian noise). "
              f"All: the same resize-convolution decoder (width {cfg.width}), critic family, left-right flips, "
              f"DiffAugment ({cfg.diffaugment}) on the critic's inputs, samples from an EMA ({cfg.ema_decay}) "
              "of the generator weights. "
