@@ -15,6 +15,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.slow
 def test_wheel_install_finds_the_shipped_models(tmp_path):
+    where = [sys.executable, "-c", "import QHQGANLib; print(QHQGANLib.__file__)"]
+    installed_here = subprocess.run(where, capture_output=True, text=True).stdout
     shipped = sorted(card["name"] for card in model_cards())
     if not shipped:
         pytest.skip("no models ship in Resources/Models")
@@ -28,7 +30,8 @@ def test_wheel_install_finds_the_shipped_models(tmp_path):
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(env)], check=True)
     python = env / "bin" / "python"
     wheel = next(wheels.glob("*.whl"))
-    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-compile", "-q", "--prefix", str(env),
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-compile", "--ignore-installed", "-q",
+                    "--prefix", str(env),  # --ignore-installed: leave this environment's QHQGANLib installed
                     str(wheel)], check=True, capture_output=True)
     probe = ("import json, QHQGANLib, QHQGANLib.resources as r, QHQGANLib.registry as g; "
              "names = sorted(c['name'] for c in g.list_models()); g.load_model(names[0]); "  # sha256-checked load
@@ -40,3 +43,5 @@ def test_wheel_install_finds_the_shipped_models(tmp_path):
     assert Path(package).is_relative_to(env), package  # the wheel's copy, not the checkout
     assert Path(folder) == env / "share" / "qhqgan" / "Models"
     assert names == shipped
+    # and this environment's own install is untouched (pip must not have uninstalled it)
+    assert subprocess.run(where, capture_output=True, text=True).stdout == installed_here
