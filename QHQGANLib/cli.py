@@ -415,9 +415,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--n-qubits", type=int, default=8)
     p.add_argument("--n-layers", type=int, default=4)
-    p.add_argument("--n-circuits", type=int, default=1,
+    p.add_argument("--n-circuits", type=int, default=4,
                    help="hqgan/ablation: runs of the circuit (same weights) on independent noise per sample; "
-                        "their n-qubit outputs are concatenated (default 1)")
+                        "their n-qubit outputs are concatenated (default 4)")
     p.add_argument("--n-critic", type=int,
                    help="critic updates per generator update of the WGAN-GP methods (default 2; "
                         "the paper's 5 takes about twice as long)")

@@ -122,8 +122,8 @@ def test_diff_augment_translates_and_cuts_out_with_air_and_stays_differentiable(
 
 def test_feature_norm_spreads_the_circuit_outputs():
     torch.manual_seed(0)
-    z = SynthGenerator("hqgan").sample_latent(256, torch.Generator().manual_seed(0))
-    model = SynthGenerator("hqgan")
+    model = SynthGenerator("hqgan", n_circuits=1)
+    z = model.sample_latent(256, torch.Generator().manual_seed(0))
     raw = model.mixer(z).detach()
     assert raw.std(0).max() < 0.2  # <Z_i> of a random 8-qubit, 4-layer circuit concentrate near 0
     model.train()

@@ -67,7 +67,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--ship", action="store_true", help="write the seed-0 models to Resources/Models")
     ap.add_argument("--save-dir", type=Path, help="keep every run's samples, model and metrics here")
-    ap.add_argument("--n-circuits", type=int, default=1,
+    ap.add_argument("--n-circuits", type=int, default=4,
                     help="hqgan/ablation: circuit runs (shared weights) on independent noise per sample")
     ap.add_argument("--section", default="synth",
                     help="BENCHMARKS.md section (and figure suffix) to write; e.g. synth-long for a longer budget")
@@ -98,8 +98,10 @@ def main() -> None:
                 grids[method] = samples[:6]
                 if args.ship:
                     ship(model, method, cfg, seconds, row)
-    title = "## Synthetic CT (64x64): HQGAN vs ablation vs WGAN-GP vs DCGAN"
-    lines = [title + ("" if args.section == "synth" else f" ({args.steps} updates)"), "",
+    title = f"## Synthetic CT (64x64): {' vs '.join(args.methods)}, {args.steps} updates"
+    if any(m in ("hqgan", "ablation") for m in args.methods):
+        title += f", {args.n_circuits} circuit run(s) per sample"
+    lines = [title, "",
              f"Training: {DESCRIPTION}; {len(data['train'])} training slices, {len(data['heldout'])} held-out "
              f"slices. Same budget for every method: {args.steps} generator updates, batch 32; "
              f"hqgan, ablation and wgan-gp train with the WGAN-GP loss, {cfg.n_critic} critic updates per "
