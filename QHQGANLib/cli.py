@@ -168,7 +168,7 @@ def cmd_train_synth(args: argparse.Namespace) -> int:
     cfg = SynthConfig(method=args.method, size=args.size, steps=args.steps, batch_size=args.batch_size,
                       seed=args.seed, n_qubits=args.n_qubits, n_layers=args.n_layers,
                       n_circuits=args.n_circuits, lr_g=args.lr_g, lr_d=args.lr_d, output_dir=args.output_dir,
-                      **optional)
+                      checkpoint_every=args.checkpoint_every, resume=args.resume, **optional)
     with _progress(args, f"training {args.method} synthesis") as progress:
         model = train_synth(cfg, volumes, roi=roi, progress=progress)
     card = save_model(model, args.save_model, {"task": "synthesize", "training": cfg.to_dict(),
@@ -427,7 +427,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="augmentation of the critic's inputs, comma-separated from translation,cutout; "
                         "'' for none (default translation)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--output-dir", help="config and losses.jsonl go here")
+    p.add_argument("--output-dir", help="config, losses.jsonl and checkpoint.pt go here")
+    p.add_argument("--checkpoint-every", type=int, default=500, help="updates between checkpoints (default 500)")
+    p.add_argument("--resume", action="store_true", help="continue from --output-dir's checkpoint.pt")
     p.add_argument("--save-model", required=True, help="write PATH.safetensors + PATH.json")
     p.add_argument("--force", action="store_true", help="accept a non-CT modality or non-HU values")
     p.set_defaults(func=cmd_train_synth)

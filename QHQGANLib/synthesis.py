@@ -95,7 +95,8 @@ class SynthConfig:
     n_circuits: int = 4                # hqgan/ablation: circuit runs (shared weights) on independent noise
     ema_decay: float = 0.99            # returned generator: exponential moving average of the weights (0: off)
     output_dir: Optional[str] = None
-    checkpoint_every: int = 500
+    checkpoint_every: int = 500        # with output_dir: checkpoint.pt every this many updates and at the end
+    resume: bool = False               # with output_dir: continue from its checkpoint.pt (exactly)
 
     def to_dict(self) -> Dict:
         return asdict(self)
@@ -309,7 +310,8 @@ def diff_augment(x: torch.Tensor, ops: Sequence[str], generator: Optional[torch.
 def _default_lrs(method: str):
     """Learning rates and Adam betas: DCGAN as published (Radford et al. 2016); WGAN-GP with the
     published betas (Gulrajani et al. 2017, Algorithm 1) but 2e-4 instead of 1e-4, which, with
-    2 instead of 5 critic updates per generator update, reaches usable samples in a CPU budget."""
+    2 instead of 5 critic updates per generator update, reaches recognisable body sections in a
+    CPU budget (BENCHMARKS.md, section "synth")."""
     if method == "dcgan":
         return 2e-4, 2e-4, (0.5, 0.999)
     return 2e-4, 2e-4, (0.0, 0.9)
@@ -324,6 +326,30 @@ def _update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
         e.lerp_(m, 1.0 - decay)
     for e, m in zip(ema.buffers(), model.buffers()):
         e.copy_(m)
+
+
+#: SynthConfig fields that must match to resume from a checkpoint (they shape the networks or the data).
+RESUME_KEYS = ("method", "size", "n_qubits", "n_layers", "latent_dim", "width", "upsample", "feature_norm",
+               "n_circuits", "batch_size", "seed", "ema_decay")
+
+
+def _load_synth_checkpoint(path: Path, cfg: SynthConfig, gen, ema, critic, opt_g, opt_d, torch_gen, rng) -> int:
+    """Restore a ``checkpoint.pt`` of :func:`train_synth` (no objects unpickled); its update count."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    saved = json.loads(state["config"])
+    for key in RESUME_KEYS:
+        if saved.get(key) != getattr(cfg, key):
+            raise ValueError(f"cannot resume: the checkpoint has {key}={saved.get(key)!r}, "
+                             f"the config {getattr(cfg, key)!r}")
+    gen.load_state_dict(state["gen"])
+    critic.load_state_dict(state["critic"])
+    if ema is not None:
+        ema.load_state_dict(state["ema"])
+    opt_g.load_state_dict(state["opt_g"])
+    opt_d.load_state_dict(state["opt_d"])
+    torch_gen.set_state(state["torch_gen"])
+    rng.bit_generator.state = json.loads(state["numpy_rng"])
+    return int(state["step"])
 
 
 def train_synth(cfg: SynthConfig, volumes: Optional[Sequence[Volume]] = None,
@@ -357,11 +383,30 @@ def train_synth(cfg: SynthConfig, volumes: Optional[Sequence[Volume]] = None,
     wgan = cfg.method != "dcgan"
     n_critic = cfg.n_critic if wgan else 1
     out_dir = Path(cfg.output_dir) if cfg.output_dir else None
+    ckpt_path = out_dir / "checkpoint.pt" if out_dir is not None else None
+    start = 0
+    if cfg.resume:
+        if ckpt_path is None or not ckpt_path.exists():
+            raise FileNotFoundError(f"cannot resume: no checkpoint.pt in {cfg.output_dir!r}")
+        start = _load_synth_checkpoint(ckpt_path, cfg, gen, ema, critic, opt_g, opt_d, torch_gen, rng)
+        if start > cfg.steps:
+            raise ValueError(f"the checkpoint is at update {start}, beyond steps={cfg.steps}")
     log = None
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
-        log = open(out_dir / "losses.jsonl", "w")
+        log = open(out_dir / "losses.jsonl", "a" if cfg.resume else "w")
+
+    def checkpoint(step: int) -> None:
+        if ckpt_path is None:
+            return
+        state = {"step": step, "gen": gen.state_dict(), "critic": critic.state_dict(),
+                 "ema": None if ema is None else ema.state_dict(), "opt_g": opt_g.state_dict(),
+                 "opt_d": opt_d.state_dict(), "torch_gen": torch_gen.get_state(),
+                 "numpy_rng": json.dumps(rng.bit_generator.state), "config": json.dumps(cfg.to_dict())}
+        tmp = ckpt_path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        tmp.replace(ckpt_path)
 
     def real_batch() -> torch.Tensor:
         idx = rng.integers(len(data), size=cfg.batch_size)
@@ -375,10 +420,10 @@ def train_synth(cfg: SynthConfig, volumes: Optional[Sequence[Volume]] = None,
     if show_progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=cfg.steps, desc=f"training {cfg.method} synthesis")
+        bar = tqdm(total=cfg.steps, initial=start, desc=f"training {cfg.method} synthesis")
     t0 = time.time()
     try:
-        for step in range(cfg.steps):
+        for step in range(start, cfg.steps):
             check_cancel(cancel)
             for _ in range(n_critic):
                 real = real_batch()
@@ -414,6 +459,9 @@ def train_synth(cfg: SynthConfig, volumes: Optional[Sequence[Volume]] = None,
             if bar is not None:
                 bar.update(1)
             report(progress, (step + 1) / cfg.steps, f"step {step + 1}/{cfg.steps}")
+            if cfg.checkpoint_every > 0 and (step + 1) % cfg.checkpoint_every == 0:
+                checkpoint(step + 1)
+        checkpoint(cfg.steps)
     finally:
         if bar is not None:
             bar.close()

@@ -156,6 +156,9 @@ def test_cli_train_synth_records_its_settings_and_refuses_bad_options(ct_small_p
     assert card["training"]["n_critic"] == 1 and card["training"]["diffaugment"] == "translation,cutout"
     assert card["training"]["ema_decay"] == SynthConfig.ema_decay
     assert len((tmp_path / "run" / "losses.jsonl").read_text().splitlines()) == 2
+    # a longer run continues from the checkpoint the first one left
+    assert main(args[:6] + ["4"] + args[7:] + ["--resume", "--checkpoint-every", "1"]) == 0
+    assert len((tmp_path / "run" / "losses.jsonl").read_text().splitlines()) == 4
     out = tmp_path / "s_synthetic.nrrd"
     assert main(["synthesize", str(out), "--model", str(model_path.with_suffix(".safetensors")), "--n", "3",
                  "--quiet"]) == 0
@@ -181,3 +184,21 @@ def test_several_circuit_runs_share_weights_and_each_sees_its_own_noise(method):
     assert changed[8:16].min() > 0 and changed[:8].max() == 0 and changed[16:].max() == 0
     assert four(z).shape == (6, 1, 64, 64)
     assert four.config["n_circuits"] == 4 and SynthGenerator("dcgan", n_circuits=4).config["n_circuits"] == 1
+
+
+def test_checkpoints_resume_exactly(slices, tmp_path):
+    def cfg(out, steps, resume=False):
+        return SynthConfig(method="hqgan", steps=steps, batch_size=4, width=8, n_qubits=4, n_layers=2, n_critic=1,
+                           output_dir=str(out), checkpoint_every=2, resume=resume)
+
+    straight = train_synth(cfg(tmp_path / "a", 4), slices=slices)
+    assert torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)["step"] == 4
+    train_synth(cfg(tmp_path / "b", 2), slices=slices)  # stopped after 2 updates
+    resumed = train_synth(cfg(tmp_path / "b", 4, resume=True), slices=slices)
+    for (key, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=key)
+    assert len((tmp_path / "b" / "losses.jsonl").read_text().splitlines()) == 4
+    with pytest.raises(ValueError, match="width"):
+        train_synth(SynthConfig(**{**cfg(tmp_path / "b", 6, resume=True).to_dict(), "width": 4}), slices=slices)
+    with pytest.raises(FileNotFoundError, match="checkpoint"):
+        train_synth(cfg(tmp_path / "empty", 4, resume=True), slices=slices)
