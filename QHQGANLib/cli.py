@@ -147,6 +147,11 @@ def _synthetic_output_name(path: str) -> None:
                          "use a name containing 'synthetic', e.g. liver_synthetic.nrrd")
 
 
+#: train-synth options that set the SynthConfig field of the same name when given
+SYNTH_OPTIONS = ("steps", "batch_size", "seed", "n_qubits", "n_layers", "n_circuits", "n_critic", "lr_g", "lr_d",
+                 "diffaugment", "checkpoint_every")
+
+
 def cmd_train_synth(args: argparse.Namespace) -> int:
     from .io import read_volume
     from .registry import save_model
@@ -163,12 +168,9 @@ def cmd_train_synth(args: argparse.Namespace) -> int:
             if mask.shape != volume.shape:
                 raise ValueError(f"{path}: ROI shape {mask.shape} differs from its volume {volume.shape}")
             roi.append(mask.array > 0)
-    optional = {key: value for key, value in (("n_critic", args.n_critic), ("diffaugment", args.diffaugment))
-                if value is not None}
-    cfg = SynthConfig(method=args.method, size=args.size, steps=args.steps, batch_size=args.batch_size,
-                      seed=args.seed, n_qubits=args.n_qubits, n_layers=args.n_layers,
-                      n_circuits=args.n_circuits, lr_g=args.lr_g, lr_d=args.lr_d, output_dir=args.output_dir,
-                      checkpoint_every=args.checkpoint_every, resume=args.resume, **optional)
+    # options left out keep SynthConfig's defaults (the parser does not repeat them)
+    given = {key: getattr(args, key) for key in SYNTH_OPTIONS if getattr(args, key) is not None}
+    cfg = SynthConfig(method=args.method, size=args.size, output_dir=args.output_dir, resume=args.resume, **given)
     with _progress(args, f"training {args.method} synthesis") as progress:
         model = train_synth(cfg, volumes, roi=roi, progress=progress)
     card = save_model(model, args.save_model, {"task": "synthesize", "training": cfg.to_dict(),
@@ -410,12 +412,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--roi", action="append", help="a segmentation/label volume per input: crop slices to it")
     p.add_argument("--method", default="hqgan", choices=("hqgan", "ablation", "wgan-gp", "dcgan"))
     p.add_argument("--size", type=int, default=64, choices=(64, 128))
-    p.add_argument("--steps", type=int, default=1200,
+    p.add_argument("--steps", type=int,
                    help="generator updates (default 1200: about 5 min at 64x64 on 2 idle CPU cores)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--n-qubits", type=int, default=8)
-    p.add_argument("--n-layers", type=int, default=4)
-    p.add_argument("--n-circuits", type=int, default=4,
+    p.add_argument("--batch-size", type=int, help="default 32")
+    p.add_argument("--n-qubits", type=int, help="default 8")
+    p.add_argument("--n-layers", type=int, help="default 4")
+    p.add_argument("--n-circuits", type=int,
                    help="hqgan/ablation: runs of the circuit (same weights) on independent noise per sample; "
                         "their n-qubit outputs are concatenated (default 4)")
     p.add_argument("--n-critic", type=int,
@@ -426,9 +428,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--diffaugment",
                    help="augmentation of the critic's inputs, comma-separated from translation,cutout; "
                         "'' for none (default translation)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, help="default 0")
     p.add_argument("--output-dir", help="config, losses.jsonl and checkpoint.pt go here")
-    p.add_argument("--checkpoint-every", type=int, default=500, help="updates between checkpoints (default 500)")
+    p.add_argument("--checkpoint-every", type=int, help="updates between checkpoints (default 500)")
     p.add_argument("--resume", action="store_true", help="continue from --output-dir's checkpoint.pt")
     p.add_argument("--save-model", required=True, help="write PATH.safetensors + PATH.json")
     p.add_argument("--force", action="store_true", help="accept a non-CT modality or non-HU values")

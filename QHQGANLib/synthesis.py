@@ -179,10 +179,8 @@ class SynthGenerator(nn.Module):
         return torch.randn(n, self.latent_dim, generator=generator)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        if self.n_circuits > 1:  # (B, K*n) -> K circuit runs per sample -> (B, K*n)
-            features = self.mixer(z.reshape(-1, z.shape[-1] // self.n_circuits)).reshape(z.shape[0], -1)
-        else:
-            features = self.mixer(z)
+        # (B, K*n) -> one mixer run per noise vector, (B*K, n) -> (B, K*n); K = 1 for wgan-gp/dcgan
+        features = self.mixer(z.reshape(-1, z.shape[-1] // self.n_circuits)).reshape(z.shape[0], -1)
         return self.decoder(self.features(features.to(z.dtype)))
 
 
@@ -335,12 +333,10 @@ RESUME_KEYS = ("method", "size", "n_qubits", "n_layers", "latent_dim", "width", 
 
 def _load_synth_checkpoint(path: Path, cfg: SynthConfig, gen, ema, critic, opt_g, opt_d, torch_gen, rng) -> int:
     """Restore a ``checkpoint.pt`` of :func:`train_synth` (no objects unpickled); its update count."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    saved = json.loads(state["config"])
-    for key in RESUME_KEYS:
-        if saved.get(key) != getattr(cfg, key):
-            raise ValueError(f"cannot resume: the checkpoint has {key}={saved.get(key)!r}, "
-                             f"the config {getattr(cfg, key)!r}")
+    from .train import check_resumable, load_checkpoint
+
+    state = load_checkpoint(path)
+    check_resumable(json.loads(state["config"]), cfg, RESUME_KEYS)
     gen.load_state_dict(state["gen"])
     critic.load_state_dict(state["critic"])
     if ema is not None:
@@ -398,15 +394,14 @@ def train_synth(cfg: SynthConfig, volumes: Optional[Sequence[Volume]] = None,
         log = open(out_dir / "losses.jsonl", "a" if cfg.resume else "w")
 
     def checkpoint(step: int) -> None:
-        if ckpt_path is None:
-            return
-        state = {"step": step, "gen": gen.state_dict(), "critic": critic.state_dict(),
-                 "ema": None if ema is None else ema.state_dict(), "opt_g": opt_g.state_dict(),
-                 "opt_d": opt_d.state_dict(), "torch_gen": torch_gen.get_state(),
-                 "numpy_rng": json.dumps(rng.bit_generator.state), "config": json.dumps(cfg.to_dict())}
-        tmp = ckpt_path.with_suffix(".tmp")
-        torch.save(state, tmp)
-        tmp.replace(ckpt_path)
+        from .train import write_checkpoint
+
+        if ckpt_path is not None:
+            write_checkpoint(ckpt_path, {
+                "step": step, "gen": gen.state_dict(), "critic": critic.state_dict(),
+                "ema": None if ema is None else ema.state_dict(), "opt_g": opt_g.state_dict(),
+                "opt_d": opt_d.state_dict(), "torch_gen": torch_gen.get_state(),
+                "numpy_rng": json.dumps(rng.bit_generator.state), "config": json.dumps(cfg.to_dict())})
 
     def real_batch() -> torch.Tensor:
         idx = rng.integers(len(data), size=cfg.batch_size)
@@ -461,7 +456,8 @@ def train_synth(cfg: SynthConfig, volumes: Optional[Sequence[Volume]] = None,
             report(progress, (step + 1) / cfg.steps, f"step {step + 1}/{cfg.steps}")
             if cfg.checkpoint_every > 0 and (step + 1) % cfg.checkpoint_every == 0:
                 checkpoint(step + 1)
-        checkpoint(cfg.steps)
+        if cfg.checkpoint_every <= 0 or cfg.steps % cfg.checkpoint_every:  # the last update not saved yet
+            checkpoint(cfg.steps)
     finally:
         if bar is not None:
             bar.close()

@@ -230,14 +230,28 @@ def save_checkpoint(path: Path, step: int, model, critic, opt_g, opt_c, rng: np.
         "numpy_rng": json.dumps(rng.bit_generator.state),
         "config": json.dumps(cfg.to_dict()),
     }
+    write_checkpoint(path, state)
+
+
+def write_checkpoint(path: Path, state: Dict) -> None:
+    """``torch.save`` of a dict of tensors, numbers and strings, atomically (a crash leaves the
+    previous checkpoint); :func:`load_checkpoint` reads it back without unpickling objects."""
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
     os.replace(tmp, path)
 
 
 def load_checkpoint(path: Path) -> Dict:
-    """A checkpoint written by :func:`save_checkpoint`, loaded without unpickling objects."""
+    """A checkpoint written by :func:`write_checkpoint`, loaded without unpickling objects."""
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def check_resumable(saved_config: Dict, cfg, keys: Sequence[str]) -> None:
+    """Refuse to resume when the checkpoint's config differs from ``cfg`` in any of ``keys``."""
+    for key in keys:
+        if saved_config.get(key) != getattr(cfg, key):
+            raise ValueError(f"cannot resume: the checkpoint has {key}={saved_config.get(key)!r}, "
+                             f"the config {getattr(cfg, key)!r}")
 
 
 # ---------------------------------------------------------------------------
@@ -286,11 +300,8 @@ def train_enhancer(cfg: TrainConfig, volumes: Sequence[Volume],
     resumed_rng_state = None
     if cfg.resume and ckpt_path is not None and ckpt_path.exists():
         state = load_checkpoint(ckpt_path)
-        saved_cfg = json.loads(state["config"])
-        for key in ("arch", "task", "context", "width", "n_qubits", "n_layers", "redcnn_width", "scale"):
-            if saved_cfg.get(key) != getattr(cfg, key):
-                raise ValueError(f"cannot resume: the checkpoint has {key}={saved_cfg.get(key)!r}, "
-                                 f"the config {getattr(cfg, key)!r}")
+        check_resumable(json.loads(state["config"]), cfg,
+                        ("arch", "task", "context", "width", "n_qubits", "n_layers", "redcnn_width", "scale"))
         model.load_state_dict(state["model"])
         critic.load_state_dict(state["critic"])
         opt_g.load_state_dict(state["opt_g"])
