@@ -1,7 +1,7 @@
 """QHQGAN: 3D Slicer module running a hybrid quantum-classical GAN on CT.
 
 The module is thin: the work is done by QHQGANLib (packaged with the extension),
-in a child process (QHQGANLib.background) so the panel never freezes.
+in a child process (QHQGANLib.apps.background) so the panel never freezes.
 """
 import enum
 import logging
@@ -264,12 +264,12 @@ class QHQGANLogic(ScriptedLoadableModuleLogic):
         return QHQGANParameterNode(super().getParameterNode())
 
     def modelNames(self, task):
-        from QHQGANLib.background import models_for_task
+        from QHQGANLib.apps.background import models_for_task
         return [card["name"] for card in models_for_task(task)]
 
     def process(self, inputNode, task="enhance", blocking=True, progress=None, cancel=None, outputNode=None, **options):
         """Run ``task`` on ``inputNode``: the new output node (blocking) or a running NodeTask."""
-        from QHQGANLib import background
+        from QHQGANLib.apps import background as background
         request = background.TaskRequest(task, **options)
         scene = inputNode.GetScene() if inputNode is not None else slicer.mrmlScene
         if not blocking:
@@ -282,7 +282,7 @@ class QHQGANLogic(ScriptedLoadableModuleLogic):
         """The output of a finished NodeTask, moved into ``outputNode`` when one is given."""
         node = job.finish()
         if outputNode is not None and outputNode is not node and outputNode is not job.input_node:  # never the input
-            from QHQGANLib.background import move_volume_into
+            from QHQGANLib.apps.background import move_volume_into
             node = move_volume_into(node, outputNode)
         return node
 
@@ -313,7 +313,7 @@ class QHQGANLogic(ScriptedLoadableModuleLogic):
             import slicer.pydeps as pydeps  # Slicer >= 5.11: pip_ensure; older: slicer.util.pip_install
         except ImportError:
             pydeps = None
-        from QHQGANLib.background import ensure_requirements
+        from QHQGANLib.apps.background import ensure_requirements
         confirm = slicer.util.confirmOkCancelDisplay if askConfirmation else (lambda text: True)
         return ensure_requirements(requirements, confirm, slicer.util.pip_install, pydeps, keep=SLICER_OWN_PACKAGES)
 
@@ -331,7 +331,7 @@ class QHQGANTest(ScriptedLoadableModuleTest):
     def test_QHQGAN_tasks_on_CTChest(self):
         import numpy as np
         import SampleData
-        from QHQGANLib.background import task_unavailable_reason
+        from QHQGANLib.apps.background import task_unavailable_reason
         ct = SampleData.downloadSample("CTChest")
         self.delayDisplay(f"Loaded {ct.GetName()}")
         logic = QHQGANLogic()

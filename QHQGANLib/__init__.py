@@ -17,26 +17,36 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.1.0"
+from .core.constants import __version__
 
-# public name -> module that defines it (loaded on first use, PEP 562)
+# public name -> module that defines it (loaded on first use, PEP 562); the layers are described
+# in docs/architecture.md: core, metrics, physics, quantum, nn, training, tasks, apps
 _LAZY = {
-    "Volume": "volume",
-    "read_volume": "io",
-    "write_volume": "io",
-    "VolumeReadError": "io",
-    "simulate_low_dose": "lowdose",
-    "degrade_resolution": "lowdose",
-    "ScannerModel": "lowdose",
-    "QuantumLayer": "quantum",
-    "enhance": "inference",
-    "super_resolve": "inference",
-    "list_models": "registry",
-    "load_model": "registry",
-    "synthesize": "synthesis",
-    "export_dicom_series": "dicom_export",
-    "psnr": "metrics",
-    "ssim": "metrics",
+    "Volume": "core.volume",
+    "read_volume": "core.io",
+    "write_volume": "core.io",
+    "VolumeReadError": "core.io",
+    "OperationCancelled": "core.progress",
+    "export_dicom_series": "core.dicom_export",
+    "psnr": "metrics.image",
+    "ssim": "metrics.image",
+    "evaluate_synthetic": "metrics.synthetic",
+    "simulate_low_dose": "physics.lowdose",
+    "ScannerModel": "physics.lowdose",
+    "degrade_resolution": "physics.resolution",
+    "QuantumLayer": "quantum.layer",
+    "list_models": "nn.weights",
+    "load_model": "nn.weights",
+    "save_model": "nn.weights",
+    "TrainConfig": "training.enhancement",
+    "train_enhancer": "training.enhancement",
+    "SynthConfig": "training.synthesis",
+    "train_synth": "training.synthesis",
+    "enhance": "tasks.enhance",
+    "super_resolve": "tasks.enhance",
+    "synthesize": "tasks.synthesize",
+    "evaluate_enhancement": "tasks.evaluate",
+    "evaluate_super_resolution": "tasks.evaluate",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

@@ -11,11 +11,8 @@ import numpy as np
 import pytest
 
 from QHQGANLib import Volume, read_volume
-from QHQGANLib.background import (
-    BackgroundTask, TaskFailed, TaskRequest, TemporaryWorkspace, build_command, child_environment,
-    cli_commands, default_output_name, ensure_requirements, missing_requirements, move_volume_into, process_node, read_requirements,
-    run_task, slicer_constraints, task_unavailable_reason)
-from QHQGANLib.progress import OperationCancelled
+from QHQGANLib.apps.background import BackgroundTask, TaskFailed, TaskRequest, TemporaryWorkspace, build_command, child_environment, cli_commands, default_output_name, ensure_requirements, missing_requirements, move_volume_into, process_node, read_requirements, run_task, slicer_constraints, task_unavailable_reason
+from QHQGANLib.core.progress import OperationCancelled
 
 PY = sys.executable
 
@@ -32,7 +29,7 @@ def phantom_volume(n_slices: int = 40, size: int = 256) -> Volume:
 # command lines
 # ---------------------------------------------------------------------------
 def test_build_command_for_each_task():
-    head = [PY, "-m", "QHQGANLib.cli"]
+    head = [PY, "-m", "QHQGANLib"]
     argv = build_command(TaskRequest("simulate-low-dose", dose=0.1, seed=3), "in.nrrd", "out.nrrd", PY)
     assert argv == head + ["simulate-low-dose", "in.nrrd", "out.nrrd", "--dose", "0.1", "--seed", "3",
                            "--progress", "lines"]
@@ -71,7 +68,7 @@ def test_requests_are_checked():
 def test_child_environment_finds_this_qhqganlib():
     env = child_environment({"PYTHONPATH": "/elsewhere"})
     first, second = env["PYTHONPATH"].split(":")[:2]
-    assert (Path(first) / "QHQGANLib" / "background.py").is_file()
+    assert (Path(first) / "QHQGANLib" / "apps" / "background.py").is_file()
     assert second == "/elsewhere" and env["PYTHONUNBUFFERED"] == "1"
 
 
@@ -86,7 +83,7 @@ def test_available_tasks_are_read_from_the_cli():
 def test_the_panel_lists_each_tasks_default_model_first(tmp_path, monkeypatch):
     import json
 
-    from QHQGANLib.background import DEFAULT_MODELS, models_for_task
+    from QHQGANLib.apps.background import DEFAULT_MODELS, models_for_task
 
     for name, task in (("ablation-synth", "synthesize"), ("dcgan-synth", "synthesize"),
                        ("hqgan-synth", "synthesize"), ("ablation-enhance", "enhance"), ("hqgan-enhance", "enhance")):
@@ -151,7 +148,7 @@ def test_failing_child_reports_its_one_line_error(tmp_path):
 
 def test_build_command_matches_the_cli_parser():
     """Every flag build_command emits is accepted by the qhqgan parser, for the commands it has."""
-    from QHQGANLib.cli import build_parser
+    from QHQGANLib.apps.cli import build_parser
 
     parser = build_parser()
     requests = [TaskRequest("simulate-low-dose"), TaskRequest("enhance", model="m", device="cpu"),
@@ -205,7 +202,7 @@ def test_process_node_adds_a_new_node_and_keeps_the_input(ct_small_path):
     slicer = pytest.importorskip("slicer", reason="slicer-core (3D Slicer's MRML as wheels) is a test dependency")
     import slicer.util
 
-    from QHQGANLib import scene as bridge
+    from QHQGANLib.apps import scene as bridge
 
     mrml = slicer.vtkMRMLScene()
     slicer.mrmlScene = mrml

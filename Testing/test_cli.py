@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from QHQGANLib import read_volume
-from QHQGANLib.cli import main
+from QHQGANLib.apps.cli import main
 
 
 def test_console_script_is_installed():
@@ -54,7 +54,7 @@ def test_errors_are_one_line_and_nonzero(tmp_path, capsys):
 
 
 def test_debug_shows_the_traceback(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "QHQGANLib.cli", "simulate-low-dose", "--debug",
+    proc = subprocess.run([sys.executable, "-m", "QHQGANLib", "simulate-low-dose", "--debug",
                            str(tmp_path / "absent.nrrd"), str(tmp_path / "o.nrrd")],
                           capture_output=True, text=True)
     assert proc.returncode != 0
@@ -77,7 +77,7 @@ def test_bad_dose_rejected_by_parser(capsys):
 def test_demo_writes_its_folder(tmp_path, capsys):
     folder = tmp_path / "demo"
     assert main(["demo", "--output-dir", str(folder), "--quiet"]) == 0
-    from QHQGANLib.registry import list_models
+    from QHQGANLib.nn.weights import list_models
 
     names = sorted(p.name for p in folder.iterdir())
     report = json.loads((folder / "metrics.json").read_text())
@@ -101,7 +101,7 @@ def test_demo_writes_its_folder(tmp_path, capsys):
 
 def test_progress_lines_for_a_parent_process(tmp_path, ct_small_path):
     """`--progress lines` prints parseable, monotonic progress on stdout (what the Slicer panel reads)."""
-    from QHQGANLib.progress import parse_progress_line
+    from QHQGANLib.core.progress import parse_progress_line
 
     proc = subprocess.run([shutil.which("qhqgan"), "simulate-low-dose", str(ct_small_path),
                            str(tmp_path / "low.nrrd"), "--progress", "lines"],

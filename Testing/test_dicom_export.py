@@ -14,7 +14,7 @@ import pytest
 pydicom = pytest.importorskip("pydicom")
 
 from QHQGANLib import Volume, read_volume  # noqa: E402
-from QHQGANLib.dicom_export import CT_IMAGE_STORAGE, export_dicom_series  # noqa: E402
+from QHQGANLib.core.dicom_export import CT_IMAGE_STORAGE, export_dicom_series  # noqa: E402
 
 SPACING = (0.7, 0.9, 2.5)
 ORIGIN = (-50.3, 20.125, 100.7)

@@ -12,11 +12,14 @@ import pytest
 import torch
 
 from QHQGANLib import Volume, read_volume
-from QHQGANLib.inference import enhance, super_resolve, super_resolved_geometry
-from QHQGANLib.models import REDCNN, HQGANGenerator, count_flops, count_parameters
-from QHQGANLib.progress import OperationCancelled
-from QHQGANLib.registry import ModelIntegrityError, load_model, save_model
-from QHQGANLib.train import TrainConfig, train_enhancer
+from QHQGANLib.tasks.enhance import enhance, super_resolve
+from QHQGANLib.tasks.geometry import super_resolved_geometry
+from QHQGANLib.nn.baselines import REDCNN
+from QHQGANLib.nn.enhancer import HQGANGenerator
+from QHQGANLib.nn.common import count_flops, count_parameters
+from QHQGANLib.core.progress import OperationCancelled
+from QHQGANLib.nn.weights import ModelIntegrityError, load_model, save_model
+from QHQGANLib.training.enhancement import TrainConfig, train_enhancer
 
 
 def oblique_direction(seed: int = 0) -> np.ndarray:
@@ -148,8 +151,8 @@ def test_memory_stays_bounded_on_a_large_volume(tmp_path):
     script.write_text(
         "import resource, numpy as np, torch\n"
         "from QHQGANLib import Volume\n"
-        "from QHQGANLib.inference import enhance\n"
-        "from QHQGANLib.models import HQGANGenerator\n"
+        "from QHQGANLib.tasks.enhance import enhance\n"
+        "from QHQGANLib.nn.enhancer import HQGANGenerator\n"
         "torch.set_num_threads(2)\n"
         "g = HQGANGenerator(width=4, n_qubits=2, n_layers=1).eval()\n"
         "vol = Volume(np.full((300, 512, 512), 40, np.float32))\n"
@@ -206,7 +209,7 @@ def test_every_architecture_trains(ct, arch, task):
 
 def test_distributed_training_with_two_gloo_processes(tmp_path, ct_small_path):
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29561",
-                "-m", "QHQGANLib.cli"]
+                "-m", "QHQGANLib"]
     args = ["train-enhance", "--input", str(ct_small_path), "--steps", "3", "--batch-size", "2",
             "--patch-size", "32", "--width", "4", "--n-qubits", "3", "--n-layers", "1", "--pool-size", "1",
             "--output-dir", str(tmp_path / "run"), "--save-model", str(tmp_path / "ddp"), "--quiet"]

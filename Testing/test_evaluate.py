@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 
 from QHQGANLib import Volume, read_volume
-from QHQGANLib.evaluate import (bicubic_upsample, evaluate_enhancement, evaluate_super_resolution,
-                                noise_in_uniform_regions, uniform_region_mask)
+from QHQGANLib.tasks.classical import bicubic_upsample
+from QHQGANLib.tasks.evaluate import evaluate_enhancement, evaluate_super_resolution
+from QHQGANLib.metrics.image import noise_in_uniform_regions, uniform_region_mask
 
 
 def test_noise_measure_reads_known_noise():

@@ -65,7 +65,7 @@ def cmake_text() -> str:
 def test_every_qhqganlib_module_is_listed():
     text = MODULE_CMAKE.read_text()
     scripts = library_scripts()
-    assert "QHQGANLib/__init__.py" in scripts and "QHQGANLib/background.py" in scripts
+    assert "QHQGANLib/__init__.py" in scripts and "QHQGANLib/apps/background.py" in scripts
     missing = [s for s in scripts if not re.search(rf"^\s*{re.escape(s)}\s*$", text, re.M)]
     assert not missing, f"add these lines to QHQGANLIB_PYTHON_SCRIPTS in QHQGAN/CMakeLists.txt: {missing}"
 

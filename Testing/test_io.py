@@ -14,7 +14,7 @@ import pytest
 import SimpleITK as sitk
 
 from QHQGANLib import Volume, read_volume, write_volume
-from QHQGANLib.io import VolumeReadError
+from QHQGANLib.core.io import VolumeReadError
 
 from conftest import shared_path
 

@@ -1,4 +1,4 @@
-"""Tests of the physics of QHQGANLib.lowdose: noise law, mean preservation, electronic
+"""Tests of the physics of QHQGANLib.physics.lowdose: noise law, mean preservation, electronic
 noise under photon starvation, exactness at full dose, geometry of degrade_resolution,
 and an integration test on real CT (skipped when ../shared/data is absent)."""
 from __future__ import annotations
@@ -8,9 +8,9 @@ import threading
 import numpy as np
 import pytest
 
-from QHQGANLib.lowdose import (Cancelled, ScannerModel, _ParallelBeam, degrade_resolution,
-                               simulate_low_dose)
-from QHQGANLib.volume import Volume
+from QHQGANLib.physics.lowdose import Cancelled, ScannerModel, _ParallelBeam, simulate_low_dose
+from QHQGANLib.physics.resolution import degrade_resolution
+from QHQGANLib.core.volume import Volume
 
 from conftest import shared_path
 

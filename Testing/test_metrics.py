@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from QHQGANLib import psnr, read_volume, ssim
-from QHQGANLib.metrics import resolve_window
+from QHQGANLib.metrics.image import resolve_window
 
 
 @pytest.fixture

@@ -6,7 +6,9 @@ import math
 import pytest
 import torch
 
-from QHQGANLib.quantum import QuantumLayer, circuit_ops, simulate_torch
+from QHQGANLib.quantum.layer import QuantumLayer
+from QHQGANLib.quantum.circuit import circuit_ops
+from QHQGANLib.quantum.simulator import simulate_torch
 
 pytest.importorskip("pennylane")
 

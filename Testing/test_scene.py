@@ -8,7 +8,7 @@ slicer = pytest.importorskip("slicer", reason="slicer-core (3D Slicer's MRML as 
 import slicer.util  # noqa: E402
 
 from QHQGANLib import Volume, read_volume, write_volume  # noqa: E402
-from QHQGANLib import scene as bridge  # noqa: E402
+from QHQGANLib.apps import scene as bridge  # noqa: E402
 
 
 def oblique_direction(seed: int = 0) -> np.ndarray:
@@ -124,7 +124,7 @@ def test_label_maps_are_refused(mrml_scene):
 def _textured(task):
     import torch
 
-    from QHQGANLib.models import HQGANGenerator
+    from QHQGANLib.nn.enhancer import HQGANGenerator
 
     torch.manual_seed(0)
     g = HQGANGenerator(task=task, width=4, n_qubits=3, n_layers=1)

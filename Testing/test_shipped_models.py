@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from QHQGANLib import read_volume
-from QHQGANLib.cli import main
-from QHQGANLib.registry import list_models, load_model, sha256_of
-from QHQGANLib.resources import models_dir
+from QHQGANLib.apps.cli import main
+from QHQGANLib.nn.weights import list_models, load_model, sha256_of
+from QHQGANLib.core.resources import models_dir
 
 CARDS = list_models()
 REQUIRED = {"enhance": {"hqgan-enhance", "ablation-enhance", "redcnn-enhance"}, "super-resolve": {"hqgan-sr2"},

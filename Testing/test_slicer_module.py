@@ -261,7 +261,7 @@ def test_module_logic_runs_a_task_on_real_mrml(qhqgan_module, ct_small_path):
     import slicer.util
 
     from QHQGANLib import read_volume
-    from QHQGANLib.scene import node_from_volume
+    from QHQGANLib.apps.scene import node_from_volume
 
     assert [t.value for t in module.Task] == ["enhance", "super-resolve", "synthesize", "simulate-low-dose"]
     assert module.Task.SUPER_RESOLVE.label() == "Super-resolve x2"

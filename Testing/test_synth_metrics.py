@@ -13,7 +13,7 @@ import pytest
 from conftest import shared_path
 
 from QHQGANLib import read_volume
-from QHQGANLib import synth_metrics as sm
+from QHQGANLib.metrics import synthetic as sm
 
 
 @pytest.fixture(scope="module")

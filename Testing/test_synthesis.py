@@ -8,10 +8,12 @@ import pytest
 import torch
 
 from QHQGANLib import Volume, read_volume, write_volume
-from QHQGANLib.cli import main
-from QHQGANLib.registry import load_model, save_model
-from QHQGANLib.synthesis import (METHODS, SynthConfig, SynthGenerator, synthesize, train_synth,
-                                 training_slices)
+from QHQGANLib.apps.cli import main
+from QHQGANLib.nn.weights import load_model, save_model
+from QHQGANLib.nn.synthesis import METHODS, SynthGenerator
+from QHQGANLib.training.synthesis import SynthConfig, train_synth
+from QHQGANLib.tasks.synthesize import synthesize
+from QHQGANLib.training.slices import training_slices
 
 from conftest import shared_path
 
@@ -89,7 +91,7 @@ def test_training_slices_from_real_abdomen_volume():
 
 def test_synthesize_nodes_in_the_scene(slices):
     slicer = pytest.importorskip("slicer")
-    from QHQGANLib import scene as bridge
+    from QHQGANLib.apps import scene as bridge
 
     model = train_synth(SynthConfig(method="wgan-gp", steps=1, batch_size=4, width=8, n_critic=1), slices=slices)
     mrml = slicer.vtkMRMLScene()
@@ -101,7 +103,7 @@ def test_synthesize_nodes_in_the_scene(slices):
 
 
 def test_diff_augment_translates_and_cuts_out_with_air_and_stays_differentiable():
-    from QHQGANLib.synthesis import diff_augment, parse_diffaugment
+    from QHQGANLib.training.augment import diff_augment, parse_diffaugment
 
     assert parse_diffaugment("translation, cutout") == ["translation", "cutout"] and parse_diffaugment("") == []
     with pytest.raises(ValueError, match="colour"):
@@ -133,7 +135,7 @@ def test_feature_norm_spreads_the_circuit_outputs():
 
 @pytest.mark.parametrize("upsample", ["resize", "transposed"])
 def test_decoder_upsampling_keeps_size_and_reloads(upsample, tmp_path):
-    from QHQGANLib.synthesis import build_from_config
+    from QHQGANLib.nn.synthesis import build_from_config
 
     model = SynthGenerator("ablation", size=128, width=4, upsample=upsample).eval()
     z = model.sample_latent(2, torch.Generator().manual_seed(0))

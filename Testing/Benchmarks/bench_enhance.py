@@ -21,12 +21,12 @@ sys.path.insert(0, str(HERE))
 from enhance_data import load_split  # noqa: E402
 from report import write_section  # noqa: E402
 
-from QHQGANLib.classical import bm3d_denoise  # noqa: E402
-from QHQGANLib.evaluate import evaluate_enhancement, evaluate_super_resolution  # noqa: E402
-from QHQGANLib.figures import save_panels_png  # noqa: E402
-from QHQGANLib.inference import enhance  # noqa: E402
-from QHQGANLib.lowdose import simulate_low_dose  # noqa: E402
-from QHQGANLib.registry import list_models, load_model  # noqa: E402
+from QHQGANLib.tasks.classical import bm3d_denoise  # noqa: E402
+from QHQGANLib.tasks.evaluate import evaluate_enhancement, evaluate_super_resolution  # noqa: E402
+from QHQGANLib.core.figures import save_panels_png  # noqa: E402
+from QHQGANLib.tasks.enhance import enhance  # noqa: E402
+from QHQGANLib.physics.lowdose import simulate_low_dose  # noqa: E402
+from QHQGANLib.nn.weights import list_models, load_model  # noqa: E402
 
 FIGURE = HERE.parents[1] / "Resources" / "Images" / "benchmark-enhance.png"
 ENHANCERS = ["hqgan-enhance", "ablation-enhance", "redcnn-enhance"]
@@ -36,8 +36,8 @@ TIMING_SNIPPET = r"""
 import json, resource, sys, time, numpy as np, torch
 torch.set_num_threads(2)
 from QHQGANLib import Volume
-from QHQGANLib.inference import enhance, super_resolve
-from QHQGANLib.classical import bm3d_denoise
+from QHQGANLib.tasks.enhance import enhance, super_resolve
+from QHQGANLib.tasks.classical import bm3d_denoise
 name, task = sys.argv[1], sys.argv[2]
 rng = np.random.default_rng(0)
 vol = Volume((rng.normal(40, 30, (4, 512, 512))).astype(np.float32), (0.8, 0.8, 2.0))
@@ -45,7 +45,7 @@ if name == "bm3d":
     run = lambda v: bm3d_denoise(Volume(v.array[:1], v.spacing))
     per = 1
 else:
-    from QHQGANLib.registry import load_model
+    from QHQGANLib.nn.weights import load_model
     model = load_model(name)
     run = (lambda v: enhance(v, model)) if task == "enhance" else (lambda v: super_resolve(v, 2, model=model))
     per = vol.shape[0]

@@ -1,4 +1,4 @@
-"""Benchmark of QHQGANLib.lowdose: seconds per 512x512 slice for the chosen projector and
+"""Benchmark of QHQGANLib.physics.lowdose: seconds per 512x512 slice for the chosen projector and
 the alternatives measured, and the inserted noise vs dose on a water cylinder and on
 real CT. Writes the "lowdose" section of BENCHMARKS.md.
 
@@ -20,8 +20,8 @@ sys.path.insert(0, str(HERE))
 
 from report import write_section  # noqa: E402
 
-from QHQGANLib.lowdose import ScannerModel, _ParallelBeam, simulate_low_dose  # noqa: E402
-from QHQGANLib.volume import Volume  # noqa: E402
+from QHQGANLib.physics.lowdose import ScannerModel, _ParallelBeam, simulate_low_dose  # noqa: E402
+from QHQGANLib.core.volume import Volume  # noqa: E402
 
 SHARED = Path(os.environ.get("QHQGAN_SHARED_DATA", HERE.parents[1].parent / "shared" / "data"))
 REAL = SHARED / "abdomen-ct-totalseg" / "example_ct_dicom_20slices.nii.gz"

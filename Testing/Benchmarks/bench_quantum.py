@@ -47,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
-from QHQGANLib.quantum import QuantumLayer  # noqa: E402
+from QHQGANLib.quantum.layer import QuantumLayer  # noqa: E402
 
 # samples used for the slow methods (rates; they do not depend on the batch)
 SUB_BROADCAST = {6: 4096, 8: 4096, 10: 512}  # full batch 4096 where memory allows

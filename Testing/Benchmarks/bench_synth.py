@@ -2,7 +2,7 @@
 
 Every method is trained on the same slices (``synth_data.py``) with the same number of
 generator updates and batch size, for each seed; then 200 samples per run are scored
-against the held-out real slices with ``QHQGANLib.synth_metrics.evaluate_synthetic``
+against the held-out real slices with ``QHQGANLib.metrics.synthetic.evaluate_synthetic``
 (FRD, KID, precision/recall, density/coverage, diversity, memorization, HU Wasserstein).
 Writes the "synth" section of BENCHMARKS.md (mean +- sd and median over seeds) and a
 PNG grid of samples per method beside real slices. With ``--ship``, the seed-0 model
@@ -29,11 +29,13 @@ sys.path.insert(0, str(HERE))
 from report import write_section  # noqa: E402
 from synth_data import DESCRIPTION, load_slices  # noqa: E402
 
-from QHQGANLib.figures import save_panels_png  # noqa: E402
-from QHQGANLib.registry import save_model  # noqa: E402
-from QHQGANLib.resources import models_dir  # noqa: E402
-from QHQGANLib.synth_metrics import evaluate_synthetic  # noqa: E402
-from QHQGANLib.synthesis import METHODS, SynthConfig, synthesize, train_synth  # noqa: E402
+from QHQGANLib.core.figures import save_panels_png  # noqa: E402
+from QHQGANLib.nn.weights import save_model  # noqa: E402
+from QHQGANLib.core.resources import models_dir  # noqa: E402
+from QHQGANLib.metrics.synthetic import evaluate_synthetic  # noqa: E402
+from QHQGANLib.nn.synthesis import METHODS
+from QHQGANLib.training.synthesis import SynthConfig, train_synth
+from QHQGANLib.tasks.synthesize import synthesize  # noqa: E402
 
 FIGURE = HERE.parents[1] / "Resources" / "Images" / "benchmark-synth.png"
 SHIP_NAMES = {"hqgan": "hqgan-synth", "ablation": "ablation-synth", "wgan-gp": "wgangp-synth", "dcgan": "dcgan-synth"}

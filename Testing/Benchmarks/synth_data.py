@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from enhance_data import SHARED  # noqa: E402
 
 from QHQGANLib import read_volume  # noqa: E402
-from QHQGANLib.synthesis import training_slices  # noqa: E402
+from QHQGANLib.training.slices import training_slices  # noqa: E402
 
 DESCRIPTION = ("TotalSegmentator example abdomen-pelvis CT (Apache-2.0 / CC BY 4.0, Wasserthal et al. 2023): "
                "3 blocks of 8 slices in 4 for training, every 4th block held out (1-slice gaps), plus the "

@@ -23,10 +23,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from enhance_data import DATA_DESCRIPTION, load_split  # noqa: E402
 
-from QHQGANLib.evaluate import evaluate_enhancement, evaluate_super_resolution  # noqa: E402
-from QHQGANLib.registry import save_model  # noqa: E402
-from QHQGANLib.resources import models_dir  # noqa: E402
-from QHQGANLib.train import TrainConfig, train_enhancer  # noqa: E402
+from QHQGANLib.tasks.evaluate import evaluate_enhancement, evaluate_super_resolution  # noqa: E402
+from QHQGANLib.nn.weights import save_model  # noqa: E402
+from QHQGANLib.core.resources import models_dir  # noqa: E402
+from QHQGANLib.training.enhancement import TrainConfig, train_enhancer  # noqa: E402
 
 MODELS = {
     "hqgan-enhance": dict(arch="hqgan", task="enhance"),

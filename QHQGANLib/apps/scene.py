@@ -1,0 +1,189 @@
+"""The bridge between QHQGANLib volumes and 3D Slicer's MRML scene.
+
+It imports only ``slicer`` (the MRML classes and ``slicer.util``), vtk and numpy,
+and only inside the functions, so it works in Slicer's Python console and in
+plain Python with the ``slicer-core`` wheels. Every function leaves its input
+node untouched and returns a NEW ``vtkMRMLScalarVolumeNode`` in the input's
+scene: with exact IJK-to-RAS geometry, under the same parent transform, with a
+display node in a CT window, placed under the input's study in the subject
+hierarchy when it has one, and with node attributes recording what made it.
+
+Console usage (Slicer's Python console)::
+
+    >>> from QHQGANLib import scene
+    >>> ct = slicer.util.getNode("CTChest")
+    >>> low = scene.simulate_low_dose_node(ct, dose_fraction=0.25, seed=0)
+    >>> slicer.util.setSliceViewerLayers(background=low)
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Optional, Tuple
+
+import numpy as np
+
+from ..core.constants import __version__
+from ..core.volume import Volume
+
+#: The LPS <-> RAS flip (its own inverse).
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+#: Default display window (width, level) in HU for new CT nodes: a soft-tissue window.
+CT_WINDOW = (400.0, 40.0)
+ATTRIBUTE_PREFIX = "QHQGAN."
+
+
+def volume_from_node(node) -> Volume:
+    """The node's voxels (copied) and geometry as a :class:`Volume` (LPS, in the node's own frame).
+
+    A parent transform is not applied: results go back under the same transform.
+    """
+    import slicer.util
+    import vtk
+
+    if node is None or not node.IsA("vtkMRMLScalarVolumeNode"):
+        raise TypeError(f"expected a scalar volume node, got {node.GetClassName() if node else None}")
+    if node.IsA("vtkMRMLLabelMapVolumeNode") or node.IsA("vtkMRMLSegmentationNode"):
+        raise TypeError(f"{node.GetName()} is a label map, not a CT volume")
+    if node.GetImageData() is None:
+        raise ValueError(f"{node.GetName()} holds no image data")
+    array = np.array(slicer.util.arrayFromVolume(node), dtype=np.float32, copy=True)
+    matrix = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(matrix)
+    ijk_to_lps = LPS_TO_RAS @ slicer.util.arrayFromVTKMatrix(matrix)
+    linear = ijk_to_lps[:3, :3]
+    spacing = np.linalg.norm(linear, axis=0)
+    direction = linear / spacing
+    metadata = {"source": f"MRML node {node.GetName()} ({node.GetID()})", "format": "mrml"}
+    return Volume(array, tuple(spacing), tuple(ijk_to_lps[:3, 3]), direction, metadata)
+
+
+def node_from_volume(volume: Volume, scene, name: str, reference_node=None,
+                     attributes: Optional[Dict[str, Any]] = None,
+                     window: Tuple[float, float] = CT_WINDOW):
+    """Add ``volume`` to ``scene`` as a new scalar volume node and return it.
+
+    With ``reference_node``, the new node goes under its parent transform and
+    beside it (its study) in the subject hierarchy.
+    """
+    import slicer.util
+
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", scene.GenerateUniqueName(name))
+    node.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(volume.ijk_to_ras_matrix()))
+    slicer.util.updateVolumeFromArray(node, volume.array)
+    node.CreateDefaultDisplayNodes()
+    display = node.GetDisplayNode()
+    if display is not None:
+        display.SetAutoWindowLevel(False)
+        display.SetWindowLevel(*window)
+    for key, value in (attributes or {}).items():
+        node.SetAttribute(ATTRIBUTE_PREFIX + key, str(value))
+    node.SetAttribute(ATTRIBUTE_PREFIX + "version", __version__)
+    if reference_node is not None:
+        transform = reference_node.GetParentTransformNode()
+        if transform is not None:
+            node.SetAndObserveTransformNodeID(transform.GetID())
+        _place_beside(node, reference_node)
+    return node
+
+
+def _place_beside(node, reference_node) -> None:
+    """Put ``node`` under the subject-hierarchy parent (study) of ``reference_node``."""
+    import slicer
+
+    sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(node.GetScene())
+    if sh is None:
+        return
+    ref_item = sh.GetItemByDataNode(reference_node)
+    if not ref_item:
+        return
+    parent = sh.GetItemParent(ref_item)
+    if not parent or parent == sh.GetSceneItemID():
+        return
+    item = sh.GetItemByDataNode(node)
+    if item:
+        sh.SetItemParent(item, parent)
+    else:
+        sh.CreateItem(parent, node)
+
+
+def _output_name(input_node, suffix: str) -> str:
+    return f"{input_node.GetName()}_{suffix}"
+
+
+def simulate_low_dose_node(input_node, dose_fraction: float = 0.25, seed: Optional[int] = 0,
+                           name: Optional[str] = None, progress=None, cancel=None, **options):
+    """A new node holding a simulated lower-dose acquisition of ``input_node``.
+
+    ``options`` go to :func:`QHQGANLib.lowdose.simulate_low_dose`.
+    """
+    from ..physics.lowdose import simulate_low_dose
+
+    volume = volume_from_node(input_node)
+    low = simulate_low_dose(volume, dose_fraction, seed=seed, progress=progress, cancel=cancel, **options)
+    pct = int(round(dose_fraction * 100))
+    attributes = {"task": "simulate-low-dose", "dose_fraction": dose_fraction, "seed": seed,
+                  "source_node": input_node.GetID(), **{k: v for k, v in options.items()}}
+    return node_from_volume(low, input_node.GetScene(), name or _output_name(input_node, f"dose{pct}pct"),
+                            reference_node=input_node, attributes=attributes)
+
+
+def degrade_resolution_node(input_node, scale: int = 2, name: Optional[str] = None, **options):
+    """A new node holding ``input_node`` blurred and downsampled in-plane by ``scale``."""
+    from ..physics.resolution import degrade_resolution
+
+    volume = volume_from_node(input_node)
+    low = degrade_resolution(volume, scale, **options)
+    attributes = {"task": "degrade-resolution", "scale": scale, "source_node": input_node.GetID()}
+    return node_from_volume(low, input_node.GetScene(), name or _output_name(input_node, f"lowres{scale}x"),
+                            reference_node=input_node, attributes=attributes)
+
+
+def _model_label(model) -> str:
+    if isinstance(model, str):
+        return model
+    card = getattr(model, "card", None)
+    return card.get("name", type(model).__name__) if isinstance(card, dict) else type(model).__name__
+
+
+def enhance_node(input_node, model="hqgan-enhance", name: Optional[str] = None, progress=None, cancel=None,
+                 **options):
+    """A new node: ``input_node`` enhanced by ``model`` (same grid). ``options`` go to
+    :func:`QHQGANLib.inference.enhance` (``device``, ``quantum_backend``, ``tile_size``, ``overlap``)."""
+    from ..tasks.enhance import enhance
+
+    volume = volume_from_node(input_node)
+    out = enhance(volume, model=model, progress=progress, cancel=cancel, **options)
+    attributes = {"task": "enhance", "model": _model_label(model), "source_node": input_node.GetID(),
+                  **{k: v for k, v in options.items() if v is not None}}
+    return node_from_volume(out, input_node.GetScene(), name or _output_name(input_node, "enhanced"),
+                            reference_node=input_node, attributes=attributes)
+
+
+def super_resolve_node(input_node, scale: int = 2, model=None, name: Optional[str] = None, progress=None,
+                       cancel=None, **options):
+    """A new node: ``input_node`` super-resolved x``scale`` in-plane (spacing / scale, same region)."""
+    from ..tasks.enhance import super_resolve
+
+    volume = volume_from_node(input_node)
+    out = super_resolve(volume, scale, model=model, progress=progress, cancel=cancel, **options)
+    attributes = {"task": "super-resolve", "scale": scale, "model": _model_label(model or f"hqgan-sr{scale}"),
+                  "source_node": input_node.GetID(), **{k: v for k, v in options.items() if v is not None}}
+    return node_from_volume(out, input_node.GetScene(), name or _output_name(input_node, f"sr{scale}x"),
+                            reference_node=input_node, attributes=attributes)
+
+
+def synthesize_nodes(input_node, n: int = 8, seed: int = 0, model="hqgan-synth", name: Optional[str] = None,
+                     progress=None, cancel=None, **options):
+    """A new node of ``n`` synthetic slices in ``input_node``'s scene, named and marked synthetic.
+
+    ``input_node`` only places the result (its scene and study); no voxel of it is used,
+    and no identifier of it is copied. ``options`` go to :func:`QHQGANLib.synthesis.synthesize`.
+    """
+    from ..tasks.synthesize import synthesize
+
+    volume = synthesize(model, n=n, seed=seed, progress=progress, cancel=cancel, **options)
+    label = volume.metadata.get("model", _model_label(model))
+    attributes = {"task": "synthesize", "synthetic": "YES (not for diagnosis)", "model": label, "seed": seed,
+                  "n_samples": n}
+    return node_from_volume(volume, input_node.GetScene(),
+                            name or f"SYNTHETIC_{label}_seed{seed}", reference_node=input_node,
+                            attributes=attributes)

@@ -1,0 +1,389 @@
+"""Export a :class:`~QHQGANLib.volume.Volume` as a DICOM CT Image Storage series (pydicom).
+
+One file per slice, explicit VR little endian, signed 16-bit HU (slope 1,
+intercept 0), with the exact LPS geometry of the volume:
+
+* ``ImagePositionPatient`` of slice ``k`` = ``volume.index_to_physical((0, 0, k))``;
+* ``ImageOrientationPatient`` = direction column 0 (along a row, i) then column 1 (down a column, j);
+* ``PixelSpacing`` = ``[spacing[1], spacing[0]]`` (row spacing, column spacing);
+* ``SliceThickness`` = ``SpacingBetweenSlices`` = ``spacing[2]``.
+
+Every export gets new Study, Series, SOP Instance and Frame of Reference UIDs.
+
+Synthetic images (``synthetic=True``, the default) are marked as such in every file:
+``SyntheticData`` (0008,001C) = ``YES``, ``ImageType`` = ``DERIVED\\SECONDARY``, a series
+description that says "SYNTHETIC ... NOT FOR DIAGNOSIS", patient name ``SYNTHETIC^QHQGAN``
+and a random patient ID ``SYNTHETIC-xxxxxxxx``.
+
+De-identification (DICOM PS3.15 Annex E, Basic Application Level Confidentiality Profile)
+------------------------------------------------------------------------------------------
+The writer builds each data set from scratch instead of editing the source's, so nothing
+of the source is carried over unless it is on an explicit allow-list:
+
+* always copied (when present in ``source``): ``BodyPartExamined`` and ``PatientPosition``
+  (neither identifies anyone; viewers use them for hanging and orientation labels);
+* copied for ``synthetic=False`` only: ``KVP`` and ``ConvolutionKernel`` (the acquisition
+  the processed image still comes from; for a synthetic image they would be false);
+* never copied: names, IDs, birth date, sex, age, accession number, institution, station,
+  physicians, dates and times, descriptions, UIDs, private tags, sequences.
+
+The files then carry ``PatientIdentityRemoved`` = ``YES``, ``DeidentificationMethod`` and
+``DeidentificationMethodCodeSequence`` = (113100, DCM, "Basic Application Confidentiality
+Profile"). Study date/time, referring physician, study ID and accession number are present
+but empty (type 2 attributes, "Z" in the profile). ``ContentDate``/``ContentTime`` are the
+time of the export (when the synthetic image was made), not a date of the source.
+
+``keep_patient=True`` (only with ``synthetic=False``) is the one way to keep the patient and
+study of the source (e.g. a denoised series filed beside the original study); the files are
+then *not* de-identified and say so (``PatientIdentityRemoved`` = ``NO``).
+
+Console usage::
+
+    >>> from QHQGANLib import read_volume
+    >>> from QHQGANLib.dicom_export import export_dicom_series
+    >>> files = export_dicom_series(samples, "/tmp/synthetic_ct", source=read_volume("ct_folder"))
+    >>> len(files), files[0].name
+    (32, 'IMG0001.dcm')
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import secrets
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Union
+
+import numpy as np
+
+from .volume import Volume
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
+DEFAULT_SYNTHETIC_DESCRIPTION = "SYNTHETIC QHQGAN - NOT FOR DIAGNOSIS"
+DEFAULT_DERIVED_DESCRIPTION = "QHQGAN PROCESSED - RESEARCH USE ONLY"
+NOT_FOR_DIAGNOSIS = " - NOT FOR DIAGNOSIS"
+#: Source attributes copied into every export (non-identifying).
+ALWAYS_COPIED = ("BodyPartExamined", "PatientPosition")
+#: Source attributes copied only for non-synthetic exports (acquisition context).
+ACQUISITION_COPIED = ("KVP", "ConvolutionKernel")
+#: Patient and study attributes copied only with ``keep_patient=True`` (not de-identified).
+PATIENT_STUDY_KEPT = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "PatientAge",
+                      "StudyInstanceUID", "StudyDate", "StudyTime", "StudyID", "AccessionNumber",
+                      "ReferringPhysicianName", "StudyDescription")
+INT16_MIN, INT16_MAX = -32768, 32767
+LO_MAX = 64  # characters of a LO value (SeriesDescription, DeidentificationMethod)
+
+
+def export_dicom_series(volume: Volume, folder: PathLike, source: Any = None, *,
+                        synthetic: bool = True, series_description: Optional[str] = None,
+                        overwrite: bool = False, keep_patient: bool = False,
+                        derivation_description: Optional[str] = None,
+                        series_number: int = 1) -> List[Path]:
+    """Write ``volume`` as a CT Image Storage series, one file per slice, into ``folder``.
+
+    Args:
+        volume: the image in HU; values are rounded and clipped to the int16 range.
+        folder: the output folder. It is created; an existing empty folder is used; a
+            non-empty one is refused unless ``overwrite=True`` (and even then only when it
+            holds nothing but DICOM files, so a wrong path never deletes other data).
+        source: where the image came from: a :class:`Volume` read from DICOM (its
+            ``metadata["dicom"]``), a ``pydicom.Dataset``, a mapping of keyword -> value,
+            or None. Only the allow-listed, non-identifying attributes are used (module doc).
+        synthetic: mark the series as synthetic (``SyntheticData`` YES, description "SYNTHETIC
+            ... NOT FOR DIAGNOSIS", synthetic patient). ``False`` for processed real images
+            (e.g. denoised): ``SyntheticData`` NO, still de-identified unless ``keep_patient``.
+        series_description: the description; for synthetic series "SYNTHETIC" and
+            "NOT FOR DIAGNOSIS" are added when missing (at most 64 characters in all).
+        overwrite: replace the content of a non-empty output folder of DICOM files.
+        keep_patient: (``synthetic=False`` only) keep the patient and study of ``source``.
+        derivation_description: free text for ``DerivationDescription`` (e.g. the model name);
+            never put identifiers here.
+        series_number: the ``SeriesNumber``.
+
+    Returns:
+        The paths of the written files, in slice order (``IMG0001.dcm``, ...).
+
+    Raises:
+        ValueError: NaN/inf voxels, ``keep_patient`` with a synthetic series, a bad description.
+        FileExistsError: ``folder`` is not empty (and ``overwrite`` is False) or is a file.
+    """
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, generate_uid
+
+    if not isinstance(volume, Volume):
+        raise TypeError(f"export_dicom_series takes a Volume, got {type(volume).__name__}")
+    if keep_patient and synthetic:
+        raise ValueError("keep_patient=True would put a real patient's identity on synthetic images; "
+                         "it is only allowed with synthetic=False")
+    if not np.all(np.isfinite(volume.array)):
+        n_bad = int((~np.isfinite(volume.array)).sum())
+        raise ValueError(f"the volume holds {n_bad:,} NaN or infinite voxel(s); refusing to export it")
+    folder = Path(folder).expanduser()
+    _check_target(folder, overwrite)
+
+    pixels = np.clip(np.rint(volume.array.astype(np.float64)), INT16_MIN, INT16_MAX).astype("<i2")
+    attributes = _source_attributes(source)
+    description = _series_description(series_description, synthetic)
+    shared = _shared_dataset(volume, attributes, synthetic=synthetic, keep_patient=keep_patient,
+                             description=description, derivation_description=derivation_description,
+                             series_number=series_number)
+
+    n = volume.shape[0]
+    width = max(4, len(str(n)))
+    names = [f"IMG{k + 1:0{width}d}.dcm" for k in range(n)]
+    normal = np.cross(volume.direction[:, 0], volume.direction[:, 1])
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.qhqgan-tmp-"))
+    try:
+        os.chmod(tmp, 0o755)  # mkdtemp makes a private (0700) folder; the output is an ordinary one
+        for k in range(n):
+            ds = pydicom.Dataset()
+            ds.update(shared)
+            sop_uid = generate_uid()
+            ds.SOPInstanceUID = sop_uid
+            ds.InstanceNumber = k + 1
+            position = volume.index_to_physical((0.0, 0.0, float(k)))
+            ds.ImagePositionPatient = [_ds(v) for v in position]
+            ds.SliceLocation = _ds(float(position @ normal))
+            ds.PixelData = np.ascontiguousarray(pixels[k]).tobytes()
+            meta = FileMetaDataset()
+            meta.MediaStorageSOPClassUID = CT_IMAGE_STORAGE
+            meta.MediaStorageSOPInstanceUID = sop_uid
+            meta.TransferSyntaxUID = EXPLICIT_VR_LITTLE_ENDIAN
+            meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+            meta.ImplementationVersionName = "QHQGAN_" + _version()[:16 - len("QHQGAN_")]
+            ds.file_meta = meta
+            ds.preamble = b"\x00" * 128
+            ds.save_as(tmp / names[k], enforce_file_format=True)
+        _move_into_place(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return [folder / name for name in names]
+
+
+# ---------------------------------------------------------------------------
+# data set
+# ---------------------------------------------------------------------------
+def _shared_dataset(volume: Volume, attributes: Dict[str, Any], *, synthetic: bool, keep_patient: bool,
+                    description: str, derivation_description: Optional[str], series_number: int):
+    """The attributes common to all slices of the series."""
+    import pydicom
+    from pydicom.sequence import Sequence
+    from pydicom.uid import generate_uid
+
+    now = datetime.datetime.now()
+    ds = pydicom.Dataset()
+    text = [description, derivation_description or ""]
+    if not all(t.isascii() for t in text):
+        ds.SpecificCharacterSet = "ISO_IR 192"  # UTF-8
+    # SOP common, general image
+    ds.SOPClassUID = CT_IMAGE_STORAGE
+    ds.ImageType = ["DERIVED", "SECONDARY"]
+    ds.SyntheticData = "YES" if synthetic else "NO"
+    ds.BurnedInAnnotation = "NO"
+    ds.ContentDate = now.strftime("%Y%m%d")
+    ds.ContentTime = now.strftime("%H%M%S")
+    ds.InstanceCreationDate = ds.ContentDate
+    ds.InstanceCreationTime = ds.ContentTime
+    ds.DerivationDescription = (derivation_description or
+                                (f"Synthetic CT generated by QHQGAN {_version()}" if synthetic
+                                 else f"CT processed by QHQGAN {_version()}"))[:1024]
+    if synthetic:
+        ds.ImageComments = ("Synthetic image generated by a model (QHQGAN); it shows no real patient. "
+                            "Not for diagnostic use.")
+    ds.AcquisitionNumber = None  # type 2: present, empty
+
+    # patient and study
+    if keep_patient:
+        for keyword in PATIENT_STUDY_KEPT:
+            value = attributes.get(keyword)
+            if value not in (None, ""):
+                setattr(ds, keyword, value)
+        ds.PatientIdentityRemoved = "NO"
+    else:
+        if synthetic:
+            ds.PatientName = "SYNTHETIC^QHQGAN"
+            ds.PatientID = "SYNTHETIC-" + secrets.token_hex(4).upper()
+        else:
+            ds.PatientName = "ANONYMOUS^QHQGAN"
+            ds.PatientID = "ANON-" + secrets.token_hex(4).upper()
+        ds.PatientIdentityRemoved = "YES"
+        ds.DeidentificationMethod = "PS3.15 E Basic Profile: new data set, no source identifiers"[:LO_MAX]
+        code = pydicom.Dataset()
+        code.CodeValue = "113100"
+        code.CodingSchemeDesignator = "DCM"
+        code.CodeMeaning = "Basic Application Confidentiality Profile"
+        ds.DeidentificationMethodCodeSequence = Sequence([code])
+    for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex",  # type 2
+                    "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber"):
+        if keyword not in ds:
+            setattr(ds, keyword, None)
+    if "StudyInstanceUID" not in ds:
+        ds.StudyInstanceUID = generate_uid()
+
+    # series and equipment
+    ds.Modality = "CT"
+    ds.SeriesInstanceUID = generate_uid()
+    ds.SeriesNumber = int(series_number)
+    ds.SeriesDescription = description
+    ds.SeriesDate = ds.ContentDate
+    ds.SeriesTime = ds.ContentTime
+    for keyword in ALWAYS_COPIED + (() if synthetic else ACQUISITION_COPIED):
+        value = attributes.get(keyword)
+        if value not in (None, ""):
+            setattr(ds, keyword, value)
+    if "PatientPosition" not in ds:
+        ds.PatientPosition = "HFS"  # type 2C for CT; the usual supine head-first position
+    if "KVP" not in ds:
+        ds.KVP = None  # type 2 in the CT image module
+    ds.Manufacturer = "QHQGAN"
+    ds.ManufacturerModelName = "QHQGANLib"
+    ds.SoftwareVersions = _version()
+
+    # frame of reference, image plane
+    ds.FrameOfReferenceUID = generate_uid()
+    ds.PositionReferenceIndicator = None
+    direction = volume.direction
+    ds.ImageOrientationPatient = [_ds(v) for v in np.concatenate([direction[:, 0], direction[:, 1]])]
+    sx, sy, sz = volume.spacing
+    ds.PixelSpacing = [_ds(sy), _ds(sx)]  # row spacing (between rows, y), column spacing (x)
+    ds.SliceThickness = _ds(sz)
+    ds.SpacingBetweenSlices = _ds(sz)
+
+    # image pixel, CT image
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows, ds.Columns = int(volume.shape[1]), int(volume.shape[2])
+    ds.BitsAllocated = 16
+    ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 1
+    ds.RescaleIntercept = "0"
+    ds.RescaleSlope = "1"
+    ds.RescaleType = "HU"
+    ds.WindowCenter = "40"
+    ds.WindowWidth = "400"
+    return ds
+
+
+def _series_description(given: Optional[str], synthetic: bool) -> str:
+    if given is not None and not str(given).strip():
+        raise ValueError("series_description is empty")
+    if not synthetic:
+        text = DEFAULT_DERIVED_DESCRIPTION if given is None else str(given).strip()
+    elif given is None:
+        text = DEFAULT_SYNTHETIC_DESCRIPTION
+    else:
+        text = str(given).strip()
+        if "SYNTHETIC" not in text.upper():
+            text = "SYNTHETIC " + text
+        if "NOT FOR DIAGNOSIS" not in text.upper():
+            text = text[:LO_MAX - len(NOT_FOR_DIAGNOSIS)].rstrip() + NOT_FOR_DIAGNOSIS
+    if len(text) > LO_MAX or "\\" in text or any(c in text for c in "\r\n\t"):
+        raise ValueError(f"series_description must be one line of at most {LO_MAX} characters "
+                         f"without backslash, got {text!r}")
+    return text
+
+
+def _source_attributes(source: Any) -> Dict[str, Any]:
+    """Keyword -> value of the allow-listed attributes of ``source`` (never anything else)."""
+    if source is None:
+        return {}
+    wanted = ALWAYS_COPIED + ACQUISITION_COPIED + PATIENT_STUDY_KEPT
+    if isinstance(source, Volume):
+        mapping: Mapping[str, Any] = source.metadata.get("dicom") or {}
+        if not isinstance(mapping, Mapping):
+            return {}
+    elif isinstance(source, Mapping):
+        mapping = source
+    else:
+        try:
+            import pydicom
+        except ImportError:  # pragma: no cover - pydicom is a dependency
+            raise TypeError(f"unsupported source {type(source).__name__}") from None
+        if not isinstance(source, pydicom.Dataset):
+            raise TypeError("source must be a Volume, a pydicom Dataset, a mapping or None; "
+                            f"got {type(source).__name__}")
+        mapping = {k: source.get(k) for k in wanted if k in source}
+    out = {}
+    for keyword in wanted:
+        value = mapping.get(keyword)
+        if value is None or value == "":
+            continue
+        out[keyword] = value if keyword in ("PatientName",) else _plain(value)
+    return out
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (str, int, float)):
+        return value
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        return [str(v) for v in value]
+    return str(value)
+
+
+def _ds(value: float) -> str:
+    """A float as a DICOM decimal string (at most 16 characters, full available precision)."""
+    from pydicom.valuerep import format_number_as_ds
+
+    value = float(value)
+    if value == 0.0:
+        return "0"
+    return format_number_as_ds(value)
+
+
+def _version() -> str:
+    from .constants import __version__
+
+    return str(__version__)
+
+
+# ---------------------------------------------------------------------------
+# output folder
+# ---------------------------------------------------------------------------
+def _check_target(folder: Path, overwrite: bool) -> None:
+    if folder.exists() and not folder.is_dir():
+        raise FileExistsError(f"{folder} exists and is not a folder")
+    if folder.is_dir():
+        content = list(folder.iterdir())
+        if content and not overwrite:
+            raise FileExistsError(f"{folder} is not empty ({len(content)} entries); "
+                                  "pass overwrite=True to replace its DICOM files, or pick a new folder")
+        others = [p.name for p in content if not (p.is_file() and _looks_like_dicom(p))]
+        if others:
+            raise FileExistsError(f"{folder} holds entries that are not DICOM files (e.g. {others[0]!r}); "
+                                  "refusing to replace it even with overwrite=True")
+
+
+def _looks_like_dicom(path: Path) -> bool:
+    if path.suffix.lower() == ".dcm":
+        return True
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(132)[128:132] == b"DICM"
+    except OSError:
+        return False
+
+
+def _move_into_place(tmp: Path, folder: Path) -> None:
+    """Rename the finished temporary folder to ``folder`` (any old content goes away last)."""
+    backup = None
+    if folder.exists():
+        backup = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.qhqgan-old-"))
+        os.rmdir(backup)
+        os.replace(folder, backup)
+    try:
+        os.replace(tmp, folder)
+    except BaseException:
+        if backup is not None:
+            os.replace(backup, folder)
+        raise
+    if backup is not None:
+        shutil.rmtree(backup, ignore_errors=True)

@@ -1,0 +1,134 @@
+"""The hybrid generator for low-dose CT enhancement and x2 super-resolution.
+
+* :class:`HQGANGenerator`: the hybrid generator. A small classical U-Net-style
+  encoder brings a 2.5D stack of slices (the slice and its neighbours) to 1/4
+  resolution; there a :class:`~QHQGANLib.quantum.QuantumLayer` runs at every
+  spatial position on a learned projection of the features (``n_qubits``
+  angles), and its outputs are mixed back into the features by a learned 1x1
+  convolution on a residual path; a decoder with skip connections predicts a
+  residual that is added to the input slice (HU in, HU out). With
+  ``task="super-resolve"`` the decoder ends in a x2 pixel-shuffle stage and the
+  residual is added to the bicubic-upsampled input.
+* ``mixer="classical"`` gives the parameter-matched classical ablation: the
+  quantum layer is replaced by :class:`ClassicalMixer`, a tiny MLP with about as
+  many parameters as the circuit (same input and output sizes, bounded output).
+* :class:`REDCNN`: the residual encoder-decoder CNN of Chen et al. 2017
+  (IEEE TMI 36(12):2524), 5 convolutions and 5 deconvolutions of 5x5 with
+  residual shortcuts; ``width`` is 96 in the paper.
+* :class:`PatchCritic`: a classical patch critic for the WGAN-GP adversarial term.
+
+All networks take and return HU; internally they work on ``HU / 1000`` (water 0,
+air -1), after clipping the input to [-1024, 3071] HU.
+
+Console usage::
+
+    >>> import torch
+    >>> from QHQGANLib.nn import HQGANGenerator
+    >>> g = HQGANGenerator(task="enhance", context=1, n_qubits=8, n_layers=2)
+    >>> stack = torch.zeros(1, 3, 64, 64) - 1000       # (batch, 2*context+1 slices, H, W) in HU
+    >>> g(stack).shape                                  # the enhanced centre slice, HU
+    torch.Size([1, 1, 64, 64])
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Dict, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..quantum.layer import QuantumLayer
+from .common import hu_to_net, net_to_hu
+from .mixers import PixelwiseMixer
+
+
+@dataclass
+class GeneratorConfig:
+    """Everything needed to rebuild an :class:`HQGANGenerator` (stored in model cards)."""
+
+    task: str = "enhance"            # "enhance" or "super-resolve"
+    context: int = 1                 # neighbouring slices on each side (input has 2*context+1)
+    width: int = 16                  # channels at full resolution (x2 at 1/2, x4 at 1/4)
+    n_qubits: int = 8
+    n_layers: int = 2
+    reupload: bool = True
+    mixer: str = "quantum"           # "quantum" (HQGAN) or "classical" (ablation)
+    scale: int = 2                   # super-resolution factor (task "super-resolve")
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+def _conv(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=stride, padding=1), nn.LeakyReLU(0.1))
+
+
+class HQGANGenerator(nn.Module):
+    """Hybrid quantum-classical generator; see the module docstring. Input (B, 2c+1, H, W) HU."""
+
+    def __init__(self, task: str = "enhance", context: int = 1, width: int = 16, n_qubits: int = 8,
+                 n_layers: int = 2, reupload: bool = True, mixer: str = "quantum", scale: int = 2,
+                 quantum_backend: str = "torch", quantum_device: str = "default.qubit"):
+        super().__init__()
+        if task not in ("enhance", "super-resolve"):
+            raise ValueError(f"task must be 'enhance' or 'super-resolve', got {task!r}")
+        if context < 0:
+            raise ValueError("context must be >= 0")
+        if task == "super-resolve" and scale not in (2, 4):
+            raise ValueError(f"scale must be 2 or 4, got {scale}")
+        self.config = GeneratorConfig(task, context, width, n_qubits, n_layers, reupload, mixer, scale)
+        w = width
+        self.enc1 = _conv(2 * context + 1, w)
+        self.enc2 = _conv(w, 2 * w, stride=2)
+        self.enc3 = _conv(2 * w, 4 * w, stride=2)
+        self.mix = PixelwiseMixer(4 * w, n_qubits, n_layers, mixer, reupload, quantum_backend, quantum_device)
+        self.bottleneck = _conv(4 * w, 4 * w)
+        self.up2 = nn.ConvTranspose2d(4 * w, 2 * w, 2, stride=2)
+        self.dec2 = _conv(4 * w, 2 * w)
+        self.up1 = nn.ConvTranspose2d(2 * w, w, 2, stride=2)
+        self.dec1 = _conv(2 * w, w)
+        if task == "super-resolve":
+            stages = []
+            for _ in range(int(round(math.log2(scale)))):
+                stages += [nn.Conv2d(w, 4 * w, 3, padding=1), nn.PixelShuffle(2), nn.LeakyReLU(0.1)]
+            self.upscale = nn.Sequential(*stages)
+        else:
+            self.upscale = nn.Identity()
+        self.head = nn.Conv2d(w, 1, 3, padding=1)
+        nn.init.zeros_(self.head.weight)  # starts as the identity map (or plain bicubic for SR)
+        nn.init.zeros_(self.head.bias)
+
+    @property
+    def in_slices(self) -> int:
+        return 2 * self.config.context + 1
+
+    @property
+    def scale(self) -> int:
+        return self.config.scale if self.config.task == "super-resolve" else 1
+
+    @property
+    def multiple(self) -> int:
+        """Input height and width must be multiples of this (inference pads to it)."""
+        return 4
+
+    def quantum_layer(self) -> Optional[QuantumLayer]:
+        return self.mix.mixer if isinstance(self.mix.mixer, QuantumLayer) else None
+
+    def forward(self, stack_hu: torch.Tensor) -> torch.Tensor:
+        if stack_hu.dim() != 4 or stack_hu.shape[1] != self.in_slices:
+            raise ValueError(f"expected (batch, {self.in_slices}, H, W) HU, got {tuple(stack_hu.shape)}")
+        if stack_hu.shape[-1] % 4 or stack_hu.shape[-2] % 4:
+            raise ValueError(f"H and W must be multiples of 4, got {tuple(stack_hu.shape[-2:])}")
+        x = hu_to_net(stack_hu)
+        centre = x[:, self.config.context:self.config.context + 1]
+        e1 = self.enc1(x)
+        e2 = self.enc2(e1)
+        e3 = self.bottleneck(self.mix(self.enc3(e2)))
+        d2 = self.dec2(torch.cat([self.up2(e3), e2], 1))
+        d1 = self.dec1(torch.cat([self.up1(d2), e1], 1))
+        residual = self.head(self.upscale(d1))
+        if self.scale > 1:
+            centre = F.interpolate(centre, scale_factor=self.scale, mode="bicubic", align_corners=False)
+        return net_to_hu(centre + residual)

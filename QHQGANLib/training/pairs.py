@@ -1,0 +1,106 @@
+"""Training pairs for enhancement and super-resolution, made from normal-dose CT by the physics simulator.
+
+A pool of low-dose realisations (dose fractions drawn from ``dose_range``) or, for
+super-resolution, ``degrade_resolution`` copies, from which random patches are cut, flipped
+and rotated. The pool is partly re-simulated every ``refresh_every`` steps, so the network
+keeps seeing new noise.
+
+Console usage::
+
+    >>> from QHQGANLib.training.pairs import PairPool
+    >>> pool = PairPool([ct], TrainConfig(), context=1, seed_key=[0, 0])
+    >>> x, y = pool.batch(16)        # (16, 3, 64, 64) low-dose stacks, (16, 1, 64, 64) targets, HU
+"""
+from __future__ import annotations
+
+from typing import Callable, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from ..core.constants import HU_MAX, HU_MIN
+from ..core.progress import check_cancel, report
+from ..core.volume import Volume, slab
+from ..physics.lowdose import simulate_low_dose
+from ..physics.resolution import degrade_resolution
+
+
+class PairPool:
+    """Normal-dose volumes and their degraded copies, from which patch pairs are drawn.
+
+    Every low-dose realisation is a pure function of (seed, rank, slot, step), so a
+    run resumed at ``start_step`` rebuilds exactly the pool a straight run had then.
+    """
+
+    def __init__(self, volumes: Sequence[Volume], cfg, context: int, seed_key: Sequence[int],
+                 start_step: int = 0, progress: Optional[Callable[[float, str], None]] = None, cancel=None):
+        if not volumes:
+            raise ValueError("no training volumes given")
+        for v in volumes:
+            if min(v.shape[1:]) < cfg.patch_size:
+                raise ValueError(f"a training slice of {v.shape[1:]} is smaller than the patch size {cfg.patch_size}")
+        self.cfg, self.context, self.seed_key = cfg, context, list(seed_key)
+        self.rng = np.random.default_rng(self.seed_key)  # replaced by the training stream
+        self.volumes = list(volumes)
+        self.targets = [np.clip(v.array, HU_MIN, HU_MAX) for v in volumes]
+        self.inputs: List[List[np.ndarray]] = []
+        if cfg.task == "super-resolve":
+            for i, v in enumerate(volumes):
+                low = degrade_resolution(v, cfg.scale)
+                s = cfg.scale
+                self.targets[i] = self.targets[i][:, : low.shape[1] * s, : low.shape[2] * s]
+                self.inputs.append([low.array])
+                report(progress, (i + 1) / len(volumes), "degrading resolution")
+        else:
+            # which generation each slot holds at start_step: the initial one, or the last refresh
+            latest = {(i, j): None for i in range(len(volumes)) for j in range(cfg.pool_size)}
+            if cfg.refresh_every:
+                for step in range(cfg.refresh_every, start_step + 1, cfg.refresh_every):
+                    latest[self._refresh_slot(step)] = step
+            total = len(latest)
+            self.inputs = [[None] * cfg.pool_size for _ in volumes]
+            for n, ((i, j), step) in enumerate(sorted(latest.items())):
+                check_cancel(cancel)
+                self.inputs[i][j] = self._simulate(i, j, step)
+                report(progress, (n + 1) / total, "simulating low-dose training pairs")
+        self.weights = np.array([t.size for t in self.targets], float)
+        self.weights /= self.weights.sum()
+
+    def _refresh_slot(self, step: int) -> Tuple[int, int]:
+        r = np.random.default_rng(self.seed_key + [2, step])
+        return int(r.integers(len(self.volumes))), int(r.integers(self.cfg.pool_size))
+
+    def _simulate(self, i: int, j: int, step: Optional[int]) -> np.ndarray:
+        key = self.seed_key + ([1, i, j] if step is None else [3, step])
+        r = np.random.default_rng(key)
+        dose = float(r.uniform(*self.cfg.dose_range))
+        return simulate_low_dose(self.volumes[i], dose, seed=int(r.integers(2**31))).array
+
+    def refresh(self, step: int) -> None:
+        """Re-simulate the realisation that ``step`` picks (enhancement only)."""
+        if self.cfg.task != "enhance":
+            return
+        i, j = self._refresh_slot(step)
+        self.inputs[i][j] = self._simulate(i, j, step)
+
+    def batch(self, n: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(inputs (n, 2c+1, p_in, p_in), targets (n, 1, p, p)) in HU, augmented."""
+        cfg = self.cfg
+        s = cfg.scale if cfg.task == "super-resolve" else 1
+        p_out, p_in = cfg.patch_size, cfg.patch_size // s
+        xs, ys = [], []
+        for _ in range(n):
+            i = int(self.rng.choice(len(self.targets), p=self.weights))
+            source = self.inputs[i][int(self.rng.integers(len(self.inputs[i])))]
+            k = int(self.rng.integers(source.shape[0]))
+            y0 = int(self.rng.integers(source.shape[1] - p_in + 1))
+            x0 = int(self.rng.integers(source.shape[2] - p_in + 1))
+            x = slab(source, k, self.context)[:, y0:y0 + p_in, x0:x0 + p_in]
+            y = self.targets[i][k:k + 1, y0 * s:y0 * s + p_out, x0 * s:x0 * s + p_out]
+            rot, flip = int(self.rng.integers(4)), bool(self.rng.integers(2))
+            x, y = np.rot90(x, rot, axes=(1, 2)), np.rot90(y, rot, axes=(1, 2))
+            if flip:
+                x, y = x[:, :, ::-1], y[:, :, ::-1]
+            xs.append(np.ascontiguousarray(x))
+            ys.append(np.ascontiguousarray(y))
+        return torch.from_numpy(np.stack(xs)).float(), torch.from_numpy(np.stack(ys)).float()
