@@ -23,9 +23,15 @@ _SOURCE_ROOT = pathlib.Path(__file__).resolve().parents[1]
 if (_SOURCE_ROOT / "QHQGANLib" / "__init__.py").is_file() and str(_SOURCE_ROOT) not in sys.path:
     sys.path.append(str(_SOURCE_ROOT))
 
+# the option schema: cheap to import (no torch), the same ranges and defaults as the CLI and the runner
+from QHQGANLib.core.options import option_default, option_range  # noqa: E402
+
 CUSTOM_WEIGHTS = "Custom weights file…"
 #: Packages of Slicer itself that QHQGAN's requirements must never replace.
 SLICER_OWN_PACKAGES = ["SimpleITK", "vtk", "numpy", "torch"]
+#: The panel's spin boxes and the options (QHQGANLib.core.options) whose ranges they take.
+SPIN_BOX_OPTIONS = {"tileSizeSpinBox": "tile_size", "overlapSpinBox": "overlap", "tileBatchSpinBox": "tile_batch",
+                    "samplesSpinBox": "n_samples", "seedSpinBox": "seed", "doseSpinBox": "dose"}
 
 
 class QHQGAN(ScriptedLoadableModule):
@@ -86,14 +92,15 @@ class QHQGANParameterNode:
     inputVolume: vtkMRMLScalarVolumeNode
     task: Task = Task.ENHANCE
     customWeights: pathlib.Path
-    quantumBackend: QuantumBackend = QuantumBackend.BUILTIN
+    quantumBackend: QuantumBackend = QuantumBackend(option_default("quantum_backend"))
     pennylaneDevice: str = "lightning.qubit"
-    computeDevice: ComputeDevice = ComputeDevice.AUTO
-    tileSize: Annotated[int, WithinRange(32, 1024)] = 512
-    overlap: Annotated[float, WithinRange(0.0, 0.75)] = 0.0
-    nSamples: Annotated[int, WithinRange(1, 64)] = 8
-    seed: Annotated[int, WithinRange(0, 999999)] = 0
-    doseFraction: Annotated[float, WithinRange(0.05, 1.0)] = 0.25
+    computeDevice: ComputeDevice = ComputeDevice(option_default("device"))
+    tileSize: Annotated[int, WithinRange(*option_range("tile_size"))] = option_default("tile_size")
+    overlap: Annotated[float, WithinRange(*option_range("overlap"))] = option_default("overlap")
+    tileBatch: Annotated[int, WithinRange(*option_range("tile_batch"))] = option_default("tile_batch")
+    nSamples: Annotated[int, WithinRange(*option_range("n_samples"))] = option_default("n_samples")
+    seed: Annotated[int, WithinRange(*option_range("seed"))] = option_default("seed")
+    doseFraction: Annotated[float, WithinRange(*option_range("dose"))] = option_default("dose")
     outputVolume: vtkMRMLScalarVolumeNode
 
 
@@ -122,6 +129,8 @@ class QHQGANWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.compareButton.connect("clicked(bool)", self.onCompareButton)
         self.ui.modelComboBox.connect("currentIndexChanged(int)", self._updateGui)
         self.ui.progressBar.setVisible(False)
+        for widgetName, optionName in SPIN_BOX_OPTIONS.items():  # the schema's ranges, whatever the .ui says
+            getattr(self.ui, widgetName).setRange(*option_range(optionName))
         self.initializeParameterNode()
 
     def cleanup(self):
@@ -181,6 +190,7 @@ class QHQGANWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.pennylaneDeviceLineEdit.setEnabled(p.quantumBackend is QuantumBackend.PENNYLANE)
         self.ui.tileSizeSpinBox.setEnabled(task in (Task.ENHANCE, Task.SUPER_RESOLVE))
         self.ui.overlapSpinBox.setEnabled(task in (Task.ENHANCE, Task.SUPER_RESOLVE))
+        self.ui.tileBatchSpinBox.setEnabled(task in (Task.ENHANCE, Task.SUPER_RESOLVE))
         self.ui.samplesSpinBox.setEnabled(task is Task.SYNTHESIZE)
         self.ui.doseSpinBox.setEnabled(task is Task.SIMULATE_LOW_DOSE)
         if self._job is not None:
@@ -198,7 +208,8 @@ class QHQGANWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             model = str(p.customWeights) if p.customWeights and str(p.customWeights) not in ("", ".") else None
         backend = "torch" if p.quantumBackend is QuantumBackend.BUILTIN else f"pennylane:{p.pennylaneDevice.strip()}"
         return dict(model=model or None, quantum_backend=backend, device=p.computeDevice.value,
-                    tile_size=p.tileSize, overlap=p.overlap, n_samples=p.nSamples, seed=p.seed, dose=p.doseFraction)
+                    tile_size=p.tileSize, overlap=p.overlap, tile_batch=p.tileBatch, n_samples=p.nSamples,
+                    seed=p.seed, dose=p.doseFraction)
 
     def onApplyButton(self):
         if self._job is not None:
@@ -264,7 +275,7 @@ class QHQGANLogic(ScriptedLoadableModuleLogic):
         return QHQGANParameterNode(super().getParameterNode())
 
     def modelNames(self, task):
-        from QHQGANLib.apps.background import models_for_task
+        from QHQGANLib.core.kinds import models_for_task
         return [card["name"] for card in models_for_task(task)]
 
     def process(self, inputNode, task="enhance", blocking=True, progress=None, cancel=None, outputNode=None, **options):
@@ -282,7 +293,7 @@ class QHQGANLogic(ScriptedLoadableModuleLogic):
         """The output of a finished NodeTask, moved into ``outputNode`` when one is given."""
         node = job.finish()
         if outputNode is not None and outputNode is not node and outputNode is not job.input_node:  # never the input
-            from QHQGANLib.apps.background import move_volume_into
+            from QHQGANLib.apps.node_task import move_volume_into
             node = move_volume_into(node, outputNode)
         return node
 
@@ -313,7 +324,7 @@ class QHQGANLogic(ScriptedLoadableModuleLogic):
             import slicer.pydeps as pydeps  # Slicer >= 5.11: pip_ensure; older: slicer.util.pip_install
         except ImportError:
             pydeps = None
-        from QHQGANLib.apps.background import ensure_requirements
+        from QHQGANLib.apps.dependencies import ensure_requirements
         confirm = slicer.util.confirmOkCancelDisplay if askConfirmation else (lambda text: True)
         return ensure_requirements(requirements, confirm, slicer.util.pip_install, pydeps, keep=SLICER_OWN_PACKAGES)
 
@@ -331,7 +342,7 @@ class QHQGANTest(ScriptedLoadableModuleTest):
     def test_QHQGAN_tasks_on_CTChest(self):
         import numpy as np
         import SampleData
-        from QHQGANLib.apps.background import task_unavailable_reason
+        from QHQGANLib.apps.request import task_unavailable_reason
         ct = SampleData.downloadSample("CTChest")
         self.delayDisplay(f"Loaded {ct.GetName()}")
         logic = QHQGANLogic()

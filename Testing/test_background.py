@@ -1,6 +1,7 @@
 """The background runner of the Slicer panel: the real ``qhqgan`` CLI in a child process."""
 from __future__ import annotations
 
+import os
 import re
 import sys
 import threading
@@ -11,7 +12,11 @@ import numpy as np
 import pytest
 
 from QHQGANLib import Volume, read_volume
-from QHQGANLib.apps.background import BackgroundTask, TaskFailed, TaskRequest, TemporaryWorkspace, build_command, child_environment, cli_commands, default_output_name, ensure_requirements, missing_requirements, move_volume_into, process_node, read_requirements, run_task, slicer_constraints, task_unavailable_reason
+from QHQGANLib.apps.background import (BackgroundTask, TaskFailed, TaskRequest, TemporaryWorkspace, build_command,
+                                       child_environment, default_output_name, ensure_requirements,
+                                       missing_requirements, move_volume_into, process_node, read_requirements,
+                                       run_task, slicer_constraints, task_unavailable_reason)
+from QHQGANLib.core.kinds import MODEL_TASKS, TASKS, default_model, models_for_task
 from QHQGANLib.core.progress import OperationCancelled
 
 PY = sys.executable
@@ -35,15 +40,15 @@ def test_build_command_for_each_task():
                            "--progress", "lines"]
 
     request = TaskRequest("enhance", model="hqgan-ldct", quantum_backend="pennylane:lightning.qubit",
-                          device="cpu", tile_size=128, overlap=0.5)
+                          device="cpu", tile_size=128, overlap=0.5, tile_batch=16)
     assert build_command(request, "in.nrrd", "out.nrrd", PY) == head + [
         "enhance", "in.nrrd", "out.nrrd", "--model", "hqgan-ldct", "--device", "cpu",
         "--quantum-backend", "pennylane:lightning.qubit", "--tile-size", "128", "--overlap", "0.5",
-        "--progress", "lines"]
+        "--tile-batch", "16", "--progress", "lines"]
 
     argv = build_command(TaskRequest("super-resolve", device="cuda"), "in.nrrd", "out.nrrd", PY)
     assert argv == head + ["super-resolve", "in.nrrd", "out.nrrd", "--device", "cuda", "--quantum-backend",
-                           "torch", "--scale", "2", "--tile-size", "512", "--overlap", "0.0",
+                           "torch", "--scale", "2", "--tile-size", "512", "--overlap", "0.0", "--tile-batch", "4",
                            "--progress", "lines"]
 
     argv = build_command(TaskRequest("synthesize", model="/w/gen.safetensors", n_samples=4, seed=7),
@@ -53,11 +58,16 @@ def test_build_command_for_each_task():
 
 
 def test_requests_are_checked():
-    for bad in (dict(task="denoise"), dict(device="tpu"), dict(quantum_backend="qiskit"),
-                dict(quantum_backend="pennylane:"), dict(dose=0.0), dict(overlap=1.0), dict(n_samples=0),
-                dict(scale=4), dict(tile_size=8)):
-        with pytest.raises(ValueError):
+    for bad, words in ((dict(task="denoise"), "unknown task 'denoise'"), (dict(device="tpu"), "device must be"),
+                       (dict(quantum_backend="qiskit"), "quantum_backend"),
+                       (dict(quantum_backend="pennylane:"), "quantum_backend"), (dict(dose=0.0), "dose must be in"),
+                       (dict(overlap=1.0), "overlap must be in"), (dict(n_samples=0), "n_samples must be in"),
+                       (dict(scale=4), "scale must be 2"), (dict(tile_size=8), "tile_size must be in"),
+                       (dict(tile_batch=0), "tile_batch must be in"), (dict(seed=-1), "seed must be in"),
+                       (dict(tile_size=256.0), "tile_size must be an integer")):
+        with pytest.raises(ValueError, match=re.escape(words)):
             TaskRequest(**bad)
+    assert TaskRequest(dose=1).dose == 1.0 and isinstance(TaskRequest(dose=1).dose, float)
     with pytest.raises(ValueError, match="needs an input"):
         build_command(TaskRequest("enhance"), None, "out.nrrd", PY)
     assert TaskRequest("simulate-low-dose", dose=0.25).output_suffix() == "dose25pct"
@@ -72,25 +82,29 @@ def test_child_environment_finds_this_qhqganlib():
     assert second == "/elsewhere" and env["PYTHONUNBUFFERED"] == "1"
 
 
-def test_available_tasks_are_read_from_the_cli():
-    assert "simulate-low-dose" in cli_commands()
-    assert task_unavailable_reason("simulate-low-dose") is None
-    for task in ("enhance", "super-resolve", "synthesize"):
-        reason = task_unavailable_reason(task)
-        assert reason is None or "yet" in reason
+def test_every_task_is_available_with_the_shipped_models():
+    for task in TASKS:
+        assert task_unavailable_reason(task) is None, task
+    assert task_unavailable_reason("denoise") == (
+        "unknown task 'denoise'; expected one of enhance, super-resolve, synthesize, simulate-low-dose")
+
+
+def test_a_task_without_an_installed_model_says_so(tmp_path, monkeypatch):
+    monkeypatch.setenv("QHQGAN_MODELS_DIR", str(tmp_path))
+    for task in MODEL_TASKS:
+        assert task_unavailable_reason(task) == f"no trained model for '{task}' is installed (in {tmp_path})"
+    assert task_unavailable_reason("simulate-low-dose") is None  # physics only: no model needed
 
 
 def test_the_panel_lists_each_tasks_default_model_first(tmp_path, monkeypatch):
     import json
-
-    from QHQGANLib.apps.background import DEFAULT_MODELS, models_for_task
 
     for name, task in (("ablation-synth", "synthesize"), ("dcgan-synth", "synthesize"),
                        ("hqgan-synth", "synthesize"), ("ablation-enhance", "enhance"), ("hqgan-enhance", "enhance")):
         (tmp_path / f"{name}.json").write_text(json.dumps({"name": name, "task": task}))
     monkeypatch.setenv("QHQGAN_MODELS_DIR", str(tmp_path))
     assert [c["name"] for c in models_for_task("synthesize")] == ["hqgan-synth", "ablation-synth", "dcgan-synth"]
-    assert [c["name"] for c in models_for_task("enhance")] == [DEFAULT_MODELS["enhance"], "ablation-enhance"]
+    assert [c["name"] for c in models_for_task("enhance")] == [default_model("enhance"), "ablation-enhance"]
     assert models_for_task("super-resolve") == []
 
 
@@ -147,30 +161,32 @@ def test_failing_child_reports_its_one_line_error(tmp_path):
 
 
 def test_build_command_matches_the_cli_parser():
-    """Every flag build_command emits is accepted by the qhqgan parser, for the commands it has."""
+    """Every flag build_command emits is accepted by the qhqgan parser (values: Testing/test_options.py)."""
     from QHQGANLib.apps.cli import build_parser
 
     parser = build_parser()
     requests = [TaskRequest("simulate-low-dose"), TaskRequest("enhance", model="m", device="cpu"),
                 TaskRequest("super-resolve", quantum_backend="pennylane:default.qubit"), TaskRequest("synthesize")]
     for request in requests:
-        if request.task not in cli_commands():
-            continue
         argv = build_command(request, "in.nrrd", "out.nrrd", PY)[3:]
         args = parser.parse_args(argv)
         assert args.command == request.task and args.progress == "lines" and args.output == "out.nrrd"
 
 
-def test_missing_model_or_command_fails_in_one_line(ct_small_path, tmp_path):
-    """Before models (or the synthesize command) ship, the panel shows one clear line, not a traceback."""
+def test_missing_model_fails_in_one_line(ct_small_path, tmp_path):
+    """Without an installed model the child fails with one clear line naming it, not a traceback."""
+    empty = tmp_path / "no-models"
+    empty.mkdir()
+    env = {**os.environ, "QHQGAN_MODELS_DIR": str(empty)}
     for task in ("enhance", "synthesize"):
-        if task_unavailable_reason(task) is None:
-            continue
-        argv = build_command(TaskRequest(task), ct_small_path, tmp_path / "out.nrrd", PY)
+        out = tmp_path / "out_synthetic.nrrd"
+        argv = build_command(TaskRequest(task), ct_small_path, out, PY)
         with pytest.raises(TaskFailed) as info:
-            run_task(argv)
-        assert "\n" not in str(info.value) and str(info.value).startswith("qhqgan: error:")
-        assert not (tmp_path / "out.nrrd").exists()
+            run_task(argv, env=env, output_path=out)
+        message = str(info.value)
+        assert "\n" not in message and message.startswith("qhqgan: error:")
+        assert f"no model named '{default_model(task)}'" in message and "exit status 2" in message
+        assert not out.exists()
 
 
 def test_background_task_polls_without_blocking(ct_small_path, tmp_path):

@@ -71,7 +71,20 @@ def test_output_equal_to_input_refused(tmp_path, ct_small_path, capsys):
 def test_bad_dose_rejected_by_parser(capsys):
     with pytest.raises(SystemExit):
         main(["simulate-low-dose", "a.nrrd", "b.nrrd", "--dose", "1.5"])
-    assert "dose fraction must be in (0, 1]" in capsys.readouterr().err
+    assert "argument --dose: dose must be in [0.01, 1], got 1.5" in capsys.readouterr().err
+
+
+def test_training_commands_take_a_device_and_amp():
+    from QHQGANLib.apps.cli import build_parser
+
+    parser = build_parser()
+    for command in (["train-enhance", "--input", "ct.nrrd"], ["train-synth", "--input", "ct.nrrd", "--save-model", "m"]):
+        args = parser.parse_args(command)
+        assert (args.device, args.amp) == ("auto", False)
+        args = parser.parse_args(command + ["--device", "cuda", "--amp"])
+        assert (args.device, args.amp) == ("cuda", True)
+        with pytest.raises(SystemExit):
+            parser.parse_args(command + ["--device", "tpu"])
 
 
 def test_demo_writes_its_folder(tmp_path, capsys):

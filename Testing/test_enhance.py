@@ -18,6 +18,7 @@ from QHQGANLib.nn.baselines import REDCNN
 from QHQGANLib.nn.enhancer import HQGANGenerator
 from QHQGANLib.nn.common import count_flops, count_parameters
 from QHQGANLib.core.progress import OperationCancelled
+from QHQGANLib.core.resources import models_dir
 from QHQGANLib.nn.weights import ModelIntegrityError, load_model, save_model
 from QHQGANLib.training.enhancement import TrainConfig, train_enhancer
 
@@ -64,12 +65,25 @@ def test_untrained_generator_is_the_identity_or_bicubic():
         assert torch.allclose(HQGANGenerator()(x), x[:, 1:2], atol=1e-3)
 
 
-def test_ablation_is_parameter_matched():
-    q, c = HQGANGenerator(mixer="quantum", n_layers=4), HQGANGenerator(mixer="classical", n_layers=4)
+def test_ablation_parameter_count_at_the_shipped_depth():
+    """The classical control against the circuit at the depth the shipped models use.
+
+    At n_qubits=8, n_layers=2 the circuit has 2 x 8 x 2 = 32 angles; the ablation MLP
+    (8 -> hidden -> 8) rounds its hidden width to 1 and has 25 parameters, 22 % fewer, so it is a
+    weaker control than "parameter-matched" suggests. Issue #9 (fair controls) replaces this
+    control; until then this test pins the true counts (the shipped weights must keep loading).
+    """
+    card = json.loads((models_dir() / "ablation-enhance.json").read_text())
+    n_qubits, n_layers = card["config"]["n_qubits"], card["config"]["n_layers"]
+    assert (n_qubits, n_layers) == (8, 2)
+    q = HQGANGenerator(mixer="quantum", n_qubits=n_qubits, n_layers=n_layers)
+    c = HQGANGenerator(mixer="classical", n_qubits=n_qubits, n_layers=n_layers)
     n_q, n_c = count_parameters(q.mix.mixer), count_parameters(c.mix.mixer)
-    assert n_q == 4 * 8 * 2
-    assert abs(n_q - n_c) <= 0.1 * n_q
-    assert abs(count_parameters(q) - count_parameters(c)) <= 0.001 * count_parameters(q)
+    assert n_q == n_layers * n_qubits * 2 == 32
+    assert c.mix.mixer.hidden == 1 and n_c == 2 * n_qubits + 1 + n_qubits == 25
+    assert count_parameters(q) - count_parameters(c) == n_q - n_c == 7  # the rest of the networks is shared
+    shipped = load_model("ablation-enhance")
+    assert count_parameters(shipped.mix.mixer) == n_c and count_parameters(shipped) == card["n_parameters"]
 
 
 def test_redcnn_published_architecture():
@@ -208,18 +222,26 @@ def test_every_architecture_trains(ct, arch, task):
 
 
 def test_distributed_training_with_two_gloo_processes(tmp_path, ct_small_path):
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29561",
+    """``torchrun -m QHQGANLib train-enhance`` on the CPU: Gloo, rank 0 writes the checkpoint and the model.
+    (That the two ranks' models are identical, and resume under DDP: Testing/test_training_loop.py.)"""
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                 "-m", "QHQGANLib"]
     args = ["train-enhance", "--input", str(ct_small_path), "--steps", "3", "--batch-size", "2",
             "--patch-size", "32", "--width", "4", "--n-qubits", "3", "--n-layers", "1", "--pool-size", "1",
             "--output-dir", str(tmp_path / "run"), "--save-model", str(tmp_path / "ddp"), "--quiet"]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")  # Gloo on the CPU, even on a GPU machine
     proc = subprocess.run(torchrun + args, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert summary["world_size"] == 2
+    assert summary["world_size"] == 2 and summary["device"] == "cpu"
     model = load_model(tmp_path / "ddp.safetensors")
     assert isinstance(model, HQGANGenerator)
+    checkpoint = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert checkpoint["step"] == 3 and checkpoint["world_size"] == 2
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(checkpoint["model"][key], value, rtol=0, atol=0, msg=key)
+    assert [json.loads(line)["step"] for line in (tmp_path / "run" / "losses.jsonl").read_text().splitlines()] \
+        == [1, 2, 3]  # one log, written by rank 0
 
 
 # ---------------------------------------------------------------------------

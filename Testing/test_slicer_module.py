@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from QHQGANLib.core.kinds import TASKS
+
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 QtWidgets = pytest.importorskip("PySide6.QtWidgets", reason="PySide6 (test extra) renders the .ui offscreen")
 from PySide6 import QtCore, QtGui, QtUiTools  # noqa: E402
@@ -128,6 +130,11 @@ def enum_labels(enum_name: str) -> list:
     raise AssertionError(f"no labels for {enum_name}")
 
 
+def ui_widget_fields() -> dict:
+    """objectName -> SlicerParameterName, read from the .ui XML."""
+    return {object_name: name for name, (_, object_name) in ui_parameter_widgets().items()}
+
+
 def ui_parameter_widgets() -> dict:
     """SlicerParameterName -> (widget class, objectName), read from the .ui XML."""
     found = {}
@@ -180,15 +187,24 @@ def test_parameter_names_match_the_parameter_node():
 
 
 def test_bounds_in_ui_match_the_parameter_node():
-    """Spin box ranges in the .ui agree with the WithinRange annotations (the connectors set them anyway)."""
+    """The loaded panel's spin boxes have the ranges and defaults of the options their fields take them from
+    (``WithinRange(*option_range("tile_size"))``; QHQGAN.py's setup() sets the ranges from the schema too)."""
+    from QHQGANLib.core.options import OPTIONS, option_range
+
     panel = load_panel()
     fields = parameter_fields()
+    checked = set()
     for name, (cls, object_name) in ui_parameter_widgets().items():
-        match = re.search(r"WithinRange\(([-\d.]+), ([-\d.]+)\)", fields[name])
+        match = re.search(r"WithinRange\(\*option_range\('(\w+)'\)\)", fields[name])
         if not match:
+            assert "WithinRange" not in fields[name], f"{name}: a range written outside the schema"
             continue
+        option = match.group(1)
         box = panel.findChild(QtWidgets.QAbstractSpinBox, object_name)
-        assert (box.minimum(), box.maximum()) == (float(match.group(1)), float(match.group(2))), name
+        assert (box.minimum(), box.maximum()) == option_range(option), name
+        assert box.value() == OPTIONS[option].default, name
+        checked.add(option)
+    assert checked == {"tile_size", "overlap", "tile_batch", "n_samples", "seed", "dose"}
 
 
 def test_panel_renders(tmp_path):
@@ -256,6 +272,23 @@ def qhqgan_module(monkeypatch):
     scene.Clear(True)
 
 
+def test_parameter_node_is_built_from_the_schema(qhqgan_module):
+    """Evaluated, the parameter node's annotations hold the schema's ranges and its defaults the schema's."""
+    import typing
+
+    from QHQGANLib.core.options import OPTIONS
+
+    module, _ = qhqgan_module
+    node = module.QHQGANParameterNode
+    for widget, name in module.SPIN_BOX_OPTIONS.items():
+        field = ui_widget_fields()[widget]
+        base, within = typing.get_args(node.__annotations__[field])
+        assert base is OPTIONS[name].type and within == ("WithinRange", *OPTIONS[name].range), field
+        assert getattr(node, field) == OPTIONS[name].default, field
+    assert node.computeDevice.value == OPTIONS["device"].default
+    assert node.quantumBackend.value == OPTIONS["quantum_backend"].default
+
+
 def test_module_logic_runs_a_task_on_real_mrml(qhqgan_module, ct_small_path):
     module, scene = qhqgan_module
     import slicer.util
@@ -263,7 +296,7 @@ def test_module_logic_runs_a_task_on_real_mrml(qhqgan_module, ct_small_path):
     from QHQGANLib import read_volume
     from QHQGANLib.apps.scene import node_from_volume
 
-    assert [t.value for t in module.Task] == ["enhance", "super-resolve", "synthesize", "simulate-low-dose"]
+    assert tuple(t.value for t in module.Task) == TASKS
     assert module.Task.SUPER_RESOLVE.label() == "Super-resolve x2"
     ct = node_from_volume(read_volume(ct_small_path), scene, "CT_small")
     logic = module.QHQGANLogic()
@@ -297,7 +330,11 @@ def render_panel(path: Path, width: int = 380) -> Path:
     for object_name, enum_name in (("taskComboBox", "Task"), ("quantumBackendComboBox", "QuantumBackend"),
                                    ("deviceComboBox", "ComputeDevice")):
         panel.findChild(QtWidgets.QComboBox, object_name).addItems(enum_labels(enum_name))
-    panel.findChild(QtWidgets.QComboBox, "modelComboBox").addItems(["Custom weights file…"])
+    from QHQGANLib.core.kinds import models_for_task
+
+    models = [card["name"] for card in models_for_task("enhance")]  # as the panel lists them, default first
+    panel.findChild(QtWidgets.QComboBox, "modelComboBox").addItems(models + ["Custom weights file…"])
+    panel.findChild(QtWidgets.QLineEdit, "customWeightsPathLineEdit").setEnabled(False)
     panel.findChild(QtWidgets.QLineEdit, "pennylaneDeviceLineEdit").setText("lightning.qubit")
     panel.findChild(QtWidgets.QLineEdit, "pennylaneDeviceLineEdit").setEnabled(False)
     for name in ("samplesSpinBox", "doseSpinBox"):

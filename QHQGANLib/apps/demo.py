@@ -8,7 +8,7 @@ new folder: ``normal_dose.nrrd``, ``low_dose_<N>pct.nrrd``, ``enhanced_<model>.n
 
 Console usage::
 
-    >>> from QHQGANLib.demo import run_demo
+    >>> from QHQGANLib.apps.demo import run_demo
     >>> result = run_demo(dose=0.25, seed=0)
     >>> print(result.summary())
 """
@@ -24,11 +24,12 @@ from typing import Dict, Optional
 
 import numpy as np
 
+from ..core.kinds import preferred_models
 from ..core.volume import Volume
 
 
 #: Enhancement models the demo prefers, best first (the first one that ships is used).
-PREFERRED_MODELS = ("hqgan-enhance", "ablation-enhance", "redcnn-enhance")
+PREFERRED_MODELS = preferred_models("enhance")
 
 
 @dataclass

@@ -21,13 +21,14 @@ from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
-from ..core.constants import __version__
+from ..core.constants import CT_DISPLAY_WINDOW, __version__
+from ..core.kinds import default_model
 from ..core.volume import Volume
 
 #: The LPS <-> RAS flip (its own inverse).
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 #: Default display window (width, level) in HU for new CT nodes: a soft-tissue window.
-CT_WINDOW = (400.0, 40.0)
+CT_WINDOW = CT_DISPLAY_WINDOW
 ATTRIBUTE_PREFIX = "QHQGAN."
 
 
@@ -113,7 +114,7 @@ def simulate_low_dose_node(input_node, dose_fraction: float = 0.25, seed: Option
                            name: Optional[str] = None, progress=None, cancel=None, **options):
     """A new node holding a simulated lower-dose acquisition of ``input_node``.
 
-    ``options`` go to :func:`QHQGANLib.lowdose.simulate_low_dose`.
+    ``options`` go to :func:`QHQGANLib.physics.lowdose.simulate_low_dose`.
     """
     from ..physics.lowdose import simulate_low_dose
 
@@ -144,10 +145,10 @@ def _model_label(model) -> str:
     return card.get("name", type(model).__name__) if isinstance(card, dict) else type(model).__name__
 
 
-def enhance_node(input_node, model="hqgan-enhance", name: Optional[str] = None, progress=None, cancel=None,
+def enhance_node(input_node, model=default_model("enhance"), name: Optional[str] = None, progress=None, cancel=None,
                  **options):
     """A new node: ``input_node`` enhanced by ``model`` (same grid). ``options`` go to
-    :func:`QHQGANLib.inference.enhance` (``device``, ``quantum_backend``, ``tile_size``, ``overlap``)."""
+    :func:`QHQGANLib.tasks.enhance.enhance` (``device``, ``quantum_backend``, ``tile_size``, ``overlap``, ``tile_batch``)."""
     from ..tasks.enhance import enhance
 
     volume = volume_from_node(input_node)
@@ -165,18 +166,18 @@ def super_resolve_node(input_node, scale: int = 2, model=None, name: Optional[st
 
     volume = volume_from_node(input_node)
     out = super_resolve(volume, scale, model=model, progress=progress, cancel=cancel, **options)
-    attributes = {"task": "super-resolve", "scale": scale, "model": _model_label(model or f"hqgan-sr{scale}"),
+    attributes = {"task": "super-resolve", "scale": scale, "model": _model_label(model or default_model("super-resolve", scale)),
                   "source_node": input_node.GetID(), **{k: v for k, v in options.items() if v is not None}}
     return node_from_volume(out, input_node.GetScene(), name or _output_name(input_node, f"sr{scale}x"),
                             reference_node=input_node, attributes=attributes)
 
 
-def synthesize_nodes(input_node, n: int = 8, seed: int = 0, model="hqgan-synth", name: Optional[str] = None,
+def synthesize_nodes(input_node, n: int = 8, seed: int = 0, model=default_model("synthesize"), name: Optional[str] = None,
                      progress=None, cancel=None, **options):
     """A new node of ``n`` synthetic slices in ``input_node``'s scene, named and marked synthetic.
 
     ``input_node`` only places the result (its scene and study); no voxel of it is used,
-    and no identifier of it is copied. ``options`` go to :func:`QHQGANLib.synthesis.synthesize`.
+    and no identifier of it is copied. ``options`` go to :func:`QHQGANLib.tasks.synthesize.synthesize`.
     """
     from ..tasks.synthesize import synthesize
 

@@ -1,4 +1,4 @@
-"""Export a :class:`~QHQGANLib.volume.Volume` as a DICOM CT Image Storage series (pydicom).
+"""Export a :class:`~QHQGANLib.core.volume.Volume` as a DICOM CT Image Storage series (pydicom).
 
 One file per slice, explicit VR little endian, signed 16-bit HU (slope 1,
 intercept 0), with the exact LPS geometry of the volume:
@@ -40,7 +40,7 @@ then *not* de-identified and say so (``PatientIdentityRemoved`` = ``NO``).
 Console usage::
 
     >>> from QHQGANLib import read_volume
-    >>> from QHQGANLib.dicom_export import export_dicom_series
+    >>> from QHQGANLib.core.dicom_export import export_dicom_series
     >>> files = export_dicom_series(samples, "/tmp/synthetic_ct", source=read_volume("ct_folder"))
     >>> len(files), files[0].name
     (32, 'IMG0001.dcm')

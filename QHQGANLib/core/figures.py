@@ -2,7 +2,7 @@
 
 Console usage::
 
-    >>> from QHQGANLib.figures import save_panels_png
+    >>> from QHQGANLib.core.figures import save_panels_png
     >>> save_panels_png([("normal dose", ct.array[0]), ("quarter dose", low.array[0])],
     ...                 "/tmp/compare.png", window=(-160, 240))
 """

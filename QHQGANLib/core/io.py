@@ -1,6 +1,6 @@
 """Reading and writing CT volumes: NRRD/NHDR, NIfTI, MHA/MHD, DICOM series and single DICOM files.
 
-Every reader returns a :class:`~QHQGANLib.volume.Volume` (float32 HU, ``(z, y, x)``,
+Every reader returns a :class:`~QHQGANLib.core.volume.Volume` (float32 HU, ``(z, y, x)``,
 LPS geometry: see ``volume.py``). DICOM is read with pydicom (pylibjpeg decodes
 JPEG / JPEG 2000 / JPEG-LS / RLE compressed pixel data) so that the series can be
 checked before any pixel is trusted; the other formats are read with SimpleITK.

@@ -10,7 +10,7 @@ Long functions take two optional arguments:
 Console usage::
 
     >>> import threading
-    >>> from QHQGANLib.progress import tqdm_progress
+    >>> from QHQGANLib.core.progress import tqdm_progress
     >>> stop = threading.Event()
     >>> with tqdm_progress("low dose") as report:
     ...     low = simulate_low_dose(ct, 0.25, progress=report, cancel=stop)

@@ -85,7 +85,7 @@ def memorization(samples: SlicesLike, training_slices: SlicesLike, *, window: Tu
     """For every sample, the SSIM to its nearest training slice (memorization check).
 
     Both are clipped to ``window`` (data range = its width, 2048 HU by default); SSIM as in
-    ``QHQGANLib.metrics.ssim`` (Gaussian sigma 1.5). To be fast, the candidates are first the
+    ``QHQGANLib.metrics.image.ssim`` (Gaussian sigma 1.5). To be fast, the candidates are first the
     ``top_k`` training slices nearest in L2 distance on ``thumbnail``-pixel downsampled images;
     the exact SSIM is computed on those only (``top_k=None``: on all training slices).
 

@@ -1,7 +1,7 @@
 """Fidelity, diversity and memorization metrics for synthetic 2D CT slices (values in HU).
 
 Every function takes stacks of 2D slices in Hounsfield units, shape ``(n, H, W)``
-(a single ``(H, W)`` slice or a :class:`~QHQGANLib.volume.Volume` is accepted too).
+(a single ``(H, W)`` slice or a :class:`~QHQGANLib.core.volume.Volume` is accepted too).
 
 * **Radiomic-style features computed with scikit-image** (:func:`radiomic_features`,
   :mod:`QHQGANLib.metrics.features`).

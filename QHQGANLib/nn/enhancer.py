@@ -2,7 +2,7 @@
 
 * :class:`HQGANGenerator`: the hybrid generator. A small classical U-Net-style
   encoder brings a 2.5D stack of slices (the slice and its neighbours) to 1/4
-  resolution; there a :class:`~QHQGANLib.quantum.QuantumLayer` runs at every
+  resolution; there a :class:`~QHQGANLib.quantum.layer.QuantumLayer` runs at every
   spatial position on a learned projection of the features (``n_qubits``
   angles), and its outputs are mixed back into the features by a learned 1x1
   convolution on a residual path; a decoder with skip connections predicts a

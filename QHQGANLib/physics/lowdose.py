@@ -2,7 +2,7 @@
 
 ``simulate_low_dose`` turns a normal-dose CT into the CT the same scanner would
 have produced at a fraction of the dose; ``degrade_resolution`` mimics a coarser
-acquisition. Both return a new :class:`~QHQGANLib.volume.Volume` and never modify
+acquisition. Both return a new :class:`~QHQGANLib.core.volume.Volume` and never modify
 their input.
 
 Method (noise insertion in the projection domain)
@@ -79,7 +79,7 @@ from ..core.volume import Volume, require_finite
 ProgressCallback = Callable[[float, str], None]
 
 
-# the shared cancellation error (QHQGANLib.progress); ``Cancelled`` kept as a short alias
+# the shared cancellation error (QHQGANLib.core.progress); ``Cancelled`` kept as a short alias
 Cancelled = OperationCancelled
 
 

@@ -22,7 +22,7 @@ WINDOW = HU_RANGE
 def bm3d_denoise(volume: Volume, sigma_hu: Optional[float] = None, progress=None, cancel=None) -> Volume:
     """BM3D (Dabov et al. 2007; Makinen et al. 2020 implementation) slice by slice.
 
-    ``sigma_hu``: the noise standard deviation in HU. By default it is estimated from the
+    ``sigma_hu``: the noise standard deviation in HU (positive). By default it is estimated from the
     image itself, blind: the mean local standard deviation (9x9) in its most uniform
     soft-tissue windows (:func:`QHQGANLib.metrics.image.uniform_region_mask`), falling back to
     scikit-image's wavelet estimator where a slice has no soft tissue. (The wavelet
@@ -35,12 +35,14 @@ def bm3d_denoise(volume: Volume, sigma_hu: Optional[float] = None, progress=None
         raise ImportError("BM3D needs the 'bm3d' package: pip install bm3d") from exc
     from skimage.restoration import estimate_sigma
 
+    if sigma_hu is not None and not (np.isfinite(sigma_hu) and sigma_hu > 0):
+        raise ValueError(f"sigma_hu must be a positive noise level in HU (or None to estimate it), got {sigma_hu!r}")
     low, high = WINDOW
     out = np.empty_like(volume.array)
     for k in range(volume.shape[0]):
         check_cancel(cancel)
         x = (np.clip(volume.array[k], low, high) - low) / (high - low)
-        if sigma_hu:
+        if sigma_hu is not None:
             sigma = sigma_hu / (high - low)
         else:
             image = volume.array[k:k + 1]

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ..core.constants import __version__
+from ..core.devices import pick_device
 from ..core.progress import check_cancel, report
 from ..core.volume import Volume
 from ..nn.synthesis import SynthGenerator, unit_to_hu
@@ -22,35 +23,41 @@ from ..nn.synthesis import SynthGenerator, unit_to_hu
 
 def synthesize(model: Union[str, SynthGenerator], n: int = 8, seed: int = 0, pixel_spacing: float = 1.0,
                slice_spacing: float = 1.0, progress: Optional[Callable[[float, str], None]] = None,
-               cancel=None, batch_size: int = 64, quantum_backend: Optional[str] = None) -> Volume:
+               cancel=None, batch_size: int = 64, quantum_backend: Optional[str] = None,
+               device: Optional[str] = None) -> Volume:
     """``n`` synthetic slices as a Volume (HU), seeded; named and marked synthetic in its metadata.
 
     The slices are independent samples stacked along z (not a contiguous volume);
     ``pixel_spacing`` is nominal (the training crops were resampled to a fixed size).
+    ``device``: ``"cpu"``, ``"cuda"`` or ``None``/``"auto"`` (CUDA when available); the model
+    is moved there. The latent noise is always drawn on the CPU from the seeded generator
+    and then moved, so a seed gives the same samples on every device (up to float rounding).
     """
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
+    device = pick_device(device)
     if isinstance(model, str):
         from ..nn.weights import load_model
 
-        model = load_model(model, quantum_backend=quantum_backend)
+        model = load_model(model, device=device, quantum_backend=quantum_backend)
     elif quantum_backend:
         from ..nn.build import set_quantum_backend
 
         set_quantum_backend(model, quantum_backend)
     if not isinstance(model, SynthGenerator):
         raise TypeError(f"{type(model).__name__} is not a synthesis model (try hqgan-synth)")
-    model.eval()
-    generator = torch.Generator().manual_seed(int(seed))
+    model = model.to(device).eval()
+    generator = torch.Generator().manual_seed(int(seed))  # on the CPU: the same noise on every device
     images = []
     with torch.inference_mode():
         for start in range(0, n, batch_size):
             check_cancel(cancel)
             count = min(batch_size, n - start)
-            images.append(model(model.sample_latent(count, generator))[:, 0].float().numpy())
+            latent = model.sample_latent(count, generator).to(device)
+            images.append(model(latent)[:, 0].float().cpu().numpy())
             report(progress, (start + count) / n, f"{start + count}/{n} samples")
     array = unit_to_hu(np.concatenate(images)).astype(np.float32)
-    name = getattr(model, "card", {}).get("name", model.config["arch"]) if hasattr(model, "card") else model.config["arch"]
+    name = model.card.get("name", model.config["arch"]) if hasattr(model, "card") else model.config["arch"]
     metadata = {
         "synthetic": True,
         "name": f"SYNTHETIC_{name}_seed{seed}",

@@ -31,24 +31,26 @@ def diff_augment(x: torch.Tensor, ops: Sequence[str], generator: Optional[torch.
     The critic sees real and generated images through the same random transformations, so
     it cannot memorise a small training set, while the generator still learns the
     un-augmented distribution (the transformations do not leak into the samples).
+    The random numbers are drawn on ``x``'s device, from ``generator`` (which must live there).
     """
     if not ops:
         return x
     b, _, h, w = x.shape
+    dev = x.device
     if "translation" in ops:
         shift = max(1, h // 8)
         pad = F.pad(x, (shift, shift, shift, shift), value=-1.0)  # air
-        dy = torch.randint(0, 2 * shift + 1, (b,), generator=generator)
-        dx = torch.randint(0, 2 * shift + 1, (b,), generator=generator)
-        rows = (dy[:, None] + torch.arange(h)[None])[:, None, :, None].expand(b, 1, h, w + 2 * shift)
+        dy = torch.randint(0, 2 * shift + 1, (b,), generator=generator, device=dev)
+        dx = torch.randint(0, 2 * shift + 1, (b,), generator=generator, device=dev)
+        rows = (dy[:, None] + torch.arange(h, device=dev)[None])[:, None, :, None].expand(b, 1, h, w + 2 * shift)
         pad = pad.gather(2, rows)
-        cols = (dx[:, None] + torch.arange(w)[None])[:, None, None, :].expand(b, 1, h, w)
+        cols = (dx[:, None] + torch.arange(w, device=dev)[None])[:, None, None, :].expand(b, 1, h, w)
         x = pad.gather(3, cols)
     if "cutout" in ops:
         ch, cw = h // 2, w // 2
-        cy = torch.randint(0, h - ch + 1, (b,), generator=generator)
-        cx = torch.randint(0, w - cw + 1, (b,), generator=generator)
-        yy, xx = torch.arange(h)[None, :, None], torch.arange(w)[None, None, :]
+        cy = torch.randint(0, h - ch + 1, (b,), generator=generator, device=dev)
+        cx = torch.randint(0, w - cw + 1, (b,), generator=generator, device=dev)
+        yy, xx = torch.arange(h, device=dev)[None, :, None], torch.arange(w, device=dev)[None, None, :]
         inside = ((yy >= cy[:, None, None]) & (yy < (cy + ch)[:, None, None])
                   & (xx >= cx[:, None, None]) & (xx < (cx + cw)[:, None, None]))
         x = torch.where(inside[:, None], torch.full_like(x, -1.0), x)

@@ -8,33 +8,11 @@ Console usage::
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Dict, Sequence
 
-import numpy as np
 import torch
-from torch import nn
-
-
-def _unwrap(m: nn.Module) -> nn.Module:
-    return m.module if hasattr(m, "module") else m
-
-
-def save_checkpoint(path: Path, step: int, model, critic, opt_g, opt_c, rng: np.random.Generator,
-                    cfg) -> None:
-    state = {
-        "step": step,
-        "model": _unwrap(model).state_dict(),
-        "critic": _unwrap(critic).state_dict(),
-        "opt_g": opt_g.state_dict(),
-        "opt_c": opt_c.state_dict(),
-        "torch_rng": torch.get_rng_state(),
-        "numpy_rng": json.dumps(rng.bit_generator.state),
-        "config": json.dumps(cfg.to_dict()),
-    }
-    write_checkpoint(path, state)
 
 
 def write_checkpoint(path: Path, state: Dict) -> None:

@@ -7,12 +7,16 @@ classical patch critic trained with WGAN-GP (Gulrajani et al. 2017: gradient
 penalty 10, ``critic_steps`` critic updates per generator update). ``adv_weight=0``
 is pure regression.
 
-Seeded and deterministic (same seed, same config -> same weights); checkpoints every
-``checkpoint_every`` steps hold the weights, optimiser states and random states, so
-``resume=True`` continues exactly where a run stopped. A loss log
-(``losses.jsonl``) sits beside them. The same code runs under
-``torchrun --nproc_per_node N`` (DistributedDataParallel; gloo on CPU, NCCL on GPU):
-every rank draws its own patches, rank 0 writes the checkpoints.
+The loop, checkpoints, loss log and exact resume are :func:`QHQGANLib.training.loop.run_loop`'s;
+this module gives it one update (:class:`EnhancerStep`). Seeded and deterministic on the CPU (same
+seed, same config -> same weights); ``resume=True`` continues exactly where a run stopped.
+
+``device`` (``auto``, ``cpu``, ``cuda``, ``cuda:N``): the generator, the critic, every batch and
+the penalty's random mixing weights live there; the returned model stays there (checkpoints
+hold CPU tensors). ``amp=True``: mixed precision (float16 + GradScaler on CUDA, bfloat16 on
+the CPU; :class:`~QHQGANLib.training.loop.Precision`). The same code runs under
+``torchrun --nproc_per_node N`` (DistributedDataParallel; NCCL when training on CUDA, one GPU
+per rank, Gloo on the CPU): every rank draws its own patches, rank 0 writes the checkpoints.
 
 Console usage::
 
@@ -23,10 +27,9 @@ Console usage::
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -39,8 +42,9 @@ from ..nn.baselines import REDCNN
 from ..nn.common import count_parameters
 from ..nn.critics import PatchCritic
 from ..nn.enhancer import HQGANGenerator
-from .checkpoints import check_resumable, load_checkpoint, save_checkpoint
-from .distributed import _distributed
+from ..quantum.layer import QuantumLayer
+from .distributed import gather_from_ranks, setup_distributed, unwrap, wrap_ddp
+from .loop import Precision, resume_state, run_loop
 from .losses import gradient_penalty, ssim_loss
 from .pairs import PairPool
 
@@ -75,6 +79,8 @@ class TrainConfig:
     output_dir: Optional[str] = None
     resume: bool = False
     threads: Optional[int] = None
+    device: str = "auto"                 # "auto", "cpu", "cuda" or "cuda:N" (one GPU per rank under torchrun)
+    amp: bool = False                    # mixed precision: float16 on CUDA, bfloat16 on the CPU
 
     def to_dict(self) -> Dict:
         return asdict(self)
@@ -96,115 +102,131 @@ def model_context(model: nn.Module) -> int:
     return (getattr(model, "in_slices", 1) - 1) // 2
 
 
+#: TrainConfig fields that must match to resume from a checkpoint (they shape the networks).
+RESUME_KEYS = ("arch", "task", "context", "width", "n_qubits", "n_layers", "redcnn_width", "scale")
+
+
+class EnhancerStep:
+    """One update of the enhancement GAN (``critic_steps`` critic updates, one generator update),
+    and the state that makes a resumed run continue exactly (see :mod:`QHQGANLib.training.loop`)."""
+
+    def __init__(self, cfg: TrainConfig, model: nn.Module, critic: nn.Module, pool: PairPool,
+                 rng: np.random.Generator, device: torch.device, rank: int = 0, world: int = 1):
+        self.cfg, self.model, self.critic, self.pool, self.rng = cfg, model, critic, pool, rng
+        self.device, self.rank, self.world = device, rank, world
+        self.opt_g = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
+        self.opt_c = torch.optim.Adam(critic.parameters(), lr=cfg.lr_critic, betas=(0.5, 0.9))
+        self.amp = Precision(device, cfg.amp)
+        self.scaler_g, self.scaler_c = self.amp.scaler(), self.amp.scaler()
+        # the penalty's mixing weights: the global (seeded) stream on the CPU, as always; a generator on a GPU
+        self.device_rng = None if device.type == "cpu" else torch.Generator(device).manual_seed(cfg.seed)
+        self.gen_train, self.critic_train = wrap_ddp(model, device, world), wrap_ddp(critic, device, world)
+
+    def train_step(self, step: int) -> Dict[str, float]:
+        cfg, amp = self.cfg, self.amp
+        if cfg.refresh_every and step > 0 and step % cfg.refresh_every == 0:
+            self.pool.refresh(step)
+        x, y = (t.to(self.device, non_blocking=True) for t in self.pool.batch(cfg.batch_size))
+        stats: Dict[str, float] = {}
+        if cfg.adv_weight > 0:
+            for _ in range(cfg.critic_steps):
+                with torch.no_grad(), amp.autocast():
+                    fake = self.gen_train(x).float()
+                with amp.autocast():
+                    loss_c = self.critic_train(fake).float().mean() - self.critic_train(y).float().mean()
+                gp = gradient_penalty(self.critic_train, y, fake, generator=self.device_rng)
+                amp.step(loss_c + cfg.gp_weight * gp, self.opt_c, self.scaler_c)
+            stats["critic"] = float(loss_c.detach())
+            stats["gp"] = float(gp.detach())
+        with amp.autocast():
+            out = self.gen_train(x)
+        out = out.float()
+        l1 = F.l1_loss(out, y) / 1000.0  # in units of 1000 HU
+        loss = l1
+        if cfg.ssim_weight > 0:
+            s = ssim_loss(out, y)
+            loss = loss + cfg.ssim_weight * s
+            stats["ssim_loss"] = float(s.detach())
+        if cfg.adv_weight > 0:
+            with amp.autocast():
+                adv = -self.critic_train(out).float().mean()
+            loss = loss + cfg.adv_weight * adv
+            stats["adv"] = float(adv.detach())
+        amp.step(loss, self.opt_g, self.scaler_g)
+        stats["l1_hu"] = float(l1.detach()) * 1000.0
+        stats["loss"] = float(loss.detach())
+        return stats
+
+    def state_dict(self) -> Dict[str, Any]:
+        numpy_states = gather_from_ranks(self.rng.bit_generator.state, self.world)  # every rank draws its own patches
+        return {
+            "model": unwrap(self.model).state_dict(),
+            "critic": unwrap(self.critic).state_dict(),
+            "opt_g": self.opt_g.state_dict(),
+            "opt_c": self.opt_c.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "numpy_rng": json.dumps(numpy_states[0] if self.world == 1 else numpy_states),
+            "device_rng": None if self.device_rng is None else self.device_rng.get_state(),
+            "scaler_g": None if self.scaler_g is None else self.scaler_g.state_dict(),
+            "scaler_c": None if self.scaler_c is None else self.scaler_c.state_dict(),
+        }
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        unwrap(self.model).load_state_dict(state["model"])
+        unwrap(self.critic).load_state_dict(state["critic"])
+        self.opt_g.load_state_dict(state["opt_g"])  # moves the moments to the parameters' device
+        self.opt_c.load_state_dict(state["opt_c"])
+        torch.set_rng_state(state["torch_rng"])
+        numpy_state = json.loads(state["numpy_rng"])
+        self.rng.bit_generator.state = numpy_state if self.world == 1 else numpy_state[self.rank]
+        if self.device_rng is not None and state.get("device_rng") is not None:
+            self.device_rng.set_state(state["device_rng"])
+        for scaler, key in ((self.scaler_g, "scaler_g"), (self.scaler_c, "scaler_c")):
+            if scaler is not None and state.get(key) is not None:
+                scaler.load_state_dict(state[key])
+
+
 def train_enhancer(cfg: TrainConfig, volumes: Sequence[Volume],
                    progress: Optional[Callable[[float, str], None]] = None, cancel=None,
                    show_progress: bool = False) -> nn.Module:
-    """Train a generator (``cfg.arch``) on ``volumes`` (normal-dose CT); returns the trained model.
+    """Train a generator (``cfg.arch``) on ``volumes`` (normal-dose CT); returns the trained model,
+    on the training device (``cfg.device``).
 
     ``progress(fraction, message)`` and ``cancel`` as everywhere in QHQGANLib;
     ``show_progress`` draws a tqdm bar. With ``cfg.output_dir`` set, checkpoints and
-    ``losses.jsonl`` go there and ``cfg.resume`` continues from ``checkpoint.pt``.
+    ``losses.jsonl`` go there and ``cfg.resume`` continues from ``checkpoint.pt`` (a fresh
+    run when there is none yet).
     """
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
-    rank, world = _distributed()
+    rank, world, device = setup_distributed(cfg.device)  # a missing GPU is an error before any work
+    check_cancel(cancel)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
     rng = np.random.default_rng([cfg.seed, rank])
 
-    model = build_model(cfg)
-    critic = PatchCritic()
-    opt_g = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
-    opt_c = torch.optim.Adam(critic.parameters(), lr=cfg.lr_critic, betas=(0.5, 0.9))
-    out_dir = Path(cfg.output_dir) if cfg.output_dir else None
-    ckpt_path = out_dir / "checkpoint.pt" if out_dir else None
-    start = 0
-    resumed_rng_state = None
-    if cfg.resume and ckpt_path is not None and ckpt_path.exists():
-        state = load_checkpoint(ckpt_path)
-        check_resumable(json.loads(state["config"]), cfg,
-                        ("arch", "task", "context", "width", "n_qubits", "n_layers", "redcnn_width", "scale"))
-        model.load_state_dict(state["model"])
-        critic.load_state_dict(state["critic"])
-        opt_g.load_state_dict(state["opt_g"])
-        opt_c.load_state_dict(state["opt_c"])
-        start = int(state["step"])
-        resumed_rng_state = (state["torch_rng"], json.loads(state["numpy_rng"]))
-
+    model = build_model(cfg).to(device)
+    critic = PatchCritic().to(device)
+    state = (resume_state(cfg.output_dir, cfg, RESUME_KEYS, cfg.steps, world, missing_ok=True)
+             if cfg.resume else None)
+    start = int(state["step"]) if state is not None else 0
     # the pool is rebuilt as it was at `start`, then the random streams continue from the checkpoint
     pool = PairPool(volumes, cfg, model_context(model), [cfg.seed, rank], start_step=start,
                     progress=(lambda f, m: report(progress, 0.1 * f, m)), cancel=cancel)
-    if resumed_rng_state is not None:
-        torch.set_rng_state(resumed_rng_state[0])
-        rng.bit_generator.state = resumed_rng_state[1]
     pool.rng = rng
-
-    gen_train, critic_train = model, critic
-    if world > 1:
-        gen_train, critic_train = DDP(model), DDP(critic)
-    if out_dir is not None and rank == 0:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
-    log = open(out_dir / "losses.jsonl", "a") if (out_dir is not None and rank == 0) else None
-
-    bar = None
-    if show_progress and rank == 0:
-        from tqdm import tqdm
-
-        bar = tqdm(total=cfg.steps, initial=start, desc=f"training {cfg.arch} ({cfg.task})")
-    t0 = time.time()
+    task = EnhancerStep(cfg, model, critic, pool, rng, device, rank, world)
+    if state is not None:
+        task.load_state_dict(state)
+    restore = task.amp.keep_float32(model, (QuantumLayer,))  # with amp: the circuit in float32
     try:
-        for step in range(start, cfg.steps):
-            check_cancel(cancel)
-            if cfg.refresh_every and step > 0 and step % cfg.refresh_every == 0:
-                pool.refresh(step)
-            x, y = pool.batch(cfg.batch_size)
-            stats = {"step": step + 1}
-            if cfg.adv_weight > 0:
-                for _ in range(cfg.critic_steps):
-                    with torch.no_grad():
-                        fake = gen_train(x)
-                    loss_c = critic_train(fake).mean() - critic_train(y).mean()
-                    gp = gradient_penalty(critic_train, y, fake)
-                    opt_c.zero_grad(set_to_none=True)
-                    (loss_c + cfg.gp_weight * gp).backward()
-                    opt_c.step()
-                stats["critic"] = float(loss_c.detach())
-                stats["gp"] = float(gp.detach())
-            out = gen_train(x)
-            l1 = F.l1_loss(out, y) / 1000.0  # in units of 1000 HU
-            loss = l1
-            if cfg.ssim_weight > 0:
-                s = ssim_loss(out, y)
-                loss = loss + cfg.ssim_weight * s
-                stats["ssim_loss"] = float(s.detach())
-            if cfg.adv_weight > 0:
-                adv = -critic_train(out).mean()
-                loss = loss + cfg.adv_weight * adv
-                stats["adv"] = float(adv.detach())
-            opt_g.zero_grad(set_to_none=True)
-            loss.backward()
-            opt_g.step()
-            stats["l1_hu"] = float(l1.detach()) * 1000.0
-            stats["loss"] = float(loss.detach())
-            if log is not None:
-                log.write(json.dumps(stats) + "\n")
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(l1_hu=f"{stats['l1_hu']:.1f}")
-            report(progress, 0.1 + 0.9 * (step + 1) / cfg.steps, f"step {step + 1}/{cfg.steps}")
-            done = step + 1
-            if ckpt_path is not None and rank == 0 and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
-                save_checkpoint(ckpt_path, done, model, critic, opt_g, opt_c, rng, cfg)
+        seconds = run_loop(task, cfg.steps, start=start, output_dir=cfg.output_dir,
+                           checkpoint_every=cfg.checkpoint_every, config=cfg.to_dict(), rank=rank, world=world,
+                           progress=progress, cancel=cancel, progress_range=(0.1, 1.0), show_progress=show_progress,
+                           description=f"training {cfg.arch} ({cfg.task})")
     finally:
-        if bar is not None:
-            bar.close()
-        if log is not None:
-            log.close()
-    if rank == 0 and out_dir is not None:
-        (out_dir / "summary.json").write_text(json.dumps({
-            "steps": cfg.steps, "seconds": time.time() - t0, "parameters": count_parameters(model),
-            "world_size": world}, indent=2))
+        restore()
+    if rank == 0 and cfg.output_dir:
+        (Path(cfg.output_dir) / "summary.json").write_text(json.dumps({
+            "steps": cfg.steps, "seconds": seconds, "parameters": count_parameters(model),
+            "world_size": world, "device": str(device), "amp": cfg.amp}, indent=2))
     return model

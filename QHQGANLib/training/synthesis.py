@@ -8,6 +8,16 @@ updates per generator update at Adam 2e-4 (the paper: 5 at 1e-4) to fit a CPU bu
 1200 generator updates take about 5 minutes at 64x64 on 2 CPU cores. DCGAN uses BCE,
 a batch-norm discriminator and Adam 2e-4 / beta1 0.5 as published.
 
+The loop, checkpoints, loss log and exact resume are :func:`QHQGANLib.training.loop.run_loop`'s;
+this module gives it one update (:class:`SynthStep`). ``device`` (``auto``, ``cpu``, ``cuda``,
+``cuda:N``): the networks, the EMA copy, the training slices, the latent noise, the DiffAugment
+and penalty random numbers and the BCE targets live there (one seeded ``torch.Generator`` on
+that device; on the CPU the same CPU generator as always, so CPU results do not change); the
+returned generator stays there. ``amp=True``: mixed precision (float16 + GradScaler on CUDA,
+bfloat16 on the CPU). Under ``torchrun --nproc_per_node N`` the generator and critic train with
+DistributedDataParallel (NCCL on CUDA, Gloo on the CPU); every rank draws its own slices and
+noise, rank 0 writes the checkpoints.
+
 Console usage::
 
     >>> import QHQGANLib as q
@@ -18,23 +28,26 @@ Console usage::
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
-import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Callable, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core.progress import check_cancel, report
+from ..core.progress import check_cancel
 from ..core.volume import Volume
 from ..nn.critics import Critic
 from ..nn.synthesis import METHODS, SynthGenerator, hu_to_unit
+from ..quantum.layer import QuantumLayer
 from .augment import diff_augment, parse_diffaugment
+from .distributed import broadcast_buffers, gather_from_ranks, setup_distributed, unwrap, wrap_ddp
+from .loop import Precision, resume_state, run_loop
+from .losses import gradient_penalty
 from .slices import training_slices
 
 
@@ -62,6 +75,8 @@ class SynthConfig:
     output_dir: Optional[str] = None
     checkpoint_every: int = 500        # with output_dir: checkpoint.pt every this many updates and at the end
     resume: bool = False               # with output_dir: continue from its checkpoint.pt (exactly)
+    device: str = "auto"               # "auto", "cpu", "cuda" or "cuda:N" (one GPU per rank under torchrun)
+    amp: bool = False                  # mixed precision: float16 on CUDA, bfloat16 on the CPU
 
     def to_dict(self) -> Dict:
         return asdict(self)
@@ -93,139 +108,158 @@ RESUME_KEYS = ("method", "size", "n_qubits", "n_layers", "latent_dim", "width", 
                "n_circuits", "batch_size", "seed", "ema_decay")
 
 
-def _load_synth_checkpoint(path: Path, cfg: SynthConfig, gen, ema, critic, opt_g, opt_d, torch_gen, rng) -> int:
-    """Restore a ``checkpoint.pt`` of :func:`train_synth` (no objects unpickled); its update count."""
-    from .checkpoints import check_resumable, load_checkpoint
+def _rank_seed(seed: int, rank: int) -> int:
+    """The seed of rank ``rank``'s streams: ``seed`` itself on rank 0 (a single process is unchanged)."""
+    return seed if rank == 0 else int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
 
-    state = load_checkpoint(path)
-    check_resumable(json.loads(state["config"]), cfg, RESUME_KEYS)
-    gen.load_state_dict(state["gen"])
-    critic.load_state_dict(state["critic"])
-    if ema is not None:
-        ema.load_state_dict(state["ema"])
-    opt_g.load_state_dict(state["opt_g"])
-    opt_d.load_state_dict(state["opt_d"])
-    torch_gen.set_state(state["torch_gen"])
-    rng.bit_generator.state = json.loads(state["numpy_rng"])
-    return int(state["step"])
+
+class SynthStep:
+    """One generator update of a synthesis GAN (after ``n_critic`` critic updates), and the
+    state that makes a resumed run continue exactly (see :mod:`QHQGANLib.training.loop`)."""
+
+    def __init__(self, cfg: SynthConfig, data: torch.Tensor, gen: SynthGenerator, critic: nn.Module,
+                 device: torch.device, rank: int = 0, world: int = 1):
+        self.cfg, self.data, self.gen, self.critic = cfg, data, gen, critic
+        self.device, self.rank, self.world = device, rank, world
+        lr_g, lr_d, betas = _default_lrs(cfg.method)
+        self.opt_g = torch.optim.Adam(gen.parameters(), lr=cfg.lr_g or lr_g, betas=betas)
+        self.opt_d = torch.optim.Adam(critic.parameters(), lr=cfg.lr_d or lr_d, betas=betas)
+        # latent noise, DiffAugment and penalty mixing weights: one seeded generator on the training device
+        self.torch_gen = torch.Generator(device).manual_seed(_rank_seed(cfg.seed, rank))
+        self.rng = np.random.default_rng(_rank_seed(cfg.seed, rank))  # which slices, flips
+        self.ema = copy.deepcopy(gen) if cfg.ema_decay > 0 else None
+        self.policy = parse_diffaugment(cfg.diffaugment)
+        self.wgan = cfg.method != "dcgan"
+        self.n_critic = cfg.n_critic if self.wgan else 1
+        self.amp = Precision(device, cfg.amp)
+        self.scaler_g, self.scaler_d = self.amp.scaler(), self.amp.scaler()
+        self.gen_train, self.critic_train = wrap_ddp(gen, device, world), wrap_ddp(critic, device, world)
+
+    def real_batch(self) -> torch.Tensor:
+        cfg = self.cfg
+        idx = self.rng.integers(len(self.data), size=cfg.batch_size)
+        batch = self.data[torch.as_tensor(idx, device=self.device)].clone()
+        if cfg.augment:
+            flip = torch.from_numpy(self.rng.random(cfg.batch_size) < 0.5).to(self.device)
+            batch[flip] = batch[flip].flip(-1)
+        return batch
+
+    def fake_batch(self) -> torch.Tensor:
+        """Generated images (float32) from noise drawn on the training device."""
+        # sample_latent draws with torch.rand/randn: make them create the noise where the generator lives
+        where = contextlib.nullcontext() if self.device.type == "cpu" else self.device
+        with where:
+            z = self.gen.sample_latent(self.cfg.batch_size, self.torch_gen)
+        with self.amp.autocast():
+            return self.gen_train(z).float()
+
+    def critic_scores(self, images: torch.Tensor) -> torch.Tensor:
+        with self.amp.autocast():
+            return self.critic_train(images).float()
+
+    def train_step(self, step: int) -> Dict[str, float]:
+        cfg, g = self.cfg, self.torch_gen
+        for _ in range(self.n_critic):
+            real = self.real_batch()
+            with torch.no_grad():
+                fake = self.fake_batch()
+            real, fake = diff_augment(real, self.policy, g), diff_augment(fake, self.policy, g)
+            if self.wgan:
+                loss_d = self.critic_scores(fake).mean() - self.critic_scores(real).mean()
+                loss_d = loss_d + cfg.gp_weight * gradient_penalty(self.critic_train, real, fake, generator=g,
+                                                                   unit=1.0)
+            else:
+                ones = torch.ones(real.shape[0], device=self.device)
+                zeros = torch.zeros(real.shape[0], device=self.device)
+                loss_d = (F.binary_cross_entropy_with_logits(self.critic_scores(real), ones)
+                          + F.binary_cross_entropy_with_logits(self.critic_scores(fake), zeros))
+            self.amp.step(loss_d, self.opt_d, self.scaler_d)
+        scores = self.critic_scores(diff_augment(self.fake_batch(), self.policy, g))
+        if self.wgan:
+            loss_g = -scores.mean()
+        else:
+            loss_g = F.binary_cross_entropy_with_logits(scores, torch.ones(scores.shape[0], device=self.device))
+        self.amp.step(loss_g, self.opt_g, self.scaler_g)
+        broadcast_buffers(self.gen, self.world)  # all ranks: rank 0's batch-norm statistics, as DDP would
+        broadcast_buffers(self.critic, self.world)
+        if self.ema is not None:
+            _update_ema(self.ema, self.gen, cfg.ema_decay)
+        return {"loss_d": float(loss_d.detach()), "loss_g": float(loss_g.detach())}
+
+    def state_dict(self) -> Dict[str, Any]:
+        # every rank draws its own slices and noise: keep each rank's streams
+        torch_states = gather_from_ranks(self.torch_gen.get_state(), self.world)
+        numpy_states = gather_from_ranks(self.rng.bit_generator.state, self.world)
+        one = self.world == 1
+        return {
+            "gen": unwrap(self.gen).state_dict(), "critic": unwrap(self.critic).state_dict(),
+            "ema": None if self.ema is None else self.ema.state_dict(),
+            "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
+            "torch_gen": torch_states[0] if one else torch_states,
+            "numpy_rng": json.dumps(numpy_states[0] if one else numpy_states),
+            "scaler_g": None if self.scaler_g is None else self.scaler_g.state_dict(),
+            "scaler_d": None if self.scaler_d is None else self.scaler_d.state_dict(),
+        }
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        one = self.world == 1
+        unwrap(self.gen).load_state_dict(state["gen"])
+        unwrap(self.critic).load_state_dict(state["critic"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
+        self.opt_g.load_state_dict(state["opt_g"])  # moves the moments to the parameters' device
+        self.opt_d.load_state_dict(state["opt_d"])
+        self.torch_gen.set_state(state["torch_gen"] if one else state["torch_gen"][self.rank])
+        numpy_state = json.loads(state["numpy_rng"])
+        self.rng.bit_generator.state = numpy_state if one else numpy_state[self.rank]
+        for scaler, key in ((self.scaler_g, "scaler_g"), (self.scaler_d, "scaler_d")):
+            if scaler is not None and state.get(key) is not None:
+                scaler.load_state_dict(state[key])
 
 
 def train_synth(cfg: SynthConfig, volumes: Optional[Sequence[Volume]] = None,
                 slices: Optional[np.ndarray] = None, roi: Optional[Sequence[np.ndarray]] = None,
                 progress: Optional[Callable[[float, str], None]] = None, cancel=None,
                 show_progress: bool = False) -> SynthGenerator:
-    """Train a synthesis generator on ``volumes`` (or ready ``slices`` (n, s, s) in HU); seeded."""
+    """Train a synthesis generator on ``volumes`` (or ready ``slices`` (n, s, s) in HU); seeded.
+
+    Returns the generator (its exponential moving average with ``ema_decay`` > 0) in eval mode,
+    on the training device (``cfg.device``), with ``training_seconds`` set.
+    """
     if cfg.method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {cfg.method!r}")
+    if not 0.0 <= cfg.ema_decay < 1.0:
+        raise ValueError(f"ema_decay must be in [0, 1), got {cfg.ema_decay}")
+    parse_diffaugment(cfg.diffaugment)
+    rank, world, device = setup_distributed(cfg.device)  # a missing GPU is an error before any work
+    check_cancel(cancel)
     torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
     if slices is None:
         if not volumes:
             raise ValueError("give training volumes or slices")
         slices = training_slices(volumes, cfg.size, roi=roi)
     if slices.shape[1:] != (cfg.size, cfg.size):
         raise ValueError(f"slices must be {cfg.size}x{cfg.size}, got {slices.shape[1:]}")
-    data = torch.from_numpy(hu_to_unit(slices).astype(np.float32))[:, None]
+    data = torch.from_numpy(hu_to_unit(slices).astype(np.float32))[:, None].to(device)
 
-    policy = parse_diffaugment(cfg.diffaugment)
     gen = SynthGenerator(cfg.method, cfg.size, cfg.n_qubits, cfg.n_layers, cfg.latent_dim, cfg.width,
-                         upsample=cfg.upsample, feature_norm=cfg.feature_norm, n_circuits=cfg.n_circuits)
-    critic = Critic(cfg.size, cfg.width, batch_norm=(cfg.method == "dcgan"))
-    lr_g, lr_d, betas = _default_lrs(cfg.method)
-    opt_g = torch.optim.Adam(gen.parameters(), lr=cfg.lr_g or lr_g, betas=betas)
-    opt_d = torch.optim.Adam(critic.parameters(), lr=cfg.lr_d or lr_d, betas=betas)
-    torch_gen = torch.Generator().manual_seed(cfg.seed)
-    if not 0.0 <= cfg.ema_decay < 1.0:
-        raise ValueError(f"ema_decay must be in [0, 1), got {cfg.ema_decay}")
-    ema = copy.deepcopy(gen) if cfg.ema_decay > 0 else None
-    wgan = cfg.method != "dcgan"
-    n_critic = cfg.n_critic if wgan else 1
-    out_dir = Path(cfg.output_dir) if cfg.output_dir else None
-    ckpt_path = out_dir / "checkpoint.pt" if out_dir is not None else None
+                         upsample=cfg.upsample, feature_norm=cfg.feature_norm, n_circuits=cfg.n_circuits).to(device)
+    critic = Critic(cfg.size, cfg.width, batch_norm=(cfg.method == "dcgan")).to(device)
+    task = SynthStep(cfg, data, gen, critic, device, rank, world)
     start = 0
     if cfg.resume:
-        if ckpt_path is None or not ckpt_path.exists():
-            raise FileNotFoundError(f"cannot resume: no checkpoint.pt in {cfg.output_dir!r}")
-        start = _load_synth_checkpoint(ckpt_path, cfg, gen, ema, critic, opt_g, opt_d, torch_gen, rng)
-        if start > cfg.steps:
-            raise ValueError(f"the checkpoint is at update {start}, beyond steps={cfg.steps}")
-    log = None
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
-        log = open(out_dir / "losses.jsonl", "a" if cfg.resume else "w")
-
-    def checkpoint(step: int) -> None:
-        from .checkpoints import write_checkpoint
-
-        if ckpt_path is not None:
-            write_checkpoint(ckpt_path, {
-                "step": step, "gen": gen.state_dict(), "critic": critic.state_dict(),
-                "ema": None if ema is None else ema.state_dict(), "opt_g": opt_g.state_dict(),
-                "opt_d": opt_d.state_dict(), "torch_gen": torch_gen.get_state(),
-                "numpy_rng": json.dumps(rng.bit_generator.state), "config": json.dumps(cfg.to_dict())})
-
-    def real_batch() -> torch.Tensor:
-        idx = rng.integers(len(data), size=cfg.batch_size)
-        batch = data[idx].clone()
-        if cfg.augment:
-            flip = torch.from_numpy(rng.random(cfg.batch_size) < 0.5)
-            batch[flip] = batch[flip].flip(-1)
-        return batch
-
-    bar = None
-    if show_progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=cfg.steps, initial=start, desc=f"training {cfg.method} synthesis")
-    t0 = time.time()
+        state = resume_state(cfg.output_dir, cfg, RESUME_KEYS, cfg.steps, world)
+        task.load_state_dict(state)
+        start = int(state["step"])
+    restore = task.amp.keep_float32(gen, (QuantumLayer,))  # with amp: the circuit in float32
     try:
-        for step in range(start, cfg.steps):
-            check_cancel(cancel)
-            for _ in range(n_critic):
-                real = real_batch()
-                with torch.no_grad():
-                    fake = gen(gen.sample_latent(cfg.batch_size, torch_gen))
-                real, fake = diff_augment(real, policy, torch_gen), diff_augment(fake, policy, torch_gen)
-                if wgan:
-                    loss_d = critic(fake).mean() - critic(real).mean()
-                    alpha = torch.rand(real.shape[0], 1, 1, 1, generator=torch_gen)
-                    mixed = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
-                    grad, = torch.autograd.grad(critic(mixed).sum(), mixed, create_graph=True)
-                    loss_d = loss_d + cfg.gp_weight * ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
-                else:
-                    ones, zeros = torch.ones(real.shape[0]), torch.zeros(real.shape[0])
-                    loss_d = (F.binary_cross_entropy_with_logits(critic(real), ones)
-                              + F.binary_cross_entropy_with_logits(critic(fake), zeros))
-                opt_d.zero_grad(set_to_none=True)
-                loss_d.backward()
-                opt_d.step()
-            fake = diff_augment(gen(gen.sample_latent(cfg.batch_size, torch_gen)), policy, torch_gen)
-            if wgan:
-                loss_g = -critic(fake).mean()
-            else:
-                loss_g = F.binary_cross_entropy_with_logits(critic(fake), torch.ones(fake.shape[0]))
-            opt_g.zero_grad(set_to_none=True)
-            loss_g.backward()
-            opt_g.step()
-            if ema is not None:
-                _update_ema(ema, gen, cfg.ema_decay)
-            if log is not None:
-                log.write(json.dumps({"step": step + 1, "loss_d": float(loss_d.detach()),
-                                      "loss_g": float(loss_g.detach())}) + "\n")
-            if bar is not None:
-                bar.update(1)
-            report(progress, (step + 1) / cfg.steps, f"step {step + 1}/{cfg.steps}")
-            if cfg.checkpoint_every > 0 and (step + 1) % cfg.checkpoint_every == 0:
-                checkpoint(step + 1)
-        if cfg.checkpoint_every <= 0 or cfg.steps % cfg.checkpoint_every:  # the last update not saved yet
-            checkpoint(cfg.steps)
+        seconds = run_loop(task, cfg.steps, start=start, output_dir=cfg.output_dir,
+                           checkpoint_every=cfg.checkpoint_every, config=cfg.to_dict(), rank=rank, world=world,
+                           progress=progress, cancel=cancel, show_progress=show_progress,
+                           description=f"training {cfg.method} synthesis")
     finally:
-        if bar is not None:
-            bar.close()
-        if log is not None:
-            log.close()
-    result = gen if ema is None else ema
+        restore()
+    result = gen if task.ema is None else task.ema
     result.eval()
-    result.training_seconds = time.time() - t0
+    result.training_seconds = seconds
     return result

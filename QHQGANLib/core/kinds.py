@@ -1,0 +1,104 @@
+"""The tasks and the kinds of model that serve them, defined once.
+
+Which tasks exist, which read an input volume, the model each task uses when
+none is named, the architectures (``config["arch"]`` of a model card) and training
+methods that make models for it, and the shipped models to prefer. The CLI, the
+background runner, the demo, the task functions and the Slicer panel look their
+default model names up here. No torch at import time.
+
+Console usage::
+
+    >>> from QHQGANLib.core.kinds import TASKS, default_model, models_for_task
+    >>> default_model("super-resolve", scale=2)
+    'hqgan-sr2'
+    >>> [card["name"] for card in models_for_task("enhance")]   # shipped, default first
+    ['hqgan-enhance', 'ablation-enhance', 'redcnn-enhance']
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
+
+#: ``train-enhance --arch``: the enhancement / super-resolution architectures (QHQGANLib.training.enhancement).
+ENHANCE_ARCHS: Tuple[str, ...] = ("hqgan", "ablation", "redcnn")
+#: ``train-synth --method``: the synthesis methods (QHQGANLib.nn.synthesis.METHODS).
+SYNTH_METHODS: Tuple[str, ...] = ("hqgan", "ablation", "wgan-gp", "dcgan")
+
+
+@dataclass(frozen=True)
+class TaskKind:
+    """A task: its CLI command name, whether it reads an input volume, and its models.
+
+    ``default_model`` may hold ``{scale}`` (super-resolution models are per factor);
+    ``preferred_models`` are shipped names, best first; ``architectures`` are the
+    ``arch`` values of model cards that serve the task; ``methods`` the training
+    choices that make them. A task without models (``simulate-low-dose``) has none.
+    """
+
+    name: str
+    needs_input: bool
+    default_model: Optional[str] = None
+    preferred_models: Tuple[str, ...] = ()
+    architectures: Tuple[str, ...] = ()
+    methods: Tuple[str, ...] = ()
+
+    @property
+    def uses_model(self) -> bool:
+        return self.default_model is not None
+
+
+#: The tasks, by their CLI command name, in the order the panel lists them.
+KINDS: Dict[str, TaskKind] = {k.name: k for k in (
+    TaskKind("enhance", True, "hqgan-enhance", ("hqgan-enhance", "ablation-enhance", "redcnn-enhance"),
+             architectures=ENHANCE_ARCHS, methods=ENHANCE_ARCHS),
+    TaskKind("super-resolve", True, "hqgan-sr{scale}", ("hqgan-sr{scale}",),
+             architectures=ENHANCE_ARCHS, methods=ENHANCE_ARCHS),
+    TaskKind("synthesize", False, "hqgan-synth", ("hqgan-synth", "ablation-synth", "wgangp-synth", "dcgan-synth"),
+             architectures=("hqgan-synth", "ablation-synth", "wgan-gp", "dcgan"), methods=SYNTH_METHODS),
+    TaskKind("simulate-low-dose", True),
+)}
+
+TASKS: Tuple[str, ...] = tuple(KINDS)
+#: Tasks that read an input volume (synthesis makes new images from noise).
+INPUT_TASKS: Tuple[str, ...] = tuple(k.name for k in KINDS.values() if k.needs_input)
+#: Tasks that run a trained model.
+MODEL_TASKS: Tuple[str, ...] = tuple(k.name for k in KINDS.values() if k.uses_model)
+#: What ``train-enhance --task`` trains.
+TRAINABLE_IMAGE_TASKS: Tuple[str, ...] = ("enhance", "super-resolve")
+
+
+def task_kind(task: str) -> TaskKind:
+    """The :class:`TaskKind` of ``task``; ValueError naming the known tasks otherwise."""
+    try:
+        return KINDS[task]
+    except KeyError:
+        raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}") from None
+
+
+def default_model(task: str, scale: int = 2) -> Optional[str]:
+    """The model ``task`` uses when none is named (None for a task without a model)."""
+    name = task_kind(task).default_model
+    return None if name is None else name.format(scale=scale)
+
+
+def preferred_models(task: str, scale: int = 2) -> Tuple[str, ...]:
+    """Shipped model names for ``task``, best first (the demo and ``qhqgan evaluate`` use them)."""
+    return tuple(name.format(scale=scale) for name in task_kind(task).preferred_models)
+
+
+def card_tasks(card: Dict) -> Optional[List[str]]:
+    """The tasks a model card declares (``task`` or ``tasks``); None when it declares none."""
+    tasks = card.get("tasks", card.get("task"))
+    if tasks is None:
+        return None
+    return [tasks] if isinstance(tasks, str) else list(tasks)
+
+
+def models_for_task(task: str) -> List[Dict]:
+    """Shipped model cards usable for ``task`` (a card declaring no task fits all), the task's
+    default model first, then by name."""
+    from .resources import model_cards
+
+    default = default_model(task) if task in KINDS else None
+    fitting = [card for card in model_cards() if card_tasks(card) is None or task in card_tasks(card)]
+    return sorted(fitting, key=lambda card: (card["name"] != default, card["name"]))

@@ -1,0 +1,211 @@
+"""The options of the QHQGAN tasks, defined once: types, defaults, allowed ranges and help.
+
+The ``qhqgan`` command line (:mod:`QHQGANLib.apps.cli`), the background runner's
+``TaskRequest`` (:mod:`QHQGANLib.apps.request`) and the Slicer panel's parameter
+node (``QHQGAN/QHQGAN.py``) all read their options from :data:`OPTIONS`, so an
+option has one name, one default and one range everywhere. Ranges are inclusive.
+
+Console usage::
+
+    >>> from QHQGANLib.core.options import OPTIONS, option_range, validate, task_argv
+    >>> option_range("tile_size")                     # what every consumer allows
+    (32, 2048)
+    >>> validate("dose", 1.5)
+    ValueError: dose must be in [0.01, 1], got 1.5
+    >>> task_argv("simulate-low-dose", {"dose": 0.25, "seed": 0})
+    ['--dose', '0.25', '--seed', '0']
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import numbers
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+
+from .devices import DEVICES
+
+
+def check_quantum_backend(value: str) -> None:
+    """Refuse anything but ``"torch"`` or ``"pennylane:DEVICE"``."""
+    if not (value == "torch" or (value.startswith("pennylane:") and len(value) > len("pennylane:"))):
+        raise ValueError(f"quantum_backend must be 'torch' or 'pennylane:DEVICE', got {value!r}")
+
+
+@dataclass(frozen=True)
+class Option:
+    """One task option: its Python name, type, default and allowed values.
+
+    ``minimum``/``maximum`` bound numbers (inclusive), ``choices`` lists the allowed
+    values, ``check`` is a further test that raises ValueError. ``cli`` is the
+    command-line flag (default ``--`` + the name with dashes). ``default=None``
+    means "the task decides" (e.g. the task's default model).
+    """
+
+    name: str
+    type: type
+    default: Any
+    minimum: Optional[float] = None
+    maximum: Optional[float] = None
+    choices: Optional[Tuple[Any, ...]] = None
+    help: str = ""
+    cli: Optional[str] = None
+    check: Optional[Callable[[Any], None]] = None
+
+    @property
+    def flag(self) -> str:
+        return self.cli or "--" + self.name.replace("_", "-")
+
+    @property
+    def range(self) -> Tuple[Any, Any]:
+        return (self.minimum, self.maximum)
+
+    def allowed(self) -> str:
+        """The allowed values in words, e.g. ``[32, 2048]`` or ``auto, cpu or cuda``."""
+        if self.choices is not None:
+            names = [str(c) for c in self.choices]
+            return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
+        if self.minimum is not None and self.maximum is not None:
+            return f"[{_text(self.minimum)}, {_text(self.maximum)}]"
+        if self.minimum is not None:
+            return f">= {_text(self.minimum)}"
+        return "any " + self.type.__name__
+
+    def validate(self, value: Any) -> Any:
+        """``value`` converted to the option's type; a one-line ValueError naming the option if not allowed."""
+        if value is None and self.default is None:
+            return None
+        if self.type is int:
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise ValueError(f"{self.name} must be an integer in {self.allowed()}, got {value!r}")
+            value = int(value)
+        elif self.type is float:
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise ValueError(f"{self.name} must be a number in {self.allowed()}, got {value!r}")
+            value = float(value)
+            if not math.isfinite(value):
+                raise ValueError(f"{self.name} must be a number in {self.allowed()}, got {value!r}")
+        elif self.type is str and isinstance(value, os.PathLike):
+            value = os.fspath(value)
+        elif not isinstance(value, self.type):
+            raise ValueError(f"{self.name} must be a {self.type.__name__}, got {value!r}")
+        if self.choices is not None and value not in self.choices:
+            raise ValueError(f"{self.name} must be {self.allowed()}, got {value!r}")
+        if (self.minimum is not None and value < self.minimum) or (self.maximum is not None and value > self.maximum):
+            raise ValueError(f"{self.name} must be in {self.allowed()}, got {_text(value)}")
+        if self.check is not None:
+            self.check(value)
+        return value
+
+    def parse(self, text: str) -> Any:
+        """The value of a command-line word (argparse's ``type=``): refuses what :meth:`validate` refuses."""
+        try:
+            value = self.type(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if self.type is int else 'a number'} "
+                                             f"in {self.allowed()}, got {text!r}") from None
+        try:
+            return self.validate(value)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    def to_cli(self, value: Any) -> List[str]:
+        """``[flag, text]`` for a value, ``[]`` for None."""
+        if value is None:
+            return []
+        return [self.flag, repr(float(value)) if self.type is float else str(value)]
+
+
+def _text(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+#: Every task option, by its Python name (also the attribute name of parsed CLI arguments).
+OPTIONS: Dict[str, Option] = {o.name: o for o in (
+    Option("model", str, None,
+           help="a shipped model name (qhqgan list-models) or a .safetensors file (default: the task's model)"),
+    Option("device", str, "auto", choices=DEVICES, help="compute device (auto: CUDA when available)"),
+    Option("quantum_backend", str, "torch", check=check_quantum_backend,
+           help="torch (fast built-in simulator) or pennylane:DEVICE, e.g. pennylane:lightning.qubit"),
+    Option("scale", int, 2, choices=(2,), help="in-plane super-resolution factor"),
+    Option("tile_size", int, 512, minimum=32, maximum=2048,
+           help="largest tile (output pixels) computed at once; smaller saves memory"),
+    Option("overlap", float, 0.0, minimum=0.0, maximum=0.75,
+           help="extra context around each tile as a fraction of the tile (0: the network's receptive "
+                "field, which already makes tiling seamless)"),
+    Option("tile_batch", int, 4, minimum=1, maximum=64,
+           help="tiles computed per forward pass; more is faster on a GPU and needs more memory"),
+    Option("n_samples", int, 8, minimum=1, maximum=256, cli="--n", help="number of synthetic slices"),
+    Option("seed", int, 0, minimum=0, maximum=2 ** 31 - 1, help="random seed: same seed, same result"),
+    Option("dose", float, 0.25, minimum=0.01, maximum=1.0,
+           help="simulated dose as a fraction of the input's dose (0.25 = quarter dose)"),
+)}
+
+#: The options of each task, in command-line order.
+TASK_OPTIONS: Dict[str, Tuple[str, ...]] = {
+    "enhance": ("model", "device", "quantum_backend", "tile_size", "overlap", "tile_batch"),
+    "super-resolve": ("model", "device", "quantum_backend", "scale", "tile_size", "overlap", "tile_batch"),
+    "synthesize": ("model", "device", "quantum_backend", "n_samples", "seed"),
+    "simulate-low-dose": ("dose", "seed"),
+}
+
+
+def option(name: str) -> Option:
+    """The option called ``name`` (KeyError naming the known ones otherwise)."""
+    try:
+        return OPTIONS[name]
+    except KeyError:
+        raise KeyError(f"no option {name!r}; known: {', '.join(OPTIONS)}") from None
+
+
+def option_default(name: str) -> Any:
+    return option(name).default
+
+
+def option_range(name: str) -> Tuple[Any, Any]:
+    """``(minimum, maximum)`` of a numeric option (what the Slicer spin boxes allow)."""
+    return option(name).range
+
+
+def task_options(task: str) -> List[Option]:
+    """The options of ``task``, in command-line order."""
+    if task not in TASK_OPTIONS:
+        raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASK_OPTIONS)}")
+    return [OPTIONS[name] for name in TASK_OPTIONS[task]]
+
+
+def validate(name: str, value: Any) -> Any:
+    """``value`` checked against option ``name`` (converted to its type); ValueError otherwise."""
+    return option(name).validate(value)
+
+
+def add_option_argument(parser: argparse.ArgumentParser, name: str) -> None:
+    """Add option ``name`` to ``parser``: its flag, the schema's default, a ``type`` that refuses values
+    out of range with the allowed range, and help naming the default and the range."""
+    opt = option(name)
+    words = [opt.help]
+    if opt.default is not None:
+        words.append(f"default {_text(opt.default)}")
+    if opt.choices is None and opt.minimum is not None:
+        words.append(f"allowed {opt.allowed()}")
+    help_text = "; ".join(w for w in words if w).replace("%", "%%")
+    if opt.type is str and opt.check is None and opt.choices is None:
+        parser.add_argument(opt.flag, dest=opt.name, default=opt.default, help=help_text)
+        return
+    parser.add_argument(opt.flag, dest=opt.name, type=opt.parse, default=opt.default, choices=opt.choices,
+                        metavar=None if opt.choices else opt.name.upper(), help=help_text)
+
+
+def add_task_arguments(parser: argparse.ArgumentParser, task: str) -> None:
+    """Add every option of ``task`` to a command's ``parser``."""
+    for opt in task_options(task):
+        add_option_argument(parser, opt.name)
+
+
+def task_argv(task: str, values: Mapping[str, Any]) -> List[str]:
+    """The command-line words giving ``values`` to ``task``'s options (None values are left out)."""
+    argv: List[str] = []
+    for opt in task_options(task):
+        argv += opt.to_cli(values.get(opt.name, opt.default))
+    return argv

@@ -1,0 +1,222 @@
+"""The one training loop of QHQGANLib, shared by enhancement and synthesis, and mixed precision.
+
+A trainer (:mod:`~QHQGANLib.training.enhancement`, :mod:`~QHQGANLib.training.synthesis`) builds
+its networks on the training device and hands :func:`run_loop` a :class:`TrainStep`: an object
+with ``train_step(step) -> {name: float}`` (one update, its losses) and
+``state_dict()`` / ``load_state_dict(state)`` (weights, optimisers, random streams, EMA...).
+The loop owns everything else:
+
+* steps ``start`` .. ``steps - 1``; ``cancel`` checked before every step and before every
+  checkpoint (once it is set nothing more is written; :class:`OperationCancelled` is raised);
+* ``progress(fraction, message)`` over ``progress_range``, an optional tqdm bar;
+* in ``output_dir`` (rank 0 only): ``config.json``, ``losses.jsonl`` (one line per step; on
+  resume the lines after the checkpoint are dropped and the log continues), and
+  ``checkpoint.pt`` every ``checkpoint_every`` steps and after the last one (never twice),
+  written atomically with CPU tensors, so :func:`resume_state` + ``load_state_dict`` continue
+  exactly where a run stopped.
+
+``state_dict()`` is called on every rank at a checkpoint (so it may gather per-rank state with
+:func:`~QHQGANLib.training.distributed.gather_from_ranks`); only rank 0 writes.
+
+:class:`Precision` is the mixed precision (``amp=True``) of a trainer: float16 autocast with a
+GradScaler per optimiser on CUDA; bfloat16 autocast on the CPU (no scaler needed; slower than
+float32 on most CPUs, mainly there so the AMP path runs everywhere). Losses, the gradient
+penalty and the quantum circuit (:meth:`Precision.keep_float32`) run in float32 outside autocast.
+
+Console usage::
+
+    >>> from QHQGANLib.training.loop import run_loop
+    >>> class Fit:                                       # any object with these three methods
+    ...     def train_step(self, step): ...; return {"loss": loss}
+    ...     def state_dict(self): return {"model": model.state_dict()}
+    ...     def load_state_dict(self, state): model.load_state_dict(state["model"])
+    >>> seconds = run_loop(Fit(), steps=100, output_dir=Path("runs/x"), checkpoint_every=25)
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from ..core.progress import check_cancel, report
+from .checkpoints import check_resumable, load_checkpoint, write_checkpoint
+from .distributed import barrier
+
+CHECKPOINT = "checkpoint.pt"
+LOSS_LOG = "losses.jsonl"
+
+
+class TrainStep(Protocol):
+    """What a trainer gives :func:`run_loop`."""
+
+    def train_step(self, step: int) -> Dict[str, float]: ...
+
+    def state_dict(self) -> Dict[str, Any]: ...
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None: ...
+
+
+def to_cpu(value: Any) -> Any:
+    """``value`` with every tensor (in nested dicts, lists, tuples) moved to the CPU."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {k: to_cpu(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(to_cpu(v) for v in value)
+    return value
+
+
+def resume_state(output_dir: Optional[str], cfg, keys: Sequence[str], steps: int, world: int = 1,
+                 missing_ok: bool = False) -> Optional[Dict[str, Any]]:
+    """The checkpoint of ``output_dir`` to resume from (CPU tensors), checked against ``cfg``.
+
+    Raises FileNotFoundError when there is none (None with ``missing_ok``), ValueError when its
+    config differs in ``keys``, it is beyond ``steps``, or it was written by another number of processes.
+    """
+    path = Path(output_dir) / CHECKPOINT if output_dir else None
+    if path is None or not path.exists():
+        if missing_ok:
+            return None
+        raise FileNotFoundError(f"cannot resume: no {CHECKPOINT} in {output_dir!r}")
+    state = load_checkpoint(path)
+    check_resumable(json.loads(state["config"]), cfg, keys)
+    if int(state["step"]) > steps:
+        raise ValueError(f"cannot resume: the checkpoint is at step {int(state['step'])}, beyond steps={steps}")
+    saved_world = int(state.get("world_size", 1))
+    if saved_world != world:
+        raise ValueError(f"cannot resume: the checkpoint was written by {saved_world} process(es), "
+                         f"this run has {world}")
+    return state
+
+
+def _open_log(path: Path, start: int):
+    """``losses.jsonl`` for writing: new at step 0; on resume, kept up to ``start`` and appended to."""
+    kept = []
+    if start > 0 and path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                if json.loads(line)["step"] <= start:
+                    kept.append(line)
+            except (ValueError, KeyError, TypeError):  # a line cut by a crash
+                continue
+    log = open(path, "w")
+    log.writelines(line + "\n" for line in kept)
+    return log
+
+
+def run_loop(task: TrainStep, steps: int, *, start: int = 0, output_dir: Optional[str] = None,
+             checkpoint_every: int = 0, config: Optional[Dict[str, Any]] = None, rank: int = 0, world: int = 1,
+             progress: Optional[Callable[[float, str], None]] = None, cancel=None,
+             progress_range: Tuple[float, float] = (0.0, 1.0), show_progress: bool = False,
+             description: str = "training") -> float:
+    """Run ``task.train_step`` for steps ``start`` .. ``steps - 1``; returns the seconds it took.
+
+    See the module docstring for what the loop writes, when, and how cancel acts.
+    ``config`` (a JSON-able dict) goes into ``config.json`` and every checkpoint.
+    """
+    check_cancel(cancel)
+    out_dir = Path(output_dir) if (output_dir and rank == 0) else None
+    config_text = json.dumps(config or {})
+    log = None
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "config.json").write_text(json.dumps(config or {}, indent=2))
+        log = _open_log(out_dir / LOSS_LOG, start)
+    bar = None
+    if show_progress and rank == 0:
+        from tqdm import tqdm
+
+        bar = tqdm(total=steps, initial=start, desc=description)
+    lo, hi = progress_range
+    t0 = time.time()
+    try:
+        for step in range(start, steps):
+            check_cancel(cancel)
+            stats = task.train_step(step)
+            done = step + 1
+            if log is not None:
+                log.write(json.dumps({"step": done, **stats}) + "\n")
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix({k: f"{v:.4g}" for k, v in stats.items()}, refresh=False)
+            report(progress, lo + (hi - lo) * done / steps, f"step {done}/{steps}")
+            if output_dir and (done == steps or (checkpoint_every > 0 and done % checkpoint_every == 0)):
+                check_cancel(cancel)
+                state = to_cpu(task.state_dict())  # every rank: the state may gather per-rank values
+                if out_dir is not None:
+                    log.flush()
+                    write_checkpoint(out_dir / CHECKPOINT, {"step": done, "world_size": world,
+                                                            "config": config_text, **state})
+                barrier(world)  # no rank runs ahead (e.g. into a resume) before the checkpoint is there
+    finally:
+        if bar is not None:
+            bar.close()
+        if log is not None:
+            log.close()
+    return time.time() - t0
+
+
+class Precision:
+    """Automatic mixed precision of one run (see the module docstring); a no-op when disabled."""
+
+    def __init__(self, device: torch.device, enabled: bool = False):
+        if enabled and device.type not in ("cuda", "cpu"):
+            raise ValueError(f"amp runs on CUDA (float16) or the CPU (bfloat16), not on {device.type!r}")
+        self.device_type, self.enabled = device.type, bool(enabled)
+        self.dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+
+    def autocast(self):
+        """Context for the networks' forward passes."""
+        if not self.enabled:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device_type, dtype=self.dtype)
+
+    def keep_float32(self, model: nn.Module, kinds: Tuple[type, ...]) -> Callable[[], None]:
+        """Run ``model``'s submodules of ``kinds`` in float32, outside autocast (hooks); returns a
+        function that removes the hooks. For the quantum circuit: its simulation mixes real and
+        imaginary parts in custom backward passes and needs float32 amplitudes."""
+        if not self.enabled:
+            return lambda: None
+        stack: List[Any] = []
+
+        def enter(module, args):
+            off = torch.autocast(device_type=self.device_type, enabled=False)
+            off.__enter__()
+            stack.append(off)
+            return tuple(a.float() if isinstance(a, torch.Tensor) and a.dtype in (torch.float16, torch.bfloat16)
+                         else a for a in args)
+
+        def leave(module, args, output):
+            stack.pop().__exit__(None, None, None)
+
+        handles = []
+        for module in model.modules():
+            if isinstance(module, kinds):
+                handles += [module.register_forward_pre_hook(enter), module.register_forward_hook(leave)]
+        return lambda: [h.remove() for h in handles]
+
+    def scaler(self):
+        """A GradScaler for one optimiser (float16 on CUDA), or None."""
+        if not (self.enabled and self.device_type == "cuda"):
+            return None
+        if hasattr(torch.amp, "GradScaler"):  # torch >= 2.3
+            return torch.amp.GradScaler("cuda")
+        return torch.cuda.amp.GradScaler()
+
+    @staticmethod
+    def step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler=None) -> None:
+        """zero_grad, backward (scaled with ``scaler``), optimiser step."""
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is None:
+            loss.backward()
+            optimizer.step()
+            return
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
