@@ -226,3 +226,31 @@ def test_cuda_matches_cpu():
         assert torch.allclose(gpu.cpu(), cpu, atol=1e-5)
         gpu.sum().backward()
         assert layer.weights.grad is not None and layer.weights.grad.is_cuda
+
+
+def test_layer_runs_in_float32_under_autocast_and_matches_float32():
+    """Mixed-precision training: the circuit turns autocast off for itself and computes in float32."""
+    torch.manual_seed(0)
+    layer = QuantumLayer(6, 3)
+    x = (torch.rand(32, 6) * 3.0).requires_grad_(True)
+    reference = layer(x)
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        out = layer(x.to(torch.bfloat16))
+    assert out.dtype == torch.float32
+    # bfloat16 inputs carry ~3 significant digits: the outputs agree to that, not more
+    assert torch.allclose(out, reference, atol=2e-2)
+    out.sum().backward()
+    assert layer.weights.grad is not None and torch.isfinite(layer.weights.grad).all()
+
+
+def test_simulation_tables_built_under_inference_mode_serve_training(monkeypatch):
+    """A first call under torch.inference_mode (e.g. synthesize) must not poison later training."""
+    from QHQGANLib.quantum import simulator
+
+    monkeypatch.setattr(simulator, "_PLANS", {})
+    layer = QuantumLayer(5, 2)
+    with torch.inference_mode():
+        layer(torch.rand(4, 5))
+    loss = layer(torch.rand(4, 5)).sum()
+    loss.backward()
+    assert torch.isfinite(layer.weights.grad).all()

@@ -119,10 +119,13 @@ class SynthGenerator(nn.Module):
         self.features = nn.BatchNorm1d(self.latent_dim) if self.config["feature_norm"] else nn.Identity()
         self.decoder = Decoder(self.latent_dim, size, width, upsample)
 
-    def sample_latent(self, n: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    def sample_latent(self, n: int, generator: Optional[torch.Generator] = None,
+                      device: Optional[torch.device] = None) -> torch.Tensor:
+        """``n`` latent vectors drawn with ``generator``, on ``device`` (the generator's device by default)."""
+        device = device if device is not None else (generator.device if generator is not None else None)
         if self.method in ("hqgan", "ablation"):
-            return torch.rand(n, self.latent_dim, generator=generator) * math.pi  # circuit angles
-        return torch.randn(n, self.latent_dim, generator=generator)
+            return torch.rand(n, self.latent_dim, generator=generator, device=device) * math.pi  # circuit angles
+        return torch.randn(n, self.latent_dim, generator=generator, device=device)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         # (B, K*n) -> one mixer run per noise vector, (B*K, n) -> (B, K*n); K = 1 for wgan-gp/dcgan

@@ -212,10 +212,15 @@ class QuantumLayer(nn.Module):
             x = x.to(torch.get_default_dtype())
         lead = x.shape[:-1]
         flat = x.reshape(-1, self.n_qubits)
-        if self.backend == "torch":
-            out = simulate_torch(flat, self.weights, self.n_qubits, self.n_layers, self.reupload, self.outputs)
-        else:
-            out = self._forward_pennylane(flat)
+        if flat.dtype in (torch.float16, torch.bfloat16):  # amplitudes need float32 (mixed precision)
+            flat = flat.float()
+        # outside autocast: the simulation's custom backward passes mix real and imaginary parts
+        # and must see the dtypes they were given (mixed-precision training runs the circuit in float32)
+        with torch.autocast(device_type="cuda" if flat.is_cuda else "cpu", enabled=False):
+            if self.backend == "torch":
+                out = simulate_torch(flat, self.weights, self.n_qubits, self.n_layers, self.reupload, self.outputs)
+            else:
+                out = self._forward_pennylane(flat)
         return out.reshape(*lead, self.output_dim)
 
     def _forward_pennylane(self, flat: torch.Tensor) -> torch.Tensor:

@@ -80,7 +80,10 @@ _PLANS: dict = {}
 def _plan(n: int, device: torch.device, dtype: torch.dtype) -> _Plan:
     key = (n, str(device), dtype)
     if key not in _PLANS:
-        _PLANS[key] = _Plan(n, device, dtype)
+        # cached across calls: built as ordinary tensors even when first needed under
+        # torch.inference_mode (inference tensors cannot be saved for a later backward pass)
+        with torch.inference_mode(False):
+            _PLANS[key] = _Plan(n, device, dtype)
     return _PLANS[key]
 
 

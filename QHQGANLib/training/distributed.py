@@ -26,15 +26,10 @@ from ..core.devices import pick_device
 
 def resolve_device(device: Optional[str] = "auto") -> torch.device:
     """``auto``/``cpu``/``cuda``/``cuda:N`` -> a ``torch.device``; ValueError when CUDA is asked for and absent."""
-    name = pick_device(device)
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {name!r} was asked for but no CUDA GPU is available; use device 'cpu'")
-        resolved = torch.device(name)
-        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
-            raise ValueError(f"device {name!r} was asked for but there are {torch.cuda.device_count()} CUDA GPU(s)")
-        return resolved
-    return torch.device(name)
+    resolved = torch.device(pick_device(device))  # pick_device refuses CUDA where there is none
+    if resolved.type == "cuda" and resolved.index is not None and resolved.index >= torch.cuda.device_count():
+        raise ValueError(f"device {str(resolved)!r} was asked for but there are {torch.cuda.device_count()} CUDA GPU(s)")
+    return resolved
 
 
 def world_size() -> int:

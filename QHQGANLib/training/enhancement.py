@@ -42,7 +42,6 @@ from ..nn.baselines import REDCNN
 from ..nn.common import count_parameters
 from ..nn.critics import PatchCritic
 from ..nn.enhancer import HQGANGenerator
-from ..quantum.layer import QuantumLayer
 from .distributed import gather_from_ranks, setup_distributed, unwrap, wrap_ddp
 from .loop import Precision, resume_state, run_loop
 from .losses import gradient_penalty, ssim_loss
@@ -217,14 +216,10 @@ def train_enhancer(cfg: TrainConfig, volumes: Sequence[Volume],
     task = EnhancerStep(cfg, model, critic, pool, rng, device, rank, world)
     if state is not None:
         task.load_state_dict(state)
-    restore = task.amp.keep_float32(model, (QuantumLayer,))  # with amp: the circuit in float32
-    try:
-        seconds = run_loop(task, cfg.steps, start=start, output_dir=cfg.output_dir,
-                           checkpoint_every=cfg.checkpoint_every, config=cfg.to_dict(), rank=rank, world=world,
-                           progress=progress, cancel=cancel, progress_range=(0.1, 1.0), show_progress=show_progress,
-                           description=f"training {cfg.arch} ({cfg.task})")
-    finally:
-        restore()
+    seconds = run_loop(task, cfg.steps, start=start, output_dir=cfg.output_dir,
+                       checkpoint_every=cfg.checkpoint_every, config=cfg.to_dict(), rank=rank, world=world,
+                       progress=progress, cancel=cancel, progress_range=(0.1, 1.0), show_progress=show_progress,
+                       description=f"training {cfg.arch} ({cfg.task})")
     if rank == 0 and cfg.output_dir:
         (Path(cfg.output_dir) / "summary.json").write_text(json.dumps({
             "steps": cfg.steps, "seconds": seconds, "parameters": count_parameters(model),

@@ -21,7 +21,8 @@ The loop owns everything else:
 :class:`Precision` is the mixed precision (``amp=True``) of a trainer: float16 autocast with a
 GradScaler per optimiser on CUDA; bfloat16 autocast on the CPU (no scaler needed; slower than
 float32 on most CPUs, mainly there so the AMP path runs everywhere). Losses, the gradient
-penalty and the quantum circuit (:meth:`Precision.keep_float32`) run in float32 outside autocast.
+penalty and the quantum circuit (:class:`~QHQGANLib.quantum.layer.QuantumLayer` turns autocast
+off for itself) run in float32.
 
 Console usage::
 
@@ -38,10 +39,9 @@ import contextlib
 import json
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence, Tuple
+from typing import Any, Callable, Dict, Optional, Protocol, Sequence, Tuple
 
 import torch
-from torch import nn
 
 from ..core.progress import check_cancel, report
 from .checkpoints import check_resumable, load_checkpoint, write_checkpoint
@@ -176,30 +176,6 @@ class Precision:
         if not self.enabled:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device_type, dtype=self.dtype)
-
-    def keep_float32(self, model: nn.Module, kinds: Tuple[type, ...]) -> Callable[[], None]:
-        """Run ``model``'s submodules of ``kinds`` in float32, outside autocast (hooks); returns a
-        function that removes the hooks. For the quantum circuit: its simulation mixes real and
-        imaginary parts in custom backward passes and needs float32 amplitudes."""
-        if not self.enabled:
-            return lambda: None
-        stack: List[Any] = []
-
-        def enter(module, args):
-            off = torch.autocast(device_type=self.device_type, enabled=False)
-            off.__enter__()
-            stack.append(off)
-            return tuple(a.float() if isinstance(a, torch.Tensor) and a.dtype in (torch.float16, torch.bfloat16)
-                         else a for a in args)
-
-        def leave(module, args, output):
-            stack.pop().__exit__(None, None, None)
-
-        handles = []
-        for module in model.modules():
-            if isinstance(module, kinds):
-                handles += [module.register_forward_pre_hook(enter), module.register_forward_hook(leave)]
-        return lambda: [h.remove() for h in handles]
 
     def scaler(self):
         """A GradScaler for one optimiser (float16 on CUDA), or None."""

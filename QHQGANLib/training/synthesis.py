@@ -28,7 +28,6 @@ Console usage::
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 from dataclasses import asdict, dataclass
@@ -43,7 +42,6 @@ from ..core.progress import check_cancel
 from ..core.volume import Volume
 from ..nn.critics import Critic
 from ..nn.synthesis import METHODS, SynthGenerator, hu_to_unit
-from ..quantum.layer import QuantumLayer
 from .augment import diff_augment, parse_diffaugment
 from .distributed import broadcast_buffers, gather_from_ranks, setup_distributed, unwrap, wrap_ddp
 from .loop import Precision, resume_state, run_loop
@@ -146,10 +144,7 @@ class SynthStep:
 
     def fake_batch(self) -> torch.Tensor:
         """Generated images (float32) from noise drawn on the training device."""
-        # sample_latent draws with torch.rand/randn: make them create the noise where the generator lives
-        where = contextlib.nullcontext() if self.device.type == "cpu" else self.device
-        with where:
-            z = self.gen.sample_latent(self.cfg.batch_size, self.torch_gen)
+        z = self.gen.sample_latent(self.cfg.batch_size, self.torch_gen)  # on the device of torch_gen
         with self.amp.autocast():
             return self.gen_train(z).float()
 
@@ -251,14 +246,10 @@ def train_synth(cfg: SynthConfig, volumes: Optional[Sequence[Volume]] = None,
         state = resume_state(cfg.output_dir, cfg, RESUME_KEYS, cfg.steps, world)
         task.load_state_dict(state)
         start = int(state["step"])
-    restore = task.amp.keep_float32(gen, (QuantumLayer,))  # with amp: the circuit in float32
-    try:
-        seconds = run_loop(task, cfg.steps, start=start, output_dir=cfg.output_dir,
-                           checkpoint_every=cfg.checkpoint_every, config=cfg.to_dict(), rank=rank, world=world,
-                           progress=progress, cancel=cancel, show_progress=show_progress,
-                           description=f"training {cfg.method} synthesis")
-    finally:
-        restore()
+    seconds = run_loop(task, cfg.steps, start=start, output_dir=cfg.output_dir,
+                       checkpoint_every=cfg.checkpoint_every, config=cfg.to_dict(), rank=rank, world=world,
+                       progress=progress, cancel=cancel, show_progress=show_progress,
+                       description=f"training {cfg.method} synthesis")
     result = gen if task.ema is None else task.ema
     result.eval()
     result.training_seconds = seconds
