@@ -229,7 +229,8 @@ def test_distributed_training_with_two_gloo_processes(tmp_path, ct_small_path):
     args = ["train-enhance", "--input", str(ct_small_path), "--steps", "3", "--batch-size", "2",
             "--patch-size", "32", "--width", "4", "--n-qubits", "3", "--n-layers", "1", "--pool-size", "1",
             "--output-dir", str(tmp_path / "run"), "--save-model", str(tmp_path / "ddp"), "--quiet"]
-    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")  # Gloo on the CPU, even on a GPU machine
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="",  # Gloo on the CPU, even on a GPU machine
+               TMPDIR=str(tmp_path))  # torchrun's own files stay in tmp_path
     proc = subprocess.run(torchrun + args, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())

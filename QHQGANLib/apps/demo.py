@@ -24,6 +24,7 @@ from typing import Dict, Optional
 
 import numpy as np
 
+from ..core.constants import BODY_THRESHOLD_HU, HU_MAX, HU_MIN
 from ..core.kinds import preferred_models
 from ..core.volume import Volume
 
@@ -94,7 +95,7 @@ def run_demo(input_path: Optional[str] = None, dose: float = 0.25, seed: int = 0
         with tqdm_progress(f"enhancing with {model}", enabled=show_progress) as progress:
             enhanced = enhance(low, model=model, progress=progress)
 
-    body = normal.array > -500.0  # patient, not air: noise measured where there is tissue
+    body = normal.array > BODY_THRESHOLD_HU  # patient, not air: noise measured where there is tissue
     added = low.array - normal.array
     metrics = {
         "psnr_low_vs_normal_db_full_window": psnr(low, normal),
@@ -105,7 +106,7 @@ def run_demo(input_path: Optional[str] = None, dose: float = 0.25, seed: int = 0
     }
     from ..metrics.image import noise_in_uniform_regions, uniform_region_mask
 
-    mask = uniform_region_mask(np.clip(normal.array, -1024, 3071))
+    mask = uniform_region_mask(np.clip(normal.array, HU_MIN, HU_MAX))
     metrics["noise_hu_uniform_tissue_normal"] = noise_in_uniform_regions(normal.array, mask)
     metrics["noise_hu_uniform_tissue_low"] = noise_in_uniform_regions(low.array, mask)
     if enhanced is not None:
