@@ -30,6 +30,9 @@ def roi_noise(out: Volume, ref: Volume, mask: np.ndarray) -> float:
 
 
 QUANTUM_ONLY = ScannerModel(electronic_noise_var=0.0, n_views=360)
+#: A fixed photon count (no calibration to the input's own noise; these phantoms have none):
+#: the physics law itself is tested here, the calibration in test_lowdose_calibration.py.
+FIXED = 1e6
 
 
 # --- physics ---------------------------------------------------------------------------
@@ -39,7 +42,7 @@ def test_noise_grows_like_sqrt_inverse_dose_minus_one_in_water():
     roi = r < 40.0
     sig = {}
     for a in (0.5, 0.25, 0.1):
-        out = simulate_low_dose(vol, a, seed=11, scanner=QUANTUM_ONLY)
+        out = simulate_low_dose(vol, a, photons=FIXED, seed=11, scanner=QUANTUM_ONLY)
         sig[a] = roi_noise(out, vol, roi)
     normalised = {a: s / np.sqrt(1 / a - 1) for a, s in sig.items()}
     ref = normalised[0.5]
@@ -49,11 +52,11 @@ def test_noise_grows_like_sqrt_inverse_dose_minus_one_in_water():
     assert sig[0.1] > sig[0.25] > sig[0.5] > 1.0
 
 
-def test_full_dose_noise_level_scales_with_incident_photons():
+def test_full_dose_noise_level_scales_with_photons():
     vol, r = cylinder(diameter=220.0, nz=2)
     roi = r < 40.0
-    s1 = roi_noise(simulate_low_dose(vol, 0.5, seed=1, scanner=QUANTUM_ONLY), vol, roi)
-    s4 = roi_noise(simulate_low_dose(vol, 0.5, seed=1, scanner=QUANTUM_ONLY.with_(incident_photons=4e6)), vol, roi)
+    s1 = roi_noise(simulate_low_dose(vol, 0.5, photons=FIXED, seed=1, scanner=QUANTUM_ONLY), vol, roi)
+    s4 = roi_noise(simulate_low_dose(vol, 0.5, seed=1, scanner=QUANTUM_ONLY, photons=4e6), vol, roi)
     assert s1 / s4 == pytest.approx(2.0, rel=0.1)  # std ~ 1/sqrt(I0)
 
 
@@ -61,7 +64,7 @@ def test_mean_hu_preserved_in_soft_tissue():
     vol, r = cylinder(diameter=260.0, hu=40.0, nz=2)
     roi = r < 60.0
     for a in (0.25, 0.1):
-        out = simulate_low_dose(vol, a, seed=5, scanner=ScannerModel(n_views=360))
+        out = simulate_low_dose(vol, a, photons=FIXED, seed=5, scanner=ScannerModel(n_views=360))
         assert abs(float(out.array[:, roi].mean()) - 40.0) < 5.0
         assert abs(float(out.array[:, r > 150].mean()) + 1000.0) < 5.0  # air stays air
 
@@ -74,8 +77,8 @@ def test_electronic_noise_adds_more_noise_in_photon_starved_rays():
     ratios = {}
     for var_e in (0.0, 10.0):
         sc = ScannerModel(electronic_noise_var=var_e, n_views=360, incident_photons=1e6)
-        hi = roi_noise(simulate_low_dose(vol, 0.5, seed=2, scanner=sc), vol, roi)
-        lo = roi_noise(simulate_low_dose(vol, 0.05, seed=2, scanner=sc), vol, roi)
+        hi = roi_noise(simulate_low_dose(vol, 0.5, photons=FIXED, seed=2, scanner=sc), vol, roi)
+        lo = roi_noise(simulate_low_dose(vol, 0.05, photons=FIXED, seed=2, scanner=sc), vol, roi)
         ratios[var_e] = lo / hi
     print("std(5%)/std(50%):", ratios, "quantum law:", law)
     assert abs(ratios[0.0] / law - 1) < 0.15
@@ -94,14 +97,15 @@ def test_tube_current_modulation_reduces_noise_in_an_elliptical_body():
     res = {}
     for m in (0.0, 0.5):
         sc = ScannerModel(n_views=360, tube_current_modulation=m)
-        out = simulate_low_dose(vol, 0.1, seed=8, scanner=sc)
+        out = simulate_low_dose(vol, 0.1, photons=FIXED, seed=8, scanner=sc)
         res[m] = (roi_noise(out, vol, roi), float(out.array[:, roi].mean()))
     print("oval, 10% dose, (noise, mean) without/with modulation:", res)
     assert res[0.5][0] < 0.95 * res[0.0][0]
     assert abs(res[0.5][1] - 40.0) < 5.0
     disk, r = cylinder(n=128, px=2.0, diameter=220.0, nz=1)
-    a = simulate_low_dose(disk, 0.25, seed=1, scanner=ScannerModel(n_views=180, tube_current_modulation=0))
-    b = simulate_low_dose(disk, 0.25, seed=1, scanner=ScannerModel(n_views=180))
+    a = simulate_low_dose(disk, 0.25, photons=FIXED,
+                          seed=1, scanner=ScannerModel(n_views=180, tube_current_modulation=0))
+    b = simulate_low_dose(disk, 0.25, photons=FIXED, seed=1, scanner=ScannerModel(n_views=180))
     assert roi_noise(b, disk, r < 50) == pytest.approx(roi_noise(a, disk, r < 50), rel=0.05)
 
 
@@ -112,22 +116,22 @@ def test_full_dose_returns_input_and_input_is_never_modified():
     same = simulate_low_dose(vol, 1.0, seed=0)
     np.testing.assert_array_equal(same.array, before)
     assert same.array is not vol.array and same.same_geometry(vol)
-    low = simulate_low_dose(vol, 0.25, seed=0)
+    low = simulate_low_dose(vol, 0.25, photons=FIXED, seed=0)
     np.testing.assert_array_equal(vol.array, before)
     assert low.same_geometry(vol) and low.array.dtype == np.float32
     assert "simulate_low_dose(dose_fraction=0.25" in low.metadata["history"][-1]
     assert "history" not in vol.metadata and low.metadata["dicom"] == {"PatientID": "x"}
     # near-full dose: tiny change (the noise vanishes continuously)
-    near = simulate_low_dose(vol, 0.999, seed=0, scanner=ScannerModel(n_views=90))
+    near = simulate_low_dose(vol, 0.999, photons=FIXED, seed=0, scanner=ScannerModel(n_views=90))
     assert np.abs(near.array - before).max() < 20 and np.abs(near.array - before).std() < 1.0
 
 
 def test_seeded_determinism():
     vol, _ = cylinder(n=64, px=4.0, nz=2)
     sc = ScannerModel(n_views=90)
-    a = simulate_low_dose(vol, 0.25, seed=3, scanner=sc)
-    b = simulate_low_dose(vol, 0.25, seed=3, scanner=sc)
-    c = simulate_low_dose(vol, 0.25, seed=4, scanner=sc)
+    a = simulate_low_dose(vol, 0.25, photons=FIXED, seed=3, scanner=sc)
+    b = simulate_low_dose(vol, 0.25, photons=FIXED, seed=3, scanner=sc)
+    c = simulate_low_dose(vol, 0.25, photons=FIXED, seed=4, scanner=sc)
     np.testing.assert_array_equal(a.array, b.array)
     assert not np.array_equal(a.array, c.array)
 
@@ -146,14 +150,16 @@ def test_coarse_forward_projection_matches_exact_one():
     # same inserted-noise level either way
     vol2, r = cylinder(n=128, px=2.0, diameter=220.0, nz=2)
     sc = ScannerModel(n_views=180)
-    s1 = roi_noise(simulate_low_dose(vol2, 0.25, seed=0, scanner=sc, projection_downsample=1), vol2, r < 50)
-    s2 = roi_noise(simulate_low_dose(vol2, 0.25, seed=0, scanner=sc, projection_downsample=2), vol2, r < 50)
+    s1 = roi_noise(simulate_low_dose(vol2, 0.25, photons=FIXED,
+                                     seed=0, scanner=sc, projection_downsample=1), vol2, r < 50)
+    s2 = roi_noise(simulate_low_dose(vol2, 0.25, photons=FIXED,
+                                     seed=0, scanner=sc, projection_downsample=2), vol2, r < 50)
     assert s2 == pytest.approx(s1, rel=0.05)
     # non-square slices (rows != columns, odd sizes): the coarse grid stays aligned
     rect = Volume(vol2.array[:, 14:113, 4:124], spacing=(2.0, 2.0, 2.0))
     rr = r[14:113, 4:124] < 50
-    s3 = roi_noise(simulate_low_dose(rect, 0.25, seed=0, scanner=sc, projection_downsample=1), rect, rr)
-    s4 = roi_noise(simulate_low_dose(rect, 0.25, seed=0, scanner=sc), rect, rr)
+    s3 = roi_noise(simulate_low_dose(rect, 0.25, photons=FIXED, seed=0, scanner=sc, projection_downsample=1), rect, rr)
+    s4 = roi_noise(simulate_low_dose(rect, 0.25, photons=FIXED, seed=0, scanner=sc), rect, rr)
     assert s4 == pytest.approx(s3, rel=0.05) and s3 == pytest.approx(s1, rel=0.1)
     mu_r = np.clip(0.0192 * (1 + rect.array[0] / 1000.0), 0, None)
     e_r = _ParallelBeam(99, 120, 90, "hann", 1).project_coarse(mu_r)
@@ -166,7 +172,8 @@ def test_coarse_forward_projection_matches_exact_one():
 def test_progress_is_monotonic_and_ends_at_one():
     vol, _ = cylinder(n=48, px=5.0, nz=4)
     seen = []
-    simulate_low_dose(vol, 0.5, seed=0, scanner=ScannerModel(n_views=60), progress=lambda f, m: seen.append((f, m)))
+    simulate_low_dose(vol, 0.5, photons=FIXED,
+                      seed=0, scanner=ScannerModel(n_views=60), progress=lambda f, m: seen.append((f, m)))
     fracs = [f for f, _ in seen]
     assert fracs == sorted(fracs) and fracs[0] == 0.0 and fracs[-1] == 1.0 and len(fracs) == 5
     assert all(isinstance(m, str) for _, m in seen)
@@ -180,7 +187,7 @@ def test_cancel_before_and_during_a_slice():
     ev = threading.Event()
     ev.set()
     with pytest.raises(Cancelled, match="cancelled"):
-        simulate_low_dose(vol, 0.5, cancel=ev)
+        simulate_low_dose(vol, 0.5, photons=FIXED, cancel=ev)
     with pytest.raises(Cancelled):
         degrade_resolution(vol, 2, cancel=ev)
 
@@ -194,7 +201,7 @@ def test_cancel_before_and_during_a_slice():
 
     seen = []
     with pytest.raises(Cancelled):
-        simulate_low_dose(vol, 0.5, cancel=FlipsAfter(2), progress=lambda f, m: seen.append(f),
+        simulate_low_dose(vol, 0.5, photons=FIXED, cancel=FlipsAfter(2), progress=lambda f, m: seen.append(f),
                           scanner=ScannerModel(n_views=60))
     assert seen == [0.0]  # stopped before the first slice was finished
     # an Event set from the progress callback after slice 1: slice 2 never completes
@@ -206,7 +213,7 @@ def test_cancel_before_and_during_a_slice():
             ev2.set()
 
     with pytest.raises(Cancelled):
-        simulate_low_dose(vol, 0.5, cancel=ev2, progress=prog, scanner=ScannerModel(n_views=60))
+        simulate_low_dose(vol, 0.5, photons=FIXED, cancel=ev2, progress=prog, scanner=ScannerModel(n_views=60))
     assert seen == [0.0, 0.2]
 
 
@@ -315,10 +322,12 @@ def test_real_ct_soft_tissue_noise_and_mean():
         return std, np.mean([d[k][m].mean() for k, m in enumerate(masks)])
 
     # quantum noise alone follows the sqrt(1/a - 1) law in a real body too
-    q_half, _ = inserted(simulate_low_dose(vol, 0.5, seed=0, scanner=ScannerModel(electronic_noise_var=0)))
-    q_quarter, _ = inserted(simulate_low_dose(vol, 0.25, seed=0, scanner=ScannerModel(electronic_noise_var=0)))
+    q_half, _ = inserted(simulate_low_dose(vol, 0.5, photons=FIXED,
+                                           seed=0, scanner=ScannerModel(electronic_noise_var=0)))
+    q_quarter, _ = inserted(simulate_low_dose(vol, 0.25, photons=FIXED,
+                                              seed=0, scanner=ScannerModel(electronic_noise_var=0)))
     # the default scanner (electronic noise on): mean kept, noise up, more than quantum alone
-    low = simulate_low_dose(vol, 0.25, seed=0)
+    low = simulate_low_dose(vol, 0.25, photons=FIXED, seed=0)
     e_quarter, shift = inserted(low)
     base = np.mean([vol.array[k][m].std() for k, m in enumerate(masks)])
     total = np.mean([low.array[k][m].std() for k, m in enumerate(masks)])

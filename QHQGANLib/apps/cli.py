@@ -91,6 +91,11 @@ def _add_training_commands(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--n-qubits", type=int, default=8)
     p.add_argument("--n-layers", type=int, default=2)
     p.add_argument("--redcnn-width", type=int, default=96)
+    p.add_argument("--redcnn-context", type=int, default=0, choices=(0, 1),
+                   help="RED-CNN's neighbour slices each side: 0 = one slice (published), 1 = 3 slices as HQGAN")
+    p.add_argument("--loss", default="l1-ssim-adv", choices=("l1-ssim-adv", "mse"),
+                   help="l1-ssim-adv (default): L1 + SSIM + adversarial; mse: MSE alone, no critic "
+                        "(RED-CNN's published loss)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output-dir", help="checkpoints, config and losses.jsonl go here")
     p.add_argument("--checkpoint-every", type=int, default=500)
@@ -112,8 +117,8 @@ def _add_training_commands(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--n-qubits", type=int, help="default 8")
     p.add_argument("--n-layers", type=int, help="default 4")
     p.add_argument("--n-circuits", type=int,
-                   help="hqgan/ablation: runs of the circuit (same weights) on independent noise per sample; "
-                        "their n-qubit outputs are concatenated (default 4)")
+                   help="methods with a circuit slot (hqgan and its controls): runs of the block (same weights) "
+                        "on independent noise per sample; their n-qubit outputs are concatenated (default 4)")
     p.add_argument("--n-critic", type=int,
                    help="critic updates per generator update of the WGAN-GP methods (default 2; "
                         "the paper's 5 takes about twice as long)")

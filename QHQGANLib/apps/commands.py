@@ -81,9 +81,19 @@ def cmd_simulate_low_dose(args: argparse.Namespace) -> int:
     check_not_input(args.input, args.output)
     volume = read_volume(args.input, force=args.force, series_uid=args.series_uid)
     with _progress(args, f"simulating {args.dose:.0%} dose") as progress:
-        low = simulate_low_dose(volume, args.dose, seed=args.seed, progress=progress)
+        low = simulate_low_dose(volume, args.dose, seed=args.seed, progress=progress,
+                                reference_noise_hu=args.reference_noise_hu, photons=args.photons)
     write_volume(low, args.output, overwrite=args.overwrite)
     _say(args, f"wrote {args.output}: {low.shape[0]} slice(s) at {args.dose:.0%} of the input dose (seed {args.seed})")
+    info = low.metadata["low_dose"]
+    if args.dose < 1.0:
+        if info["reference_noise_hu"] is None:
+            reference = "input noise not used: a fixed photon count" if args.photons else "input noise unmeasurable"
+        else:
+            reference = (f"target {info['target_inserted_noise_hu']:.1f} HU = sqrt(1/{args.dose:g} - 1) x "
+                         f"{info['reference_noise_hu']:.1f} HU input noise ({info['reference_noise_source']})")
+        _say(args, f"inserted noise {info['inserted_noise_hu']:.1f} HU ({reference}); {info['photons']:.3g} photons; "
+                   f"truncated slices {info['truncation'].get('truncated_slices', 'not checked')}")
     return 0
 
 
@@ -139,6 +149,7 @@ def cmd_train_enhance(args: argparse.Namespace) -> int:
                       ssim_weight=args.ssim_weight, dose_range=(args.dose_min, args.dose_max), seed=args.seed,
                       output_dir=args.output_dir, resume=args.resume, pool_size=args.pool_size,
                       checkpoint_every=args.checkpoint_every, redcnn_width=args.redcnn_width,
+                      redcnn_context=args.redcnn_context, loss=args.loss,
                       n_qubits=args.n_qubits, n_layers=args.n_layers, width=args.width,
                       **_known_fields(TrainConfig, device=args.device, amp=args.amp))
     with _progress(args, f"training {args.arch}") as progress:

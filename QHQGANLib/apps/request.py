@@ -47,6 +47,8 @@ class TaskRequest:
     n_samples: int = option_default("n_samples")
     seed: int = option_default("seed")
     dose: float = option_default("dose")
+    reference_noise_hu: Optional[float] = option_default("reference_noise_hu")
+    photons: Optional[float] = option_default("photons")
 
     def __post_init__(self) -> None:
         task_kind(self.task)  # ValueError for an unknown task
@@ -77,6 +79,8 @@ class TaskRequest:
         attributes: Dict[str, Any] = {"task": self.task}
         if self.task == "simulate-low-dose":
             attributes.update(dose_fraction=self.dose, seed=self.seed)
+            attributes.update({k: v for k, v in (("reference_noise_hu", self.reference_noise_hu),
+                                                 ("photons", self.photons)) if v is not None})
             return attributes
         attributes.update(model=self.model_name(), quantum_backend=self.quantum_backend, device=self.device)
         if self.task == "synthesize":

@@ -19,10 +19,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
-#: ``train-enhance --arch``: the enhancement / super-resolution architectures (QHQGANLib.training.enhancement).
-ENHANCE_ARCHS: Tuple[str, ...] = ("hqgan", "ablation", "redcnn")
-#: ``train-synth --method``: the synthesis methods (QHQGANLib.nn.synthesis.METHODS).
-SYNTH_METHODS: Tuple[str, ...] = ("hqgan", "ablation", "wgan-gp", "dcgan")
+#: ``train-enhance --arch``: the enhancement / super-resolution architectures (QHQGANLib.training.enhancement):
+#: HQGAN, its controls (``mlp-control``: the circuit replaced by a fair MLP; ``no-circuit``: the block
+#: removed; ``bottleneck-ablation``: the legacy 8 -> 1 -> 8 MLP, not a fair control) and RED-CNN.
+ENHANCE_ARCHS: Tuple[str, ...] = ("hqgan", "mlp-control", "no-circuit", "bottleneck-ablation", "redcnn")
+#: ``train-synth --method``: the synthesis methods (QHQGANLib.nn.synthesis.METHODS), the same controls.
+SYNTH_METHODS: Tuple[str, ...] = ("hqgan", "mlp-control", "no-circuit", "bottleneck-ablation", "wgan-gp", "dcgan")
+#: Names of earlier versions, still accepted by ``TrainConfig.arch`` / ``SynthConfig.method`` and
+#: stored in the shipped ``ablation-*`` cards: "ablation" is the legacy bottleneck.
+LEGACY_NAMES: Dict[str, str] = {"ablation": "bottleneck-ablation"}
+#: ``config["arch"]`` of enhancement cards: the architectures and the legacy name.
+_ENHANCE_CARD_ARCHS: Tuple[str, ...] = ENHANCE_ARCHS + ("ablation",)
 
 
 @dataclass(frozen=True)
@@ -50,11 +57,12 @@ class TaskKind:
 #: The tasks, by their CLI command name, in the order the panel lists them.
 KINDS: Dict[str, TaskKind] = {k.name: k for k in (
     TaskKind("enhance", True, "hqgan-enhance", ("hqgan-enhance", "ablation-enhance", "redcnn-enhance"),
-             architectures=ENHANCE_ARCHS, methods=ENHANCE_ARCHS),
+             architectures=_ENHANCE_CARD_ARCHS, methods=ENHANCE_ARCHS),
     TaskKind("super-resolve", True, "hqgan-sr{scale}", ("hqgan-sr{scale}",),
-             architectures=ENHANCE_ARCHS, methods=ENHANCE_ARCHS),
+             architectures=_ENHANCE_CARD_ARCHS, methods=ENHANCE_ARCHS),
     TaskKind("synthesize", False, "hqgan-synth", ("hqgan-synth", "ablation-synth", "wgangp-synth", "dcgan-synth"),
-             architectures=("hqgan-synth", "ablation-synth", "wgan-gp", "dcgan"), methods=SYNTH_METHODS),
+             architectures=("hqgan-synth", "mlp-control-synth", "no-circuit-synth", "bottleneck-ablation-synth",
+                            "wgan-gp", "dcgan", "ablation-synth"), methods=SYNTH_METHODS),
     TaskKind("simulate-low-dose", True),
 )}
 

@@ -121,6 +121,12 @@ def _text(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
+def _check_between(name: str, value: float, low: float, high: float) -> None:
+    """The range check of an optional number (``reference_noise_hu``, ``photons``)."""
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be in [{_text(low)}, {_text(high)}], got {_text(value)}")
+
+
 #: Every task option, by its Python name (also the attribute name of parsed CLI arguments).
 OPTIONS: Dict[str, Option] = {o.name: o for o in (
     Option("model", str, None,
@@ -140,6 +146,14 @@ OPTIONS: Dict[str, Option] = {o.name: o for o in (
     Option("seed", int, 0, minimum=0, maximum=2 ** 31 - 1, help="random seed: same seed, same result"),
     Option("dose", float, 0.25, minimum=0.01, maximum=1.0,
            help="simulated dose as a fraction of the input's dose (0.25 = quarter dose)"),
+    # optional numbers: None (the default) means "decide from the image", so their range is a check,
+    # not minimum/maximum (which the Slicer panel turns into spin boxes with a numeric default)
+    Option("reference_noise_hu", float, None, check=lambda v: _check_between("reference_noise_hu", v, 0.5, 200.0),
+           help="the input's own noise (HU, std in uniform soft tissue) that the simulated dose is calibrated "
+                "to, in [0.5, 200] (default: estimated from the image)"),
+    Option("photons", float, None, check=lambda v: _check_between("photons", v, 1e3, 1e9),
+           help="a fixed incident photon count per 1 mm detector element per view, in [1e3, 1e9]: no "
+                "calibration to the input's noise (1e6 was the fixed default before calibration)"),
 )}
 
 #: The options of each task, in command-line order.
@@ -147,7 +161,7 @@ TASK_OPTIONS: Dict[str, Tuple[str, ...]] = {
     "enhance": ("model", "device", "quantum_backend", "tile_size", "overlap", "tile_batch"),
     "super-resolve": ("model", "device", "quantum_backend", "scale", "tile_size", "overlap", "tile_batch"),
     "synthesize": ("model", "device", "quantum_backend", "n_samples", "seed"),
-    "simulate-low-dose": ("dose", "seed"),
+    "simulate-low-dose": ("dose", "seed", "reference_noise_hu", "photons"),
 }
 
 

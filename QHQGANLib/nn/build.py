@@ -1,5 +1,15 @@
 """Networks from their stored descriptions: what a model card's ``config`` holds and how it is rebuilt.
 
+Architectures (``config["arch"]``): ``hqgan`` and its controls ``mlp-control``, ``no-circuit``,
+``bottleneck-ablation`` (:mod:`QHQGANLib.nn.enhancer`), ``redcnn`` (:mod:`QHQGANLib.nn.baselines`),
+and the synthesis generators (``hqgan-synth``, ``mlp-control-synth``, ... :mod:`QHQGANLib.nn.synthesis`).
+
+Legacy descriptions (cards written before the controls were named) still build the very same
+network: enhancement ``arch "ablation"`` with ``mixer "classical"`` and no ``mlp_hidden`` is the
+8 -> 1 -> 8 bottleneck (``mixer "bottleneck"``, hidden width by the legacy rounding, 1 at 8 qubits
+and 2 layers); synthesis ``arch "ablation-synth"``, ``method "ablation"`` is ``bottleneck-ablation``
+(8 -> 3 -> 8 at 8 qubits, 4 layers); a RED-CNN card without ``context`` is the single-slice one.
+
 Console usage::
 
     >>> from QHQGANLib.nn.build import model_config, build_from_config
@@ -10,30 +20,42 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
+from ..core.kinds import LEGACY_NAMES
 from ..quantum.layer import QuantumLayer
 from .baselines import REDCNN
-from .enhancer import HQGANGenerator
+from .enhancer import ARCH_OF_MIXER, MIXER_OF_ARCH, HQGANGenerator
+from .mixers import LEGACY_MIXERS
+from .synthesis import ARCH_OF_METHOD
 from .synthesis import build_from_config as build_synth_from_config
+
+#: Enhancement architecture names of earlier versions: "ablation" was the bottleneck.
+LEGACY_ENHANCE_ARCHS = LEGACY_NAMES
+_GENERATOR_KEYS = ("task", "context", "width", "n_qubits", "n_layers", "reupload", "mixer", "scale", "mlp_hidden")
 
 
 def model_config(model) -> Dict[str, Any]:
     """The architecture description stored with the weights."""
     if isinstance(model, HQGANGenerator):
-        return {"arch": "hqgan" if model.config.mixer == "quantum" else "ablation", **model.config.to_dict()}
+        return {"arch": ARCH_OF_MIXER[model.config.mixer], **model.config.to_dict()}
     return dict(model.config)
 
 
 def build_from_config(config: Dict[str, Any]):
-    """A freshly initialised network from :func:`model_config`'s description."""
+    """A freshly initialised network from :func:`model_config`'s description (or a legacy one)."""
     arch = config.get("arch")
     if arch == "redcnn":
-        return REDCNN(width=int(config["width"]))
-    if arch in ("hqgan", "ablation"):
-        keys = ("task", "context", "width", "n_qubits", "n_layers", "reupload", "mixer", "scale")
-        return HQGANGenerator(**{k: config[k] for k in keys if k in config})
-    if arch in ("hqgan-synth", "dcgan", "wgan-gp", "ablation-synth"):
+        return REDCNN(width=int(config["width"]), context=int(config.get("context", 0)))
+    arch = LEGACY_ENHANCE_ARCHS.get(arch, arch)
+    if arch in MIXER_OF_ARCH:
+        kwargs = {k: config[k] for k in _GENERATOR_KEYS if k in config}
+        mixer = kwargs.get("mixer", MIXER_OF_ARCH[arch])
+        kwargs["mixer"] = LEGACY_MIXERS.get(mixer, mixer)
+        if kwargs["mixer"] != MIXER_OF_ARCH[arch]:
+            raise ValueError(f"architecture {config.get('arch')!r} with mixer {mixer!r} in the model description")
+        return HQGANGenerator(**kwargs)
+    if arch in set(ARCH_OF_METHOD.values()):
         return build_synth_from_config(config)
-    raise ValueError(f"unknown architecture {arch!r} in the model description")
+    raise ValueError(f"unknown architecture {config.get('arch')!r} in the model description")
 
 
 def set_quantum_backend(model, spec: str) -> None:

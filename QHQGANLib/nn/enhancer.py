@@ -9,13 +9,14 @@
   residual that is added to the input slice (HU in, HU out). With
   ``task="super-resolve"`` the decoder ends in a x2 pixel-shuffle stage and the
   residual is added to the bicubic-upsampled input.
-* ``mixer="classical"`` gives the parameter-matched classical ablation: the
-  quantum layer is replaced by :class:`ClassicalMixer`, a tiny MLP with about as
-  many parameters as the circuit (same input and output sizes, bounded output).
-* :class:`REDCNN`: the residual encoder-decoder CNN of Chen et al. 2017
-  (IEEE TMI 36(12):2524), 5 convolutions and 5 deconvolutions of 5x5 with
-  residual shortcuts; ``width`` is 96 in the paper.
-* :class:`PatchCritic`: a classical patch critic for the WGAN-GP adversarial term.
+* The controls for the circuit (``mixer``, :mod:`QHQGANLib.nn.mixers`; the architecture
+  names in ``ARCH_OF_MIXER``): ``"mlp"`` (arch ``mlp-control``) puts the fair classical MLP
+  in the circuit's place (same widths in and out, hidden width >= ``n_qubits``, at least the
+  circuit's parameters); ``"none"`` (arch ``no-circuit``) removes the whole block, leaving the
+  residual path alone (the network has exactly the :class:`PixelwiseMixer`'s parameters fewer);
+  ``"bottleneck"`` (arch ``bottleneck-ablation``) is the legacy 8 -> 1 -> 8 bottleneck, not a
+  fair control, kept so the shipped ``ablation-enhance`` weights load.
+* RED-CNN is :mod:`QHQGANLib.nn.baselines`; the patch critic :mod:`QHQGANLib.nn.critics`.
 
 All networks take and return HU; internally they work on ``HU / 1000`` (water 0,
 air -1), after clipping the input to [-1024, 3071] HU.
@@ -41,7 +42,11 @@ from torch import nn
 
 from ..quantum.layer import QuantumLayer
 from .common import hu_to_net, net_to_hu
-from .mixers import PixelwiseMixer
+from .mixers import PixelwiseMixer, check_mixer, default_hidden
+
+#: The architecture name (``config["arch"]`` of a model card) of each mixer.
+ARCH_OF_MIXER = {"quantum": "hqgan", "mlp": "mlp-control", "none": "no-circuit", "bottleneck": "bottleneck-ablation"}
+MIXER_OF_ARCH = {arch: mixer for mixer, arch in ARCH_OF_MIXER.items()}
 
 
 @dataclass
@@ -54,8 +59,9 @@ class GeneratorConfig:
     n_qubits: int = 8
     n_layers: int = 2
     reupload: bool = True
-    mixer: str = "quantum"           # "quantum" (HQGAN) or "classical" (ablation)
+    mixer: str = "quantum"           # "quantum" (HQGAN), "mlp", "none" or "bottleneck" (controls)
     scale: int = 2                   # super-resolution factor (task "super-resolve")
+    mlp_hidden: Optional[int] = None  # hidden width of the "mlp" / "bottleneck" mixer (None otherwise)
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -70,7 +76,8 @@ class HQGANGenerator(nn.Module):
 
     def __init__(self, task: str = "enhance", context: int = 1, width: int = 16, n_qubits: int = 8,
                  n_layers: int = 2, reupload: bool = True, mixer: str = "quantum", scale: int = 2,
-                 quantum_backend: str = "torch", quantum_device: str = "default.qubit"):
+                 quantum_backend: str = "torch", quantum_device: str = "default.qubit",
+                 mlp_hidden: Optional[int] = None):
         super().__init__()
         if task not in ("enhance", "super-resolve"):
             raise ValueError(f"task must be 'enhance' or 'super-resolve', got {task!r}")
@@ -78,12 +85,20 @@ class HQGANGenerator(nn.Module):
             raise ValueError("context must be >= 0")
         if task == "super-resolve" and scale not in (2, 4):
             raise ValueError(f"scale must be 2 or 4, got {scale}")
-        self.config = GeneratorConfig(task, context, width, n_qubits, n_layers, reupload, mixer, scale)
+        check_mixer(mixer)
+        if mixer in ("mlp", "bottleneck"):
+            mlp_hidden = int(mlp_hidden) if mlp_hidden is not None else default_hidden(mixer, n_qubits, n_layers)
+        else:
+            mlp_hidden = None  # stored explicitly only where there is an MLP
+        self.config = GeneratorConfig(task, context, width, n_qubits, n_layers, reupload, mixer, scale, mlp_hidden)
         w = width
         self.enc1 = _conv(2 * context + 1, w)
         self.enc2 = _conv(w, 2 * w, stride=2)
         self.enc3 = _conv(2 * w, 4 * w, stride=2)
-        self.mix = PixelwiseMixer(4 * w, n_qubits, n_layers, mixer, reupload, quantum_backend, quantum_device)
+        # "none": no block at all, the encoder's features go straight on (the residual path alone)
+        self.mix = (nn.Identity() if mixer == "none" else
+                    PixelwiseMixer(4 * w, n_qubits, n_layers, mixer, reupload, quantum_backend, quantum_device,
+                                   hidden=mlp_hidden))
         self.bottleneck = _conv(4 * w, 4 * w)
         self.up2 = nn.ConvTranspose2d(4 * w, 2 * w, 2, stride=2)
         self.dec2 = _conv(4 * w, 2 * w)
@@ -113,8 +128,14 @@ class HQGANGenerator(nn.Module):
         """Input height and width must be multiples of this (inference pads to it)."""
         return 4
 
+    @property
+    def arch(self) -> str:
+        """The architecture name of a model card (``hqgan``, ``mlp-control``, ...)."""
+        return ARCH_OF_MIXER[self.config.mixer]
+
     def quantum_layer(self) -> Optional[QuantumLayer]:
-        return self.mix.mixer if isinstance(self.mix.mixer, QuantumLayer) else None
+        mixer = getattr(self.mix, "mixer", None)
+        return mixer if isinstance(mixer, QuantumLayer) else None
 
     def forward(self, stack_hu: torch.Tensor) -> torch.Tensor:
         if stack_hu.dim() != 4 or stack_hu.shape[1] != self.in_slices:

@@ -1,6 +1,6 @@
 """Generators of synthetic CT slices: the hybrid quantum GAN's and its classical rivals'.
 
-Four generators share one classical decoder (4x4 -> 64x64 or 128x128; each stage a nearest
+The generators share one classical decoder (4x4 -> 64x64 or 128x128; each stage a nearest
 x2 resize then a 3x3 convolution, which avoids the checkerboard artefacts of DCGAN's transposed
 convolutions, Odena et al. 2016; ``upsample="transposed"`` gives DCGAN's) and differ only in
 what feeds it:
@@ -9,7 +9,14 @@ what feeds it:
   :class:`~QHQGANLib.quantum.layer.QuantumLayer` (re-uploading, ``<Z_i>`` outputs; one set of
   weights run on each of the ``n_circuits`` noise vectors) -> batch normalisation of the
   ``n_circuits * n_qubits`` features (the circuit's outputs concentrate near 0) -> decoder.
-* ``ablation``: the same with the circuit replaced by a parameter-matched classical MLP.
+* The controls for the circuit: the same network with the circuit's slot filled otherwise
+  (:mod:`QHQGANLib.nn.mixers`): ``mlp-control``: the fair classical MLP (``n_qubits`` -> hidden
+  >= ``n_qubits`` -> ``n_qubits``, at least the circuit's parameters; the hidden width is stored
+  in the config as ``mlp_hidden``); ``no-circuit``: nothing, the noise goes straight to the batch
+  normalisation and the decoder (the circuit's parameters fewer, nothing else changes);
+  ``bottleneck-ablation``: the legacy 8 -> 3 -> 8 MLP (59 parameters against 64 angles), NOT a
+  fair control, kept so the shipped ``ablation-synth`` weights load. ``ablation``, the name
+  those weights were stored under, is still accepted for it (``LEGACY_METHODS``).
 * ``wgan-gp`` (Gulrajani et al. 2017) and ``dcgan`` (Radford et al. 2016): Gaussian ``z``
   (100-d, as published) -> decoder.
 
@@ -34,11 +41,26 @@ import torch
 from torch import nn
 
 from ..core.constants import SYNTH_WINDOW
+from ..core.kinds import LEGACY_NAMES
 
 WINDOW = SYNTH_WINDOW
-METHODS = ("hqgan", "ablation", "wgan-gp", "dcgan")
+METHODS = ("hqgan", "mlp-control", "no-circuit", "bottleneck-ablation", "wgan-gp", "dcgan")
+#: What fills the circuit's slot for the methods that have one (the others feed the decoder Gaussian noise).
+MIXER_OF_METHOD = {"hqgan": "quantum", "mlp-control": "mlp", "no-circuit": "none", "bottleneck-ablation": "bottleneck"}
+#: Names of earlier versions, still accepted: "ablation" was the 8 -> 3 -> 8 bottleneck.
+LEGACY_METHODS = LEGACY_NAMES
 UPSAMPLING = ("resize", "transposed")
-ARCH_OF_METHOD = {"hqgan": "hqgan-synth", "ablation": "ablation-synth", "wgan-gp": "wgan-gp", "dcgan": "dcgan"}
+ARCH_OF_METHOD = {"hqgan": "hqgan-synth", "mlp-control": "mlp-control-synth", "no-circuit": "no-circuit-synth",
+                  "bottleneck-ablation": "bottleneck-ablation-synth", "wgan-gp": "wgan-gp", "dcgan": "dcgan",
+                  "ablation": "ablation-synth"}  # the last: the arch of cards stored under the legacy name
+
+
+def canonical_method(method: str) -> str:
+    """``method`` with a legacy name replaced by the current one; ValueError for an unknown one."""
+    method = LEGACY_METHODS.get(method, method)
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    return method
 
 
 def hu_to_unit(x: np.ndarray) -> np.ndarray:
@@ -82,40 +104,46 @@ class Decoder(nn.Module):
 
 
 class SynthGenerator(nn.Module):
-    """Latent -> (quantum | classical | nothing) -> decoder. ``sample_latent`` draws its noise."""
+    """Latent -> (quantum | classical | nothing) -> decoder. ``sample_latent`` draws its noise.
+
+    ``method``: one of ``METHODS`` (or a legacy name, ``LEGACY_METHODS``); ``mlp_hidden``: the
+    hidden width of the ``mlp-control`` / ``bottleneck-ablation`` MLP (None: the method's rule,
+    :func:`QHQGANLib.nn.mixers.default_hidden`).
+    """
 
     def __init__(self, method: str = "hqgan", size: int = 64, n_qubits: int = 8, n_layers: int = 4,
                  latent_dim: int = 100, width: int = 16, quantum_backend: str = "torch",
-                 upsample: str = "resize", feature_norm: bool = True, n_circuits: int = 4):
+                 upsample: str = "resize", feature_norm: bool = True, n_circuits: int = 4,
+                 mlp_hidden: Optional[int] = None):
         super().__init__()
-        if method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        from .mixers import default_hidden, make_mixer
+
+        method = canonical_method(method)
         if n_circuits < 1:
             raise ValueError(f"n_circuits must be at least 1, got {n_circuits}")
         self.method, self.size = method, size
-        # hqgan/ablation: the mixer (one set of weights) runs on n_circuits independent noise
+        mixer = MIXER_OF_METHOD.get(method)  # None: wgan-gp / dcgan, no slot
+        self.has_slot = mixer is not None
+        if mixer in ("mlp", "bottleneck"):
+            mlp_hidden = int(mlp_hidden) if mlp_hidden is not None else default_hidden(mixer, n_qubits, n_layers)
+        else:
+            mlp_hidden = None
+        # hqgan and its controls: the mixer (one set of weights) runs on n_circuits independent noise
         # vectors per sample; their outputs are concatenated (n_circuits * n_qubits features)
-        self.n_circuits = int(n_circuits) if method in ("hqgan", "ablation") else 1
+        self.n_circuits = int(n_circuits) if self.has_slot else 1
         self.config = {"arch": ARCH_OF_METHOD[method], "method": method, "size": size, "n_qubits": n_qubits,
                        "n_layers": n_layers, "latent_dim": latent_dim, "width": width, "upsample": upsample,
-                       "feature_norm": bool(feature_norm and method in ("hqgan", "ablation")),
-                       "n_circuits": self.n_circuits}
-        if method == "hqgan":
-            from ..quantum.layer import QuantumLayer
-
+                       "feature_norm": bool(feature_norm and self.has_slot),
+                       "n_circuits": self.n_circuits, "mlp_hidden": mlp_hidden}
+        if self.has_slot:
             self.latent_dim = n_qubits * self.n_circuits
-            self.mixer = QuantumLayer(n_qubits, n_layers, outputs="expval", reupload=True, backend=quantum_backend)
-        elif method == "ablation":
-            from .mixers import ClassicalMixer
-
-            self.latent_dim = n_qubits * self.n_circuits
-            self.mixer = ClassicalMixer(n_qubits, target_params=n_layers * n_qubits * 2)
+            self.mixer = make_mixer(mixer, n_qubits, n_layers, mlp_hidden, quantum_backend=quantum_backend)
         else:
             self.latent_dim = latent_dim
             self.mixer = nn.Identity()
         # The circuit's <Z_i> concentrate near 0 (spread ~0.06 for 8 qubits, 4 layers at random
         # angles): standardising each feature over the batch lets the decoder see their variation.
-        # The ablation gets the same normalisation, so the two differ only in the mixer.
+        # The controls get the same normalisation, so they differ from hqgan only in the slot.
         self.features = nn.BatchNorm1d(self.latent_dim) if self.config["feature_norm"] else nn.Identity()
         self.decoder = Decoder(self.latent_dim, size, width, upsample)
 
@@ -123,7 +151,7 @@ class SynthGenerator(nn.Module):
                       device: Optional[torch.device] = None) -> torch.Tensor:
         """``n`` latent vectors drawn with ``generator``, on ``device`` (the generator's device by default)."""
         device = device if device is not None else (generator.device if generator is not None else None)
-        if self.method in ("hqgan", "ablation"):
+        if self.has_slot:
             return torch.rand(n, self.latent_dim, generator=generator, device=device) * math.pi  # circuit angles
         return torch.randn(n, self.latent_dim, generator=generator, device=device)
 
@@ -135,8 +163,10 @@ class SynthGenerator(nn.Module):
 
 def build_from_config(config: Dict):
     """Rebuild a synthesis generator from its stored description (used by ``load_model``)."""
+    hidden = config.get("mlp_hidden")  # absent from legacy cards: the method's rule (their sizing)
     return SynthGenerator(method=config["method"], size=int(config["size"]), n_qubits=int(config["n_qubits"]),
                           n_layers=int(config["n_layers"]), latent_dim=int(config["latent_dim"]),
                           width=int(config["width"]), upsample=str(config.get("upsample", "transposed")),
                           feature_norm=bool(config.get("feature_norm", False)),
-                          n_circuits=int(config.get("n_circuits", 1)))
+                          n_circuits=int(config.get("n_circuits", 1)),
+                          mlp_hidden=None if hidden is None else int(hidden))

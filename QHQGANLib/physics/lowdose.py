@@ -41,46 +41,50 @@ grid (half the views, bins and pixels; ``projection_downsample``) and is interpo
 back: eight times cheaper, and the variance map it gives differs from the exact one only
 at sharp edges.
 
-Noise level and calibration
----------------------------
-The image noise depends on ``I0 x views x bin width`` of *this* simulator's geometry
-(parallel beam, ``n_views`` views over 180 degrees, one detector bin per image pixel),
-and on the reconstruction filter. ``I0`` is given per detector element of width
-``detector_bin_mm`` (at the isocentre); the simulator's bins have the width of the image
-pixel, and they get ``I0 * pixel/detector_bin_mm`` photons, i.e. the photon flux per mm
-of detector is what is conserved. The default ``I0 = 1e6`` was calibrated (see
-``Testing/Benchmarks/bench_lowdose.py``) so that a *full-dose* acquisition of a 320 mm
-water cylinder reconstructed on 0.8 mm pixels with the default Hann filter and 720
-views has about 14 HU of noise in its centre (measured: the inserted noise at dose ``a``
-with ``sigma_e = 0`` is ``sigma_fd * sqrt(1/a - 1)``, so at ``a = 0.5`` it equals the
-full-dose noise ``sigma_fd``; with ``I0 = 3.5e5`` it was 23.8 HU, and the variance scales
-as ``1/I0``); clinical abdomen protocols give 10-15 HU there. ``I0`` absorbs everything
-this 2D model leaves out (slice thickness, bowtie, detector efficiency), so scale it to
-match a given scanner's measured noise: ``sigma_fd ~ 14 HU * sqrt(1e6 / I0)``.
+Noise level: calibrated to the scan's own noise
+-----------------------------------------------
+Dose ``a`` adds noise of std ``sqrt(1/a - 1) x sigma_own`` to a quantum-limited scan, so the
+photon count ``I0`` is *solved for*: ``sigma_own`` is estimated from the image (or given),
+and a pilot on a few slices finds the ``I0`` that inserts that much noise in their uniform
+soft tissue (:mod:`QHQGANLib.physics.calibration`). ``photons=`` fixes ``I0`` instead;
+``photons=1e6`` (the old default) gives ~14 HU of full-dose noise in the centre of a 320 mm
+water cylinder on 0.8 mm pixels (``Testing/Benchmarks/bench_lowdose.py``). ``I0`` is per
+detector element of width ``detector_bin_mm``; the simulator's bins (one per pixel) get
+``I0 * pixel / detector_bin_mm``. A patient larger than the field of view is continued for
+the forward projection (:mod:`QHQGANLib.physics.truncation`).
 
 Console usage::
 
     >>> import QHQGANLib as q
     >>> low = q.simulate_low_dose(ct, dose_fraction=0.25, seed=0)    # quarter dose
+    >>> low.metadata["low_dose"]["inserted_noise_hu"], low.metadata["low_dose"]["reference_noise_hu"]
+    >>> fixed = q.simulate_low_dose(ct, 0.25, seed=0, photons=1e6)    # a fixed photon count
     >>> low10 = q.simulate_low_dose(ct, 0.1, scanner=q.ScannerModel(n_views=1160))
     >>> coarse = q.degrade_resolution(ct, scale=2)                    # 2x coarser pixels
 """
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, replace
-from typing import Callable, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
 from ..core.progress import OperationCancelled, check_cancel, report
 from ..core.volume import Volume, require_finite
+from .calibration import (calibrate_photons, pilot_slices, positive_or_none, reference_noise, rms_in_masks,
+                          sample_slices)
+from .truncation import MODES as TRUNCATION_MODES, plan_extension
 
 ProgressCallback = Callable[[float, str], None]
 
 
 # the shared cancellation error (QHQGANLib.core.progress); ``Cancelled`` kept as a short alias
 Cancelled = OperationCancelled
+
+#: Seed of the calibration pilot's own random stream (combined with ``seed``): deterministic.
+PILOT_SEED = 0x10D05E
 
 
 @dataclass(frozen=True)
@@ -90,36 +94,29 @@ class ScannerModel:
     Attributes
     ----------
     incident_photons:
-        ``I0``, unattenuated photons per detector element (of width
-        ``detector_bin_mm``) per view at full dose (the mean over views when
-        ``tube_current_modulation`` varies it). Literature values for clinical body
-        scans are 1e5-1e6 (e.g. 1e5-2.5e5 in Zeng 2015; Yu 2012 derive the counts of
-        each ray from the scanner's raw data). The default 1e6 gives ~14 HU noise in a
-        320 mm water cylinder at 0.8 mm pixels with this simulator's geometry (module
-        docstring); noise std scales as ``1/sqrt(I0)``.
+        ``I0``, unattenuated photons per detector element (of width ``detector_bin_mm``) per
+        view at full dose (mean over views). Used only when ``simulate_low_dose`` cannot
+        measure the input's own noise (otherwise ``I0`` is calibrated, or ``photons=`` fixes
+        it). 1e6 gives ~14 HU noise in a 320 mm water cylinder at 0.8 mm pixels; clinical body
+        scans are 1e5-1e6 (Zeng 2015); noise std scales as ``1/sqrt(I0)``.
     electronic_noise_var:
         ``sigma_e^2`` in counts^2: variance of the detector's electronic noise per
         measurement. Yu et al. 2012 measured about 10-11 counts^2 on Siemens Definition
         scanners; 0 switches it off (pure quantum noise).
     n_views:
-        Projection angles over 180 degrees (parallel beam). Clinical scanners take
-        ~1000-2300 views per 360 degree rotation; a 360 degree fan-beam scan measures each
-        line twice, so 720 parallel views match about 1440 fan-beam views with the same
-        ``I0``. More views: finer noise texture, more time (linear).
+        Projection angles over 180 degrees (parallel beam); 720 match ~1440 fan-beam views
+        per rotation (clinical: ~1000-2300). More views: finer noise texture, more time.
     detector_bin_mm:
-        Width at the isocentre of the detector element ``I0`` refers to. Siemens Definition:
-        ~1.0 mm at the detector (source-isocentre 595 mm, source-detector 1085 mm), i.e.
-        ~0.55 mm at the isocentre; the default 1.0 mm is a round reference width.
+        Width at the isocentre of the detector element ``I0`` refers to (Siemens Definition:
+        ~0.55 mm); the default 1.0 mm is a round reference width.
     mu_water:
         Linear attenuation coefficient of water in 1/mm at the effective energy of the
         beam: 0.0192/mm at ~70 keV (NIST XCOM), the effective energy of a 120 kVp beam.
     recon_filter:
-        ASTRA FBP filter used to reconstruct the inserted noise ('ram-lak', 'shepp-logan',
-        'cosine', 'hamming', 'hann'...). 'hann' approximates a standard soft-tissue
-        kernel; a sharper filter gives finer, stronger noise (recalibrate ``I0``).
+        ASTRA FBP filter of the inserted noise ('ram-lak', 'shepp-logan', 'cosine', 'hamming',
+        'hann'...): 'hann' approximates a soft-tissue kernel; sharper ones give finer noise.
     min_counts:
-        Counts are clipped below at this small positive value before the log (photon
-        starvation: a real scanner's pre-processing does the same).
+        Counts are clipped below at this value before the log (as a scanner does).
     tube_current_modulation:
         Exponent ``m`` of angular tube-current modulation (automatic exposure control):
         the incident photons of view ``theta`` scale as ``exp(m * p_max(theta))``,
@@ -178,44 +175,50 @@ class _ParallelBeam:
     full (views, bins) grid, computed on an ``f``-times coarser grid and interpolated.
     """
 
-    def __init__(self, ny: int, nx: int, n_views: int, recon_filter: str, downsample: int = 2):
+    def __init__(self, ny: int, nx: int, n_views: int, recon_filter: str, downsample: int = 2,
+                 pad: Tuple[int, int] = (0, 0)):
         import astra
 
         self.astra = astra
         self.ny, self.nx, self.n_views = ny, nx, n_views
+        py, px = pad  # the forward projection sees (ny + 2 py, nx + 2 px) pixels: a truncation model
         self.n_det = int(math.ceil(math.hypot(ny, nx))) + 2
         self.angles = np.linspace(0.0, np.pi, n_views, endpoint=False)
         self.vol_geom = astra.create_vol_geom(ny, nx)
         self.proj_geom = astra.create_proj_geom("parallel", 1.0, self.n_det, self.angles)
         self.projector = astra.create_projector("linear", self.proj_geom, self.vol_geom)
+        self.fwd_projector = self.projector
+        if py or px:  # rays through the padded canvas, detector unchanged
+            ext_geom = astra.create_vol_geom(ny + 2 * py, nx + 2 * px, -nx / 2.0 - px, nx / 2.0 + px,
+                                             -ny / 2.0 - py, ny / 2.0 + py)
+            self.fwd_projector = astra.create_projector("linear", self.proj_geom, ext_geom)
         self.recon_filter = recon_filter
         # coarse forward projector: same physical extent, f-times larger pixels and bins
         self.f = max(1, int(downsample))
         f = self.f
-        self.cny, self.cnx = -(-ny // f), -(-nx // f)
+        self.cny, self.cnx = -(-(ny + 2 * py) // f), -(-(nx + 2 * px) // f)
         self.c_views = -(-n_views // f)
         self.c_det = int(math.ceil(self.n_det / f)) + 2
         ext_y, ext_x = self.cny * f, self.cnx * f  # padded extent (pixels of the fine grid)
-        # the fine grid spans x in [-nx/2, nx/2] (column 0 at min x) and y in [-ny/2, ny/2]
+        # the fine grid spans x in [-nx/2 - px, nx/2 + px] (column 0 at min x) and y likewise
         # (row 0 at max y); the coarse grid is padded at the last row and column
-        x0, y1 = -nx / 2.0, ny / 2.0
+        x0, y1 = -nx / 2.0 - px, ny / 2.0 + py
         self.c_vol_geom = astra.create_vol_geom(self.cny, self.cnx, x0, x0 + ext_x, y1 - ext_y, y1)
         self.c_angles = self.angles[::f]
         self.c_proj_geom = astra.create_proj_geom("parallel", float(f), self.c_det, self.c_angles)
-        kind = "linear"
-        self.c_projector = astra.create_projector(kind, self.c_proj_geom, self.c_vol_geom)
+        self.c_projector = astra.create_projector("linear", self.c_proj_geom, self.c_vol_geom)
         # detector coordinates (fine bins) expressed as coarse-bin indices
         t = np.arange(self.n_det) - (self.n_det - 1) / 2.0
         self._t_idx = t / f + (self.c_det - 1) / 2.0
 
     def close(self) -> None:
-        self.astra.projector.delete([self.projector, self.c_projector])
+        self.astra.projector.delete(list({self.projector, self.fwd_projector, self.c_projector}))
 
     def project_coarse(self, img: np.ndarray) -> np.ndarray:
         astra = self.astra
         f = self.f
         if f == 1:
-            sid, sino = astra.create_sino(np.ascontiguousarray(img, np.float32), self.projector)
+            sid, sino = astra.create_sino(np.ascontiguousarray(img, np.float32), self.fwd_projector)
             astra.data2d.delete(sid)
             return sino.astype(np.float64)
         coarse = _block_mean(img, f).astype(np.float32)
@@ -257,13 +260,20 @@ class _ParallelBeam:
             astra.data2d.delete([sid, rid])
 
 
+def _view_weights(p: np.ndarray, scanner: ScannerModel) -> np.ndarray:
+    """Relative photons of every view under tube-current modulation, mean 1 (same dose): (views, 1)."""
+    if scanner.tube_current_modulation <= 0:
+        return np.ones((p.shape[0], 1))
+    w = scanner.tube_current_modulation * p.max(axis=1)
+    w = np.exp(w - w.max())
+    return (w / w.mean())[:, None]
+
+
 def _noise_sinogram(p: np.ndarray, a: float, scanner: ScannerModel, i0: float,
                     rng: np.random.Generator) -> np.ndarray:
     """``p_ld - p_fd`` for line integrals ``p`` (dimensionless): the extra noise of dose ``a``."""
     if scanner.tube_current_modulation > 0:  # per-view photons, same mean (same dose)
-        w = scanner.tube_current_modulation * p.max(axis=1)
-        w = np.exp(w - w.max())
-        i0 = i0 * (w / w.mean())[:, None]
+        i0 = i0 * _view_weights(p, scanner)
     lam = i0 * np.exp(-p)
     quanta = rng.poisson(lam)
     sigma_e = math.sqrt(scanner.electronic_noise_var)
@@ -297,7 +307,8 @@ def _in_plane_spacing(volume: Volume, what: str) -> float:
 def simulate_low_dose(volume: Volume, dose_fraction: float, seed: Optional[int] = None,
                       scanner: Optional[ScannerModel] = None,
                       progress: Optional[ProgressCallback] = None, cancel=None,
-                      projection_downsample: int = 2) -> Volume:
+                      projection_downsample: int = 2, reference_noise_hu: Optional[float] = None,
+                      photons: Optional[float] = None, truncation: str = "auto") -> Volume:
     """Simulate the same scan at ``dose_fraction`` of its dose (new Volume, same grid).
 
     Parameters
@@ -309,20 +320,34 @@ def simulate_low_dose(volume: Volume, dose_fraction: float, seed: Optional[int] 
     seed:
         Seed of the random generator (``numpy.random.default_rng``); same seed, same result.
     scanner:
-        :class:`ScannerModel` (default: ``ScannerModel()``, 120 kVp clinical CT).
+        :class:`ScannerModel` (default: ``ScannerModel()``, 120 kVp clinical CT). Its
+        ``incident_photons`` is used only with ``photons`` unset and an unmeasurable noise.
     progress:
-        Optional ``progress(fraction, message)`` called after each slice, fraction
-        non-decreasing from 0 to exactly 1. Silent by default.
+        Optional ``progress(fraction, message)`` called after the calibration and after each
+        slice, fraction non-decreasing from 0 to exactly 1. Silent by default.
     cancel:
         Optional object with ``is_set()`` (e.g. ``threading.Event``), checked several times
         per slice; when set, :class:`Cancelled` is raised.
     projection_downsample:
         Grid coarsening of the forward projection that sets the noise variance (1 =
         exact, 2 = default, ~8x cheaper). The FBP of the noise is always at full size.
+    reference_noise_hu:
+        The input's own noise (HU, std in soft tissue); default: estimated from the image
+        (:func:`QHQGANLib.physics.calibration.estimate_noise`).
+    photons:
+        A fixed incident photon count (the unit of ``ScannerModel.incident_photons``): no
+        calibration. ``photons=1e6`` is the behaviour before calibration existed.
+    truncation:
+        ``"auto"``: a patient cut by the field of view is continued for the forward projection
+        (:mod:`QHQGANLib.physics.truncation`); ``"off"``: the image alone.
 
-    Returns a new Volume with the same geometry and metadata plus a ``history`` note.
-    Method, literature and calibration: see the module docstring. ~1 s per 512x512 slice
-    on one CPU core with 720 views.
+    Returns a new Volume (same geometry, metadata plus a ``history`` note) with
+    ``metadata["low_dose"]``: ``dose_fraction``, ``reference_noise_hu`` and its
+    ``reference_noise_source`` ("estimated", "given", "none" with ``photons``, "unmeasurable":
+    no measurable noise, ``scanner.incident_photons`` used, with a warning), ``photons``,
+    ``target_inserted_noise_hu``, ``inserted_noise_hu`` (measured: RMS of output minus input in
+    the soft tissue of ``measured_on_slices``), ``calibration``, ``truncation``. ~1.3 s per
+    512x512 slice (one CPU core, 720 views), plus ~1 s per pilot slice (at most 3).
     """
     require_finite(volume, "simulate_low_dose")
     scanner = ScannerModel() if scanner is None else scanner
@@ -334,35 +359,90 @@ def simulate_low_dose(volume: Volume, dose_fraction: float, seed: Optional[int] 
         raise TypeError(f"dose_fraction must be a number in (0, 1], got {dose_fraction!r}") from None
     if not (np.isfinite(a) and 0.0 < a <= 1.0):
         raise ValueError(f"dose_fraction must be in (0, 1] (1 = full dose, 0.25 = quarter dose), got {dose_fraction!r}")
+    reference = positive_or_none("reference_noise_hu", reference_noise_hu)
+    photons = positive_or_none("photons", photons)
+    if reference is not None and photons is not None:
+        raise ValueError("give reference_noise_hu (calibrate to it) or photons (a fixed count), not both")
+    if truncation not in TRUNCATION_MODES:
+        raise ValueError(f"truncation must be one of {', '.join(TRUNCATION_MODES)}, got {truncation!r}")
     pixel_mm = _in_plane_spacing(volume, "simulate_low_dose")
-    note = (f"simulate_low_dose(dose_fraction={a:g}, seed={seed}, I0={scanner.incident_photons:g}, "
-            f"sigma_e^2={scanner.electronic_noise_var:g}, views={scanner.n_views}, filter={scanner.recon_filter}, "
-            f"tcm={scanner.tube_current_modulation:g})")
     nz, ny, nx = volume.shape
     check_cancel(cancel)
     report(progress, 0.0, "simulating low dose")
+    record: Dict[str, object] = {"dose_fraction": a}
     if a == 1.0:
+        out = volume.with_array(volume.array, note=f"simulate_low_dose(dose_fraction=1, seed={seed}): unchanged")
+        out.metadata["low_dose"] = dict(record, inserted_noise_hu=0.0)
         report(progress, 1.0, "done (full dose: unchanged)")
-        return volume.with_array(volume.array, note=note)
+        return out
+
+    f = max(1, int(projection_downsample))
+    ext = plan_extension(volume.array, pixel_mm, truncation, multiple=f)
+    hu_px = 1000.0 / scanner.mu_water / pixel_mm  # HU per (1/pixel) of reconstructed attenuation
+    bin_ratio = pixel_mm / scanner.detector_bin_mm  # simulated bins get I0 * pixel / detector_bin photons
+
+    def line_integrals(g: _ParallelBeam, k: int) -> np.ndarray:
+        sl = volume.array[k].astype(np.float64)
+        mu_px = np.clip(scanner.mu_water * (1.0 + sl / 1000.0), 0.0, None) * pixel_mm  # 1/pixel
+        return g.project_coarse(ext.attenuation(k, sl, mu_px, scanner.mu_water * pixel_mm))
+
+    measured_on: Optional[Tuple[List[int], List[np.ndarray]]] = None
+    done = 0.0
+    record.update(reference_noise_hu=None, reference_noise_source="none")
+    if photons is None:
+        reference, source, candidates, why = reference_noise(volume.array, pixel_mm, reference)
+        record.update(reference_noise_hu=reference, reference_noise_source=source)
+        if reference is None:
+            warnings.warn(f"simulate_low_dose: {why}; using the scanner's fixed {scanner.incident_photons:g} "
+                          "photons (pass reference_noise_hu= or photons=)", RuntimeWarning, stacklevel=2)
+            photons = scanner.incident_photons
+        else:
+            target = math.sqrt(1.0 / a - 1.0) * reference
+            measured_on = pilot_slices(volume.array, pixel_mm, reference, candidates)
+            n_pilot = min(scanner.n_views, max(60, scanner.n_views // 4))
+            pilot = _ParallelBeam(ny, nx, n_pilot, scanner.recon_filter, f, ext.pad)
+            try:
+                sinos = [line_integrals(pilot, k) for k in measured_on[0]]
+                i0_bin, details = calibrate_photons(
+                    sinos, measured_on[1], lambda s: pilot.fbp(s) * hu_px, lambda p: _view_weights(p, scanner),
+                    lambda p, i0, r: _noise_sinogram(p, a, scanner, i0, r), a, target,
+                    scanner.electronic_noise_var, n_pilot / scanner.n_views,
+                    np.random.default_rng([PILOT_SEED, 0 if seed is None else int(seed)]),
+                    check=lambda: check_cancel(cancel))
+            finally:
+                pilot.close()
+            photons = i0_bin / bin_ratio
+            first = details.pop("first_order_photons_per_ray") / bin_ratio
+            record.update(target_inserted_noise_hu=target, calibration=dict(
+                details, first_order_photons=first, pilot_slices=measured_on[0], pilot_views=n_pilot))
+            done = 0.75 * len(measured_on[0]) / (0.75 * len(measured_on[0]) + nz)
+            report(progress, done, f"calibrated: {photons:.3g} photons for +{target:.1f} HU")
 
     rng = np.random.default_rng(seed)
-    i0_bin = scanner.incident_photons * pixel_mm / scanner.detector_bin_mm
-    hu_per_mu = 1000.0 / scanner.mu_water
-    geom = _ParallelBeam(ny, nx, scanner.n_views, scanner.recon_filter, projection_downsample)
+    i0_bin = photons * bin_ratio
+    note = (f"simulate_low_dose(dose_fraction={a:g}, seed={seed}, I0={photons:.4g}, reference noise "
+            f"{'none' if reference is None else f'{reference:.2f} HU'} ({record['reference_noise_source']}), "
+            f"sigma_e^2={scanner.electronic_noise_var:g}, views={scanner.n_views}, filter={scanner.recon_filter}, "
+            f"tcm={scanner.tube_current_modulation:g}, truncation={truncation})")
+    geom = _ParallelBeam(ny, nx, scanner.n_views, scanner.recon_filter, f, ext.pad)
     out = np.empty_like(volume.array)
     try:
         for k in range(nz):
             check_cancel(cancel)
-            sl = volume.array[k].astype(np.float64)
-            mu_px = np.clip(scanner.mu_water * (1.0 + sl / 1000.0), 0.0, None) * pixel_mm  # 1/pixel
-            p = geom.project_coarse(mu_px)  # dimensionless line integrals
+            p = line_integrals(geom, k)  # dimensionless line integrals
             check_cancel(cancel)
             delta = _noise_sinogram(p, a, scanner, i0_bin, rng)
             check_cancel(cancel)
-            dmu = geom.fbp(delta) / pixel_mm  # 1/mm
-            out[k] = volume.array[k] + (hu_per_mu * dmu).astype(np.float32)
-            report(progress, (k + 1) / nz, f"slice {k + 1}/{nz}")
+            out[k] = volume.array[k] + (geom.fbp(delta) * hu_px).astype(np.float32)
+            report(progress, done + (1.0 - done) * (k + 1) / nz, f"slice {k + 1}/{nz}")
     finally:
         geom.close()
     check_cancel(cancel)
-    return volume.with_array(out, note=note)
+    if measured_on is None:
+        measured_on = pilot_slices(volume.array, pixel_mm, None, sample_slices(nz, ny * nx))
+    diffs = [out[k].astype(np.float64) - volume.array[k] for k in measured_on[0]]
+    record.update(photons=float(photons), inserted_noise_hu=rms_in_masks(diffs, measured_on[1]),
+                  measured_on_slices=list(measured_on[0]), truncation=ext.info)
+    low = volume.with_array(out, note=note)
+    low.metadata["low_dose"] = record
+    return low

@@ -1,11 +1,20 @@
-"""Training of the enhancement and super-resolution generators (HQGAN, its ablation, RED-CNN).
+"""Training of the enhancement and super-resolution generators (HQGAN, its controls, RED-CNN).
 
 Pairs are made from normal-dose CT with the physics simulator (:mod:`QHQGANLib.training.pairs`).
 
-Loss = L1 + ``ssim_weight`` x (1 - SSIM) + ``adv_weight`` x adversarial term of a
-classical patch critic trained with WGAN-GP (Gulrajani et al. 2017: gradient
-penalty 10, ``critic_steps`` critic updates per generator update). ``adv_weight=0``
-is pure regression.
+Architectures (``arch``, ``ARCHS``): ``hqgan``; its controls ``mlp-control`` (the circuit
+replaced by a fair classical MLP), ``no-circuit`` (the quantum block removed) and
+``bottleneck-ablation`` (the legacy 8 -> 1 -> 8 MLP, not a fair control; ``"ablation"`` is
+still accepted for it, the name the shipped ``ablation-enhance`` was trained under); and
+``redcnn`` (``redcnn_context`` 0: one slice, as published; 1: the 3 slices HQGAN sees).
+
+Loss (``loss``): ``"l1-ssim-adv"`` (default) = L1 + ``ssim_weight`` x (1 - SSIM) +
+``adv_weight`` x adversarial term of a classical patch critic trained with WGAN-GP
+(Gulrajani et al. 2017: gradient penalty 10, ``critic_steps`` critic updates per generator
+update; ``adv_weight=0`` is pure regression). ``"mse"``: the published RED-CNN recipe (Chen et
+al. 2017), mean squared error alone (in units of 1000 HU), no critic trained; ``ssim_weight``
+and ``adv_weight`` are then unused. The published recipe for RED-CNN is
+``TrainConfig(arch="redcnn", loss="mse", redcnn_width=96, lr=1e-4)``.
 
 The loop, checkpoints, loss log and exact resume are :func:`QHQGANLib.training.loop.run_loop`'s;
 this module gives it one update (:class:`EnhancerStep`). Seeded and deterministic on the CPU (same
@@ -41,19 +50,21 @@ from ..core.volume import Volume
 from ..nn.baselines import REDCNN
 from ..nn.common import count_parameters
 from ..nn.critics import PatchCritic
-from ..nn.enhancer import HQGANGenerator
+from ..nn.build import LEGACY_ENHANCE_ARCHS
+from ..nn.enhancer import MIXER_OF_ARCH, HQGANGenerator
 from .distributed import gather_from_ranks, setup_distributed, unwrap, wrap_ddp
 from .loop import Precision, resume_state, run_loop
 from .losses import gradient_penalty, ssim_loss
 from .pairs import PairPool
 
 
-ARCHS = ("hqgan", "ablation", "redcnn")
+ARCHS = ("hqgan", "mlp-control", "no-circuit", "bottleneck-ablation", "redcnn")
+LOSSES = ("l1-ssim-adv", "mse")
 
 
 @dataclass
 class TrainConfig:
-    arch: str = "hqgan"                  # "hqgan", "ablation" (classical mixer) or "redcnn"
+    arch: str = "hqgan"                  # ARCHS ("ablation": the legacy name of "bottleneck-ablation")
     task: str = "enhance"                # "enhance" or "super-resolve"
     steps: int = 2000
     batch_size: int = 16
@@ -69,11 +80,14 @@ class TrainConfig:
     pool_size: int = 4                   # low-dose realisations per training volume
     refresh_every: int = 250             # re-simulate one realisation every N steps
     seed: int = 0
-    context: int = 1                     # neighbour slices each side (hqgan/ablation)
+    context: int = 1                     # neighbour slices each side (hqgan and its controls)
     width: int = 16
     n_qubits: int = 8
     n_layers: int = 2
+    mlp_hidden: Optional[int] = None     # mlp-control / bottleneck-ablation: hidden width (None: their rule)
     redcnn_width: int = 96
+    redcnn_context: int = 0              # RED-CNN: 0 = one slice (published), 1 = 3 slices (as HQGAN)
+    loss: str = "l1-ssim-adv"            # LOSSES: "l1-ssim-adv" or "mse" (RED-CNN's published loss, no critic)
     checkpoint_every: int = 500
     output_dir: Optional[str] = None
     resume: bool = False
@@ -85,16 +99,25 @@ class TrainConfig:
         return asdict(self)
 
 
+def canonical_arch(arch: str) -> str:
+    """``arch`` with a legacy name replaced by the current one; ValueError for an unknown one."""
+    arch = LEGACY_ENHANCE_ARCHS.get(arch, arch)
+    if arch not in ARCHS:
+        raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
+    return arch
+
+
 def build_model(cfg: TrainConfig) -> nn.Module:
-    if cfg.arch not in ARCHS:
-        raise ValueError(f"arch must be one of {ARCHS}, got {cfg.arch!r}")
-    if cfg.arch == "redcnn":
+    arch = canonical_arch(cfg.arch)
+    if cfg.loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, got {cfg.loss!r}")
+    if arch == "redcnn":
         if cfg.task != "enhance":
             raise ValueError("RED-CNN is a denoiser: task must be 'enhance'")
-        return REDCNN(width=cfg.redcnn_width)
+        return REDCNN(width=cfg.redcnn_width, context=cfg.redcnn_context)
     return HQGANGenerator(task=cfg.task, context=cfg.context, width=cfg.width, n_qubits=cfg.n_qubits,
-                          n_layers=cfg.n_layers, mixer="quantum" if cfg.arch == "hqgan" else "classical",
-                          scale=cfg.scale)
+                          n_layers=cfg.n_layers, mixer=MIXER_OF_ARCH[arch], scale=cfg.scale,
+                          mlp_hidden=cfg.mlp_hidden)
 
 
 def model_context(model: nn.Module) -> int:
@@ -102,7 +125,8 @@ def model_context(model: nn.Module) -> int:
 
 
 #: TrainConfig fields that must match to resume from a checkpoint (they shape the networks).
-RESUME_KEYS = ("arch", "task", "context", "width", "n_qubits", "n_layers", "redcnn_width", "scale")
+RESUME_KEYS = ("arch", "task", "context", "width", "n_qubits", "n_layers", "mlp_hidden", "redcnn_width",
+               "redcnn_context", "scale", "loss")
 
 
 class EnhancerStep:
@@ -127,7 +151,8 @@ class EnhancerStep:
             self.pool.refresh(step)
         x, y = (t.to(self.device, non_blocking=True) for t in self.pool.batch(cfg.batch_size))
         stats: Dict[str, float] = {}
-        if cfg.adv_weight > 0:
+        adversarial = cfg.loss != "mse" and cfg.adv_weight > 0  # "mse": no critic is trained
+        if adversarial:
             for _ in range(cfg.critic_steps):
                 with torch.no_grad(), amp.autocast():
                     fake = self.gen_train(x).float()
@@ -141,18 +166,22 @@ class EnhancerStep:
             out = self.gen_train(x)
         out = out.float()
         l1 = F.l1_loss(out, y) / 1000.0  # in units of 1000 HU
-        loss = l1
-        if cfg.ssim_weight > 0:
+        if cfg.loss == "mse":  # RED-CNN's published loss: MSE alone
+            loss = F.mse_loss(out / 1000.0, y / 1000.0)
+            stats["mse"] = float(loss.detach())
+        else:
+            loss = l1
+        if cfg.ssim_weight > 0 and cfg.loss != "mse":
             s = ssim_loss(out, y)
             loss = loss + cfg.ssim_weight * s
             stats["ssim_loss"] = float(s.detach())
-        if cfg.adv_weight > 0:
+        if adversarial:
             with amp.autocast():
                 adv = -self.critic_train(out).float().mean()
             loss = loss + cfg.adv_weight * adv
             stats["adv"] = float(adv.detach())
         amp.step(loss, self.opt_g, self.scaler_g)
-        stats["l1_hu"] = float(l1.detach()) * 1000.0
+        stats["l1_hu"] = float(l1.detach()) * 1000.0  # logged for every loss, to compare runs
         stats["loss"] = float(loss.detach())
         return stats
 

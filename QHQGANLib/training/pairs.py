@@ -1,6 +1,7 @@
 """Training pairs for enhancement and super-resolution, made from normal-dose CT by the physics simulator.
 
-A pool of low-dose realisations (dose fractions drawn from ``dose_range``) or, for
+A pool of low-dose realisations (dose fractions drawn from ``dose_range``; each volume's photon
+count calibrated once to the scan's own noise, :mod:`QHQGANLib.physics.calibration`) or, for
 super-resolution, ``degrade_resolution`` copies, from which random patches are cut, flipped
 and rotated. The pool is partly re-simulated every ``refresh_every`` steps, so the network
 keeps seeing new noise.
@@ -13,7 +14,9 @@ Console usage::
 """
 from __future__ import annotations
 
-from typing import Callable, List, Optional, Sequence, Tuple
+import hashlib
+from collections import OrderedDict
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -23,6 +26,21 @@ from ..core.progress import check_cancel, report
 from ..core.volume import Volume, slab
 from ..physics.lowdose import simulate_low_dose
 from ..physics.resolution import degrade_resolution
+
+
+#: Low-dose realisations and photon counts already simulated in this process, keyed by the volume's
+#: identity and the simulation's arguments: the runs of a learning-rate sweep (same volumes, same
+#: seeds) build the same pool, and each realisation costs seconds per 512x512 slice.
+_SIMULATIONS: "OrderedDict[tuple, np.ndarray]" = OrderedDict()
+_PHOTONS: Dict[tuple, float] = {}
+_CACHE_SIZE = 48
+
+
+def _volume_key(volume: Volume) -> tuple:
+    """The voxels' content hash and the geometry the simulation depends on (not the object's identity,
+    which Python may reuse for another volume)."""
+    digest = hashlib.sha1(memoryview(np.ascontiguousarray(volume.array)).cast("B")).hexdigest()
+    return (digest, volume.shape, tuple(round(s, 6) for s in volume.spacing))
 
 
 class PairPool:
@@ -42,6 +60,7 @@ class PairPool:
         self.cfg, self.context, self.seed_key = cfg, context, list(seed_key)
         self.rng = np.random.default_rng(self.seed_key)  # replaced by the training stream
         self.volumes = list(volumes)
+        self._keys = [_volume_key(v) for v in self.volumes] if cfg.task != "super-resolve" else []
         self.targets = [np.clip(v.array, HU_MIN, HU_MAX) for v in volumes]
         self.inputs: List[List[np.ndarray]] = []
         if cfg.task == "super-resolve":
@@ -70,11 +89,34 @@ class PairPool:
         r = np.random.default_rng(self.seed_key + [2, step])
         return int(r.integers(len(self.volumes))), int(r.integers(self.cfg.pool_size))
 
+    def _photons(self, i: int) -> float:
+        """The incident photon count of volume ``i``'s scan, calibrated once to its own noise.
+
+        A dose reduction scales the photons of one scanner and patient, so every realisation of a
+        volume, whatever its dose, uses the same calibrated count (the same for every rank and
+        on resume: the calibration is seeded by the volume's index alone).
+        """
+        key = self._keys[i] + (i,)
+        if key not in _PHOTONS:
+            calibrated = simulate_low_dose(self.volumes[i], 0.25, seed=i)
+            _PHOTONS[key] = float(calibrated.metadata["low_dose"]["photons"])
+        return _PHOTONS[key]
+
     def _simulate(self, i: int, j: int, step: Optional[int]) -> np.ndarray:
         key = self.seed_key + ([1, i, j] if step is None else [3, step])
         r = np.random.default_rng(key)
         dose = float(r.uniform(*self.cfg.dose_range))
-        return simulate_low_dose(self.volumes[i], dose, seed=int(r.integers(2**31))).array
+        seed, photons = int(r.integers(2**31)), self._photons(i)
+        key = self._keys[i] + (dose, seed, photons)
+        if key in _SIMULATIONS:
+            _SIMULATIONS.move_to_end(key)
+            return _SIMULATIONS[key]
+        array = simulate_low_dose(self.volumes[i], dose, seed=seed, photons=photons).array
+        array.setflags(write=False)  # shared between pools: never modified
+        _SIMULATIONS[key] = array
+        while len(_SIMULATIONS) > _CACHE_SIZE:
+            _SIMULATIONS.popitem(last=False)
+        return array
 
     def refresh(self, step: int) -> None:
         """Re-simulate the realisation that ``step`` picks (enhancement only)."""

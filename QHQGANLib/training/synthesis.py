@@ -1,4 +1,9 @@
-"""Training of the synthesis generators (:mod:`QHQGANLib.nn.synthesis`): HQGAN, its ablation, WGAN-GP, DCGAN.
+"""Training of the synthesis generators (:mod:`QHQGANLib.nn.synthesis`): HQGAN, its controls, WGAN-GP, DCGAN.
+
+Methods (``METHODS``): ``hqgan``; its controls ``mlp-control`` (the circuit replaced by a fair
+classical MLP), ``no-circuit`` (the noise straight to the batch norm and decoder) and
+``bottleneck-ablation`` (the legacy 8 -> 3 -> 8 MLP, not a fair control; ``"ablation"`` is still
+accepted for it); ``wgan-gp``; ``dcgan``.
 
 The same for every method: left-right flips of the training slices, DiffAugment
 (random translation, optionally cutout) of real and generated images before the critic
@@ -41,7 +46,7 @@ from torch import nn
 from ..core.progress import check_cancel
 from ..core.volume import Volume
 from ..nn.critics import Critic
-from ..nn.synthesis import METHODS, SynthGenerator, hu_to_unit
+from ..nn.synthesis import SynthGenerator, canonical_method, hu_to_unit
 from .augment import diff_augment, parse_diffaugment
 from .distributed import broadcast_buffers, gather_from_ranks, setup_distributed, unwrap, wrap_ddp
 from .loop import Precision, resume_state, run_loop
@@ -58,7 +63,7 @@ class SynthConfig:
     seed: int = 0
     n_qubits: int = 8
     n_layers: int = 4
-    latent_dim: int = 100              # for wgan-gp / dcgan (published); hqgan/ablation use n_qubits
+    latent_dim: int = 100              # for wgan-gp / dcgan (published); hqgan and its controls use n_qubits
     width: int = 16                    # decoder channels at the last stage (x8 at 4x4)
     lr_g: Optional[float] = None       # None: the method's default (see _default_lrs)
     lr_d: Optional[float] = None
@@ -67,8 +72,9 @@ class SynthConfig:
     augment: bool = True               # flips (left-right) of training slices
     diffaugment: str = "translation"   # differentiable augmentation of real and fake critic inputs
     upsample: str = "resize"           # decoder upsampling: "resize" (+conv) or "transposed" (DCGAN)
-    feature_norm: bool = True          # hqgan/ablation: batch-normalise the mixer's outputs
-    n_circuits: int = 4                # hqgan/ablation: circuit runs (shared weights) on independent noise
+    feature_norm: bool = True          # hqgan and its controls: batch-normalise the mixer's outputs
+    n_circuits: int = 4                # hqgan and its controls: circuit runs (shared weights) on independent noise
+    mlp_hidden: Optional[int] = None   # mlp-control / bottleneck-ablation: hidden width (None: their rule)
     ema_decay: float = 0.99            # returned generator: exponential moving average of the weights (0: off)
     output_dir: Optional[str] = None
     checkpoint_every: int = 500        # with output_dir: checkpoint.pt every this many updates and at the end
@@ -103,7 +109,7 @@ def _update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
 
 #: SynthConfig fields that must match to resume from a checkpoint (they shape the networks or the data).
 RESUME_KEYS = ("method", "size", "n_qubits", "n_layers", "latent_dim", "width", "upsample", "feature_norm",
-               "n_circuits", "batch_size", "seed", "ema_decay")
+               "n_circuits", "mlp_hidden", "batch_size", "seed", "ema_decay")
 
 
 def _rank_seed(seed: int, rank: int) -> int:
@@ -221,8 +227,7 @@ def train_synth(cfg: SynthConfig, volumes: Optional[Sequence[Volume]] = None,
     Returns the generator (its exponential moving average with ``ema_decay`` > 0) in eval mode,
     on the training device (``cfg.device``), with ``training_seconds`` set.
     """
-    if cfg.method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {cfg.method!r}")
+    canonical_method(cfg.method)  # ValueError naming METHODS for an unknown one
     if not 0.0 <= cfg.ema_decay < 1.0:
         raise ValueError(f"ema_decay must be in [0, 1), got {cfg.ema_decay}")
     parse_diffaugment(cfg.diffaugment)
@@ -238,7 +243,8 @@ def train_synth(cfg: SynthConfig, volumes: Optional[Sequence[Volume]] = None,
     data = torch.from_numpy(hu_to_unit(slices).astype(np.float32))[:, None].to(device)
 
     gen = SynthGenerator(cfg.method, cfg.size, cfg.n_qubits, cfg.n_layers, cfg.latent_dim, cfg.width,
-                         upsample=cfg.upsample, feature_norm=cfg.feature_norm, n_circuits=cfg.n_circuits).to(device)
+                         upsample=cfg.upsample, feature_norm=cfg.feature_norm, n_circuits=cfg.n_circuits,
+                         mlp_hidden=cfg.mlp_hidden).to(device)
     critic = Critic(cfg.size, cfg.width, batch_norm=(cfg.method == "dcgan")).to(device)
     task = SynthStep(cfg, data, gen, critic, device, rank, world)
     start = 0

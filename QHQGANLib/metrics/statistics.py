@@ -1,0 +1,174 @@
+"""Statistics for comparing two methods on the same items, and for the spread over training seeds.
+
+``paired_difference(a, b)`` compares two methods scored on the same items (slices, patients):
+the per-item differences ``a - b`` are resampled with SciPy's ``scipy.stats.bootstrap``
+(BCa by default), which gives a confidence interval of their mean. The verdict says
+"A better" or "B better" only when the interval excludes 0; otherwise "no measurable
+difference" (with ``higher_is_better`` saying which sign is better: PSNR and SSIM higher,
+RMSE and noise lower). Pairing matters: the variation between items (an easy slice is easy
+for both methods) cancels in the difference.
+
+``seed_summary(values)`` summarises one figure over training seeds (mean, sample std, min,
+max, n); ``markdown_row`` writes either result as a row of a markdown table (headers in
+``PAIRED_HEADER`` and ``SEED_HEADER``).
+
+Console usage::
+
+    >>> from QHQGANLib.metrics.statistics import PAIRED_HEADER, markdown_row, paired_difference, seed_summary
+    >>> model, bm3d = [30.1, 31.0, 29.5, 32.2, 30.8], [29.0, 30.2, 29.1, 31.0, 30.5]   # PSNR per slice
+    >>> r = paired_difference(model, bm3d)
+    >>> round(r["mean_difference"], 2), round(r["ci_low"], 2), round(r["ci_high"], 2), r["verdict"]
+    (0.76, 0.44, 1.06, 'A better')
+    >>> print(PAIRED_HEADER); print(markdown_row("HQGAN vs BM3D, PSNR (dB)", r))
+    | comparison | n | mean difference (A - B) | CI | verdict |
+    |---|---|---|---|---|
+    | HQGAN vs BM3D, PSNR (dB) | 5 | +0.76 | [0.44, 1.06] (95 % BCa) | A better |
+    >>> seed_summary([31.2, 31.5, 30.9])      # {'n': 3, 'mean': 31.2, 'std': 0.3, 'min': 30.9, 'max': 31.5}
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, Optional, Sequence
+
+import numpy as np
+
+VERDICTS = ("A better", "B better", "no measurable difference")
+
+PAIRED_HEADER = ("| comparison | n | mean difference (A - B) | CI | verdict |\n"
+                 "|---|---|---|---|---|")
+SEED_HEADER = ("| result | n seeds | mean | std | min | max |\n"
+               "|---|---|---|---|---|---|")
+
+
+def _as_scores(values: Sequence[float], name: str) -> np.ndarray:
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be a 1D sequence of per-item scores, got shape {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} holds {int((~np.isfinite(arr)).sum())} non-finite values (NaN or inf)")
+    return arr
+
+
+def _verdict(low: float, high: float, higher_is_better: bool) -> str:
+    if low <= 0.0 <= high:
+        return "no measurable difference"
+    a_higher = low > 0.0
+    return "A better" if a_higher == higher_is_better else "B better"
+
+
+def paired_difference(a: Sequence[float], b: Sequence[float], confidence: float = 0.95,
+                      n_resamples: int = 10000, seed: Optional[int] = 0, method: str = "BCa",
+                      higher_is_better: bool = True) -> Dict[str, Any]:
+    """Bootstrap confidence interval of the mean paired difference ``a - b`` and a verdict.
+
+    Args:
+        a, b: the two methods' scores on the same items, in the same order (equal length >= 2).
+        confidence: the interval's confidence level, in (0, 1).
+        n_resamples: bootstrap resamples (``scipy.stats.bootstrap``).
+        seed: the resampling seed (None: not reproducible).
+        method: ``"BCa"`` (default), ``"percentile"`` or ``"basic"``.
+        higher_is_better: True for PSNR/SSIM, False for errors and noise.
+
+    Returns:
+        ``{"n", "mean_difference", "std_difference", "ci_low", "ci_high", "confidence",
+        "method", "higher_is_better", "verdict", "note"}``. When all differences are equal
+        (e.g. two identical methods) there is nothing to resample: the interval is that one
+        value, ``method`` is ``"degenerate"`` and ``note`` says so.
+
+    Raises:
+        ValueError: unequal lengths, fewer than 2 pairs, non-finite scores, bad options.
+
+    Console usage::
+
+        >>> paired_difference([0.30, 0.41, 0.28], [0.35, 0.44, 0.33], higher_is_better=False)["verdict"]
+        'A better'
+    """
+    from scipy.stats import bootstrap
+
+    xa, xb = _as_scores(a, "a"), _as_scores(b, "b")
+    if xa.shape != xb.shape:
+        raise ValueError(f"paired scores need equal lengths: a has {xa.size}, b has {xb.size}")
+    if xa.size < 2:
+        raise ValueError(f"a paired comparison needs at least 2 items, got {xa.size}")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
+    if method not in ("BCa", "percentile", "basic"):
+        raise ValueError(f"method must be 'BCa', 'percentile' or 'basic', got {method!r}")
+    if int(n_resamples) != n_resamples or n_resamples < 100:
+        raise ValueError(f"n_resamples must be an integer >= 100, got {n_resamples!r}")
+    d = xa - xb
+    mean = float(d.mean())
+    note = ""
+    if np.ptp(d) <= 1e-12 * max(1.0, abs(mean)):
+        low = high = mean
+        used = "degenerate"
+        note = f"all {d.size} paired differences equal {mean:g}: no spread to resample"
+    else:
+        import inspect
+
+        generator = np.random.default_rng(seed)  # SciPy >= 1.15 names it rng, older ones random_state
+        seeding = {"rng" if "rng" in inspect.signature(bootstrap).parameters else "random_state": generator}
+        res = bootstrap((d,), np.mean, confidence_level=confidence, n_resamples=int(n_resamples),
+                        method=method, vectorized=True, **seeding)
+        low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
+        used = method
+        if not (math.isfinite(low) and math.isfinite(high)):
+            raise ValueError(f"the {method} bootstrap gave no interval for these {d.size} differences "
+                             "(too few distinct values); try method='percentile' or more items")
+    return {
+        "n": int(d.size),
+        "mean_difference": mean,
+        "std_difference": float(d.std(ddof=1)),
+        "ci_low": low,
+        "ci_high": high,
+        "confidence": float(confidence),
+        "method": used,
+        "higher_is_better": bool(higher_is_better),
+        "verdict": _verdict(low, high, higher_is_better),
+        "note": note,
+    }
+
+
+def seed_summary(values: Sequence[float]) -> Dict[str, Any]:
+    """Mean, sample standard deviation (ddof=1; NaN for one seed), min, max and n of per-seed results.
+
+    Console usage::
+
+        >>> seed_summary([31.2, 31.5, 30.9])["std"]
+        0.3
+    """
+    x = _as_scores(values, "values")
+    if x.size == 0:
+        raise ValueError("seed_summary needs at least one value")
+    return {
+        "n": int(x.size),
+        "mean": float(x.mean()),
+        "std": float(x.std(ddof=1)) if x.size > 1 else float("nan"),
+        "min": float(x.min()),
+        "max": float(x.max()),
+    }
+
+
+def _fmt(value: float, digits: int) -> str:
+    return "n/a" if not math.isfinite(value) else f"{value:.{digits}f}"
+
+
+def markdown_row(label: str, result: Dict[str, Any], digits: int = 2) -> str:
+    """One markdown table row of a ``paired_difference`` (under ``PAIRED_HEADER``) or a
+    ``seed_summary`` result (under ``SEED_HEADER``).
+
+    Console usage::
+
+        >>> markdown_row("HQGAN, PSNR (dB)", seed_summary([31.2, 31.5, 30.9]))
+        '| HQGAN, PSNR (dB) | 3 | 31.20 | 0.30 | 30.90 | 31.50 |'
+    """
+    label = str(label).replace("|", "/")
+    if "verdict" in result:
+        pct = f"{100 * result['confidence']:g} %"
+        ci = f"[{_fmt(result['ci_low'], digits)}, {_fmt(result['ci_high'], digits)}] ({pct} {result['method']})"
+        mean = f"{result['mean_difference']:+.{digits}f}"
+        return f"| {label} | {result['n']} | {mean} | {ci} | {result['verdict']} |"
+    if {"mean", "std", "min", "max", "n"} <= set(result):
+        cells = [_fmt(result[k], digits) for k in ("mean", "std", "min", "max")]
+        return f"| {label} | {result['n']} | " + " | ".join(cells) + " |"
+    raise ValueError(f"not a paired_difference or seed_summary result: keys {sorted(result)}")

@@ -1,0 +1,171 @@
+"""Evidence benchmark (issue #9), part 1: tune and train every enhancement method under the patient protocol.
+
+Every method gets the same data (the training patients of ``protocol.json``), the same calibrated
+low-dose simulation over a wide dose range, the same number of updates, batch and patch size, and
+the same tuning budget: a learning-rate sweep of the same candidates and length, scored on the
+tuning patient only (never on the evaluation patients). The runs are a resumable queue: every job
+checkpoints, and running the command again continues where the last one stopped (a session may
+end at any time), so the queue spans sessions:
+
+    nohup python Testing/Benchmarks/evidence_train.py tune  > runs/evidence/tune.log 2>&1 &
+    nohup python Testing/Benchmarks/evidence_train.py train > runs/evidence/train.log 2>&1 &
+    python Testing/Benchmarks/evidence_train.py status
+
+``tune`` picks each method's learning rate (``runs/evidence/tuning.json``; when the best value
+sits at an edge of the sweep the sweep is widened by one value on that side); ``train`` trains
+the seeds with it (``runs/evidence/<method>/seed<k>/model.safetensors``). Evaluation on the
+evaluation patients is ``evidence_eval.py``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from protocol import load_split  # noqa: E402
+
+from QHQGANLib.nn.weights import save_model  # noqa: E402
+from QHQGANLib.tasks.evaluate import evaluate_enhancement  # noqa: E402
+from QHQGANLib.training.enhancement import TrainConfig, train_enhancer  # noqa: E402
+
+RUNS = Path(os.environ.get("QHQGAN_EVIDENCE_RUNS", Path(__file__).resolve().parents[2] / "runs" / "evidence"))
+
+#: The methods compared, each a TrainConfig (same data, updates, batch, patch for all).
+#: RED-CNN runs at width 32: the published 96 costs ~6.6 s per update on this 2-core CPU (said in BENCHMARKS.md).
+METHODS: Dict[str, dict] = {
+    "hqgan": dict(arch="hqgan"),
+    "mlp-control": dict(arch="mlp-control"),               # the circuit replaced by an MLP of >= its width and parameters
+    "no-circuit": dict(arch="no-circuit"),                 # the same network with the quantum block removed
+    "redcnn-3slice": dict(arch="redcnn", redcnn_width=32, redcnn_context=1),           # HQGAN's input and loss
+    "redcnn-1slice": dict(arch="redcnn", redcnn_width=32, redcnn_context=0),           # the published input
+    "redcnn-mse": dict(arch="redcnn", redcnn_width=32, redcnn_context=0, loss="mse"),  # the published recipe (width cut)
+}
+COMMON = dict(task="enhance", batch_size=16, patch_size=64, dose_range=(0.05, 0.5), pool_size=4,
+              checkpoint_every=100, threads=1)
+LR_CANDIDATES = (3e-3, 1e-3, 3e-4, 1e-4)
+TUNE_STEPS = 300
+TRAIN_STEPS = 3000
+SEEDS = (0, 1, 2)
+TUNE_DOSES = (0.25, 0.1)
+
+
+def _config(method: str, **changes) -> TrainConfig:
+    return TrainConfig(**{**COMMON, **METHODS[method], **changes})
+
+
+def _tuning_score(model, tune) -> float:
+    """Mean soft-tissue-window PSNR over the tuning patient's slices at the tuning doses."""
+    rows = evaluate_enhancement({"m": model}, tune, doses=TUNE_DOSES, include_input=False, seed=4321)
+    return float(sum(r["psnr_abdomen"] for r in rows) / len(rows))
+
+
+def _load_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _save_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+
+
+def tune(methods: List[str]) -> None:
+    split = {"train": load_split("train"), "tune": load_split("tune")}
+    path = RUNS / "tuning.json"
+    results = _load_json(path)
+    for method in methods:
+        scores = {float(k): v for k, v in results.get(method, {}).get("scores", {}).items()}
+        candidates = list(LR_CANDIDATES)
+        while True:
+            for lr in candidates:
+                if lr in scores:
+                    continue
+                run = RUNS / "tune" / method / f"lr{lr:g}"
+                t0 = time.time()
+                cfg = _config(method, lr=lr, steps=TUNE_STEPS, seed=0, output_dir=str(run), resume=True)
+                model = train_enhancer(cfg, split["train"])
+                scores[lr] = _tuning_score(model, split["tune"])
+                print(f"{method} lr {lr:g}: tuning PSNR {scores[lr]:.3f} dB ({time.time() - t0:.0f} s)", flush=True)
+                results[method] = {"scores": {str(k): v for k, v in sorted(scores.items())}}
+                _save_json(path, results)
+            best = max(scores, key=scores.get)
+            ordered = sorted(scores)
+            if best == ordered[-1] and best < 1e-2:  # best at the upper edge: one more value above
+                candidates = [best * math.sqrt(10)]
+            elif best == ordered[0] and best > 1e-5:  # best at the lower edge: one more below
+                candidates = [best / math.sqrt(10)]
+            else:
+                break
+        results[method] = {"scores": {str(k): v for k, v in sorted(scores.items())}, "lr": best}
+        _save_json(path, results)
+        print(f"{method}: learning rate {best:g}", flush=True)
+
+
+def train(methods: List[str], seeds: List[int], steps: int) -> None:
+    tuning = _load_json(RUNS / "tuning.json")
+    volumes = load_split("train")
+    for seed in seeds:  # seed-major: every method gets seed 0 before any gets seed 1
+        for method in methods:
+            if "lr" not in tuning.get(method, {}):
+                print(f"{method}: not tuned yet (run 'tune' first); skipped", flush=True)
+                continue
+            run = RUNS / method / f"seed{seed}"
+            if (run / "model.safetensors").exists():
+                continue
+            t0 = time.time()
+            cfg = _config(method, lr=tuning[method]["lr"], steps=steps, seed=seed, output_dir=str(run), resume=True)
+            model = train_enhancer(cfg, volumes, show_progress=False)
+            card = {"name": f"{method}-seed{seed}", "task": "enhance", "method": method,
+                    "training": {**cfg.to_dict(), "output_dir": None, "resume": None},
+                    "training_data": "protocol.json: train split", "seconds_this_session": round(time.time() - t0)}
+            save_model(model, run / "model", card)
+            print(f"{method} seed {seed}: trained ({time.time() - t0:.0f} s this session)", flush=True)
+
+
+def status() -> None:
+    tuning = _load_json(RUNS / "tuning.json")
+    for method in METHODS:
+        t = tuning.get(method, {})
+        done = [s for s in SEEDS if (RUNS / method / f"seed{s}" / "model.safetensors").exists()]
+        partial = []
+        for s in SEEDS:
+            ckpt = RUNS / method / f"seed{s}" / "checkpoint.pt"
+            if s not in done and ckpt.exists():
+                log = RUNS / method / f"seed{s}" / "losses.jsonl"
+                partial.append(f"seed{s}@{sum(1 for _ in open(log)) if log.exists() else '?'}")
+        print(f"{method:<15} lr {t.get('lr', '-')!s:<8} tuned on {len(t.get('scores', {}))} values; "
+              f"trained seeds {done} {' '.join(partial)}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("command", choices=("tune", "train", "status"))
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--seeds", default=",".join(map(str, SEEDS)))
+    ap.add_argument("--steps", type=int, default=TRAIN_STEPS)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    methods = [m for m in args.methods.split(",") if m]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise SystemExit(f"unknown method(s) {unknown}; choose from {list(METHODS)}")
+    if args.command == "tune":
+        tune(methods)
+    elif args.command == "train":
+        train(methods, [int(s) for s in args.seeds.split(",")], args.steps)
+    else:
+        status()
+
+
+if __name__ == "__main__":
+    main()
