@@ -1,4 +1,4 @@
-"""Benchmark: synthetic CT from HQGAN, its classical ablation, WGAN-GP and DCGAN, side by side.
+"""Benchmark: synthetic CT from HQGAN, its classical controls, WGAN-GP and DCGAN, side by side.
 
 Every method is trained on the same slices (``synth_data.py``) with the same number of
 generator updates and batch size, for each seed; then 200 samples per run are scored
@@ -33,12 +33,13 @@ from QHQGANLib.core.figures import save_panels_png  # noqa: E402
 from QHQGANLib.nn.weights import save_model  # noqa: E402
 from QHQGANLib.core.resources import models_dir  # noqa: E402
 from QHQGANLib.metrics.synthetic import evaluate_synthetic  # noqa: E402
-from QHQGANLib.nn.synthesis import METHODS
+from QHQGANLib.nn.synthesis import METHODS, MIXER_OF_METHOD
 from QHQGANLib.training.synthesis import SynthConfig, train_synth
 from QHQGANLib.tasks.synthesize import synthesize  # noqa: E402
 
 FIGURE = HERE.parents[1] / "Resources" / "Images" / "benchmark-synth.png"
-SHIP_NAMES = {"hqgan": "hqgan-synth", "ablation": "ablation-synth", "wgan-gp": "wgangp-synth", "dcgan": "dcgan-synth"}
+SHIP_NAMES = {"hqgan": "hqgan-synth", "bottleneck-ablation": "ablation-synth", "mlp-control": "mlp-control-synth",
+              "no-circuit": "no-circuit-synth", "wgan-gp": "wgangp-synth", "dcgan": "dcgan-synth"}
 KEYS = [("frd", "FRD"), ("kid_mean", "KID"), ("precision", "precision"), ("recall", "recall"),
         ("density", "density"), ("coverage", "coverage"), ("diversity_samples", "MS-SSIM among samples"),
         ("memorization_max", "max SSIM to training"), ("memorization_fraction_above_0.9", "share > 0.9"),
@@ -70,7 +71,8 @@ def main() -> None:
     ap.add_argument("--ship", action="store_true", help="write the seed-0 models to Resources/Models")
     ap.add_argument("--save-dir", type=Path, help="keep every run's samples, model and metrics here")
     ap.add_argument("--n-circuits", type=int, default=4,
-                    help="hqgan/ablation: circuit runs (shared weights) on independent noise per sample")
+                    help="methods with a circuit slot (hqgan and its controls): runs of the block (shared weights) on "
+                         "independent noise per sample")
     ap.add_argument("--section", default="synth",
                     help="BENCHMARKS.md section (and figure suffix) to write; e.g. synth-long for a longer budget")
     args = ap.parse_args()
@@ -81,7 +83,7 @@ def main() -> None:
     for seed in args.seeds:  # seed-major: an interrupted run still has every method for the first seeds
         for method in args.methods:
             cfg = SynthConfig(method=method, steps=args.steps, seed=seed,
-                              n_circuits=args.n_circuits if method in ("hqgan", "ablation") else 1)
+                              n_circuits=args.n_circuits if method in MIXER_OF_METHOD else 1)
             t0 = time.time()
             model = train_synth(cfg, slices=data["train"], show_progress=True)
             seconds = time.time() - t0
@@ -101,16 +103,18 @@ def main() -> None:
                 if args.ship:
                     ship(model, method, cfg, seconds, row)
     title = f"## Synthetic CT (64x64): {' vs '.join(args.methods)}, {args.steps} updates"
-    if any(m in ("hqgan", "ablation") for m in args.methods):
+    if any(m in MIXER_OF_METHOD for m in args.methods):
         title += f", {args.n_circuits} circuit run(s) per sample"
     lines = [title, "",
              f"Training: {DESCRIPTION}; {len(data['train'])} training slices, {len(data['heldout'])} held-out "
              f"slices. Same budget for every method: {args.steps} generator updates, batch 32; "
-             f"hqgan, ablation and wgan-gp train with the WGAN-GP loss, {cfg.n_critic} critic updates per "
+             f"every method but DCGAN trains with the WGAN-GP loss, {cfg.n_critic} critic updates per "
              "generator update and Adam 2e-4, betas (0, 0.9) (published: 5 and 1e-4; halved time for a CPU "
              "budget), DCGAN with BCE, 1 discriminator update and Adam 2e-4, betas (0.5, 0.999) as published. "
-             f"hqgan / ablation: {cfg.n_qubits} qubits, {cfg.n_layers} layers (64 trainable angles; the ablation's MLP "
-             f"about as many weights), run on {args.n_circuits} independent noise vector(s) per sample "
+             f"hqgan: {cfg.n_qubits} qubits, {cfg.n_layers} layers ({2 * cfg.n_qubits * cfg.n_layers} trainable angles); "
+             "mlp-control: an MLP of at least the circuit's width and parameters in its place; no-circuit: the "
+             "noise straight to the decoder; bottleneck-ablation: the earlier narrow MLP (not a fair control); "
+             f"each run on {args.n_circuits} independent noise vector(s) per sample "
              f"({args.n_circuits * cfg.n_qubits} features into the decoder; wgan-gp and dcgan: 100-d Gaussian noise). "
              f"All: the same resize-convolution decoder (width {cfg.width}), critic family, left-right flips, "
              f"DiffAugment ({cfg.diffaugment}) on the critic's inputs, samples from an EMA ({cfg.ema_decay}) "

@@ -33,7 +33,6 @@ from report import write_section  # noqa: E402
 from QHQGANLib import Volume  # noqa: E402
 from QHQGANLib.metrics.image import psnr  # noqa: E402
 from QHQGANLib.metrics.statistics import paired_difference, seed_summary  # noqa: E402
-from QHQGANLib.nn.weights import load_model  # noqa: E402
 from QHQGANLib.physics.image_noise import add_ct_noise  # noqa: E402
 from QHQGANLib.physics.lowdose import simulate_low_dose  # noqa: E402
 from QHQGANLib.tasks.classical import bm3d_denoise, estimate_noise_psd  # noqa: E402
