@@ -78,12 +78,19 @@ def _save_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
+def _update_tuning(path: Path, method: str, entry: dict) -> None:
+    """Write one method's tuning result, keeping what other (parallel) tuning processes wrote."""
+    results = _load_json(path)
+    results[method] = entry
+    _save_json(path, results)
+
+
 def tune(methods: List[str]) -> None:
+    """Learning-rate sweeps; several processes may tune different methods at once (one method each)."""
     split = {"train": load_split("train"), "tune": load_split("tune")}
     path = RUNS / "tuning.json"
-    results = _load_json(path)
     for method in methods:
-        scores = {float(k): v for k, v in results.get(method, {}).get("scores", {}).items()}
+        scores = {float(k): v for k, v in _load_json(path).get(method, {}).get("scores", {}).items()}
         candidates = list(LR_CANDIDATES)
         while True:
             for lr in candidates:
@@ -95,8 +102,7 @@ def tune(methods: List[str]) -> None:
                 model = train_enhancer(cfg, split["train"])
                 scores[lr] = _tuning_score(model, split["tune"])
                 print(f"{method} lr {lr:g}: tuning PSNR {scores[lr]:.3f} dB ({time.time() - t0:.0f} s)", flush=True)
-                results[method] = {"scores": {str(k): v for k, v in sorted(scores.items())}}
-                _save_json(path, results)
+                _update_tuning(path, method, {"scores": {str(k): v for k, v in sorted(scores.items())}})
             best = max(scores, key=scores.get)
             ordered = sorted(scores)
             if best == ordered[-1] and best < 1e-2:  # best at the upper edge: one more value above
@@ -105,8 +111,7 @@ def tune(methods: List[str]) -> None:
                 candidates = [best / math.sqrt(10)]
             else:
                 break
-        results[method] = {"scores": {str(k): v for k, v in sorted(scores.items())}, "lr": best}
-        _save_json(path, results)
+        _update_tuning(path, method, {"scores": {str(k): v for k, v in sorted(scores.items())}, "lr": best})
         print(f"{method}: learning rate {best:g}", flush=True)
 
 
