@@ -11,6 +11,10 @@ end at any time), so the queue spans sessions:
     nohup python Testing/Benchmarks/evidence_train.py train > runs/evidence/train.log 2>&1 &
     python Testing/Benchmarks/evidence_train.py status
 
+The runs go to ``$QHQGAN_EVIDENCE_RUNS`` (default ``runs/evidence`` in the checkout; point it outside
+the checkout, e.g. ``~/qhqgan-runs/evidence``, when the checkout may be laid anew between sessions).
+Several ``tune`` processes may run at once on different ``--methods`` (they merge ``tuning.json``).
+
 ``tune`` picks each method's learning rate (``runs/evidence/tuning.json``; when the best value
 sits at an edge of the sweep the sweep is widened by one value on that side); ``train`` trains
 the seeds with it (``runs/evidence/<method>/seed<k>/model.safetensors``). Evaluation on the
