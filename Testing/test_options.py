@@ -268,3 +268,19 @@ def test_no_default_model_name_is_written_outside_kinds():
     skipped = {"QHQGANLib/nn/build.py", "QHQGANLib/nn/synthesis.py"}
     offenders = [o for o in offenders if o.split(":")[0] not in skipped]
     assert not offenders, offenders
+
+
+def test_train_enhance_defaults_are_train_configs():
+    """The training command's defaults are TrainConfig's (checked field by field: no drift between the two)."""
+    import dataclasses
+
+    from QHQGANLib.apps.cli import build_parser
+    from QHQGANLib.training.enhancement import TrainConfig
+
+    args = vars(build_parser().parse_args(["train-enhance", "--input", "ct.nrrd"]))
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    defaults["dose_min"], defaults["dose_max"] = TrainConfig.dose_range
+    compared = [name for name in args if name in defaults and name not in ("output_dir", "resume")]
+    assert len(compared) >= 15, compared
+    differing = {name: (args[name], defaults[name]) for name in compared if args[name] != defaults[name]}
+    assert not differing, f"CLI default != TrainConfig default: {differing}"

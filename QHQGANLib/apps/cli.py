@@ -84,7 +84,7 @@ def _add_training_commands(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--adv-weight", type=float, default=1e-3, help="adversarial weight (0 = regression)")
     p.add_argument("--ssim-weight", type=float, default=0.1)
-    p.add_argument("--dose-min", type=float, default=0.1)
+    p.add_argument("--dose-min", type=float, default=0.05, help="lowest simulated dose fraction (default 0.05)")
     p.add_argument("--dose-max", type=float, default=0.5)
     p.add_argument("--pool-size", type=int, default=4, help="low-dose realisations per volume")
     p.add_argument("--width", type=int, default=16)

@@ -75,7 +75,7 @@ class TrainConfig:
     adv_weight: float = 1e-3             # 0 = pure regression
     critic_steps: int = 1
     gp_weight: float = 10.0
-    dose_range: Tuple[float, float] = (0.1, 0.5)
+    dose_range: Tuple[float, float] = (0.05, 0.5)   # a wide range: models robust to the noise level (issue #9)
     scale: int = 2
     pool_size: int = 4                   # low-dose realisations per training volume
     refresh_every: int = 250             # re-simulate one realisation every N steps
