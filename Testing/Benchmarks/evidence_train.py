@@ -10,6 +10,7 @@ end at any time), so the queue spans sessions:
     nohup python Testing/Benchmarks/evidence_train.py tune  > runs/evidence/tune.log 2>&1 &
     nohup python Testing/Benchmarks/evidence_train.py train > runs/evidence/train.log 2>&1 &
     python Testing/Benchmarks/evidence_train.py status
+    python Testing/Benchmarks/evidence_train.py snapshot   # tuning results into evidence_tuning.json, to commit
 
 The runs go to ``$QHQGAN_EVIDENCE_RUNS`` (default ``runs/evidence`` in the checkout; point it outside
 the checkout, e.g. ``~/qhqgan-runs/evidence``, when the checkout may be laid anew between sessions).
@@ -59,6 +60,8 @@ TUNE_STEPS = 300
 TRAIN_STEPS = 3000
 SEEDS = (0, 1, 2)
 TUNE_DOSES = (0.25, 0.1)
+#: The tuning results so far, committed: a fresh machine (no runs folder) continues from them.
+TUNING_SNAPSHOT = Path(__file__).resolve().parent / "evidence_tuning.json"
 
 
 def _config(method: str, **changes) -> TrainConfig:
@@ -72,6 +75,8 @@ def _tuning_score(model, tune) -> float:
 
 
 def _load_json(path: Path) -> dict:
+    if not path.exists() and path.name == "tuning.json" and TUNING_SNAPSHOT.exists():
+        return json.loads(TUNING_SNAPSHOT.read_text())  # a fresh machine: the committed results
     return json.loads(path.read_text()) if path.exists() else {}
 
 
@@ -140,6 +145,12 @@ def train(methods: List[str], seeds: List[int], steps: int) -> None:
             print(f"{method} seed {seed}: trained ({time.time() - t0:.0f} s this session)", flush=True)
 
 
+def snapshot() -> None:
+    """Copy the tuning results into the repository (``evidence_tuning.json``), to commit."""
+    _save_json(TUNING_SNAPSHOT, _load_json(RUNS / "tuning.json"))
+    print(f"wrote {TUNING_SNAPSHOT}")
+
+
 def status() -> None:
     tuning = _load_json(RUNS / "tuning.json")
     for method in METHODS:
@@ -157,7 +168,7 @@ def status() -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("command", choices=("tune", "train", "status"))
+    ap.add_argument("command", choices=("tune", "train", "status", "snapshot"))
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--seeds", default=",".join(map(str, SEEDS)))
     ap.add_argument("--steps", type=int, default=TRAIN_STEPS)
@@ -172,6 +183,8 @@ def main() -> None:
         tune(methods)
     elif args.command == "train":
         train(methods, [int(s) for s in args.seeds.split(",")], args.steps)
+    elif args.command == "snapshot":
+        snapshot()
     else:
         status()
 
