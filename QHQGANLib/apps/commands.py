@@ -14,13 +14,11 @@ Console usage::
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import platform
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Dict
 
 from ..core.constants import __version__
 from ..core.kinds import default_model, preferred_models
@@ -36,12 +34,6 @@ def _progress(args: argparse.Namespace, description: str):
 def _say(args: argparse.Namespace, message: str) -> None:
     if not args.quiet:
         print(message)
-
-
-def _known_fields(config_class, **values: Any) -> Dict[str, Any]:
-    """The ``values`` that ``config_class`` (a dataclass) has fields for."""
-    names = {f.name for f in dataclasses.fields(config_class)}
-    return {key: value for key, value in values.items() if key in names}
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -151,7 +143,7 @@ def cmd_train_enhance(args: argparse.Namespace) -> int:
                       checkpoint_every=args.checkpoint_every, redcnn_width=args.redcnn_width,
                       redcnn_context=args.redcnn_context, loss=args.loss,
                       n_qubits=args.n_qubits, n_layers=args.n_layers, width=args.width,
-                      **_known_fields(TrainConfig, device=args.device, amp=args.amp))
+                      device=args.device, amp=args.amp)
     with _progress(args, f"training {args.arch}") as progress:
         model = train_enhancer(cfg, volumes, progress=progress)
     if args.save_model and int(os.environ.get("RANK", "0")) == 0:
@@ -184,7 +176,7 @@ def cmd_train_synth(args: argparse.Namespace) -> int:
             roi.append(mask.array > 0)
     # options left out keep SynthConfig's defaults (the parser does not repeat them)
     given = {key: getattr(args, key) for key in SYNTH_OPTIONS if getattr(args, key) is not None}
-    given.update(_known_fields(SynthConfig, device=args.device, amp=args.amp))
+    given.update(device=args.device, amp=args.amp)
     cfg = SynthConfig(method=args.method, size=args.size, output_dir=args.output_dir, resume=args.resume, **given)
     with _progress(args, f"training {args.method} synthesis") as progress:
         model = train_synth(cfg, volumes, roi=roi, progress=progress)
@@ -197,12 +189,10 @@ def cmd_train_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_synthesize(args: argparse.Namespace) -> int:
-    from ..core.devices import pick_device
     from ..core.io import write_volume
     from ..tasks.synthesize import synthesize
 
     require_synthetic_name(args.output)
-    pick_device(args.device)  # a clear error when CUDA is asked for and absent, before the model loads
     check_new_output(args.output, args.overwrite)
     with _progress(args, "synthesizing") as progress:
         volume = synthesize(args.model or default_model("synthesize"), n=args.n_samples, seed=args.seed,
