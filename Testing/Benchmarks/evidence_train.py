@@ -8,7 +8,7 @@ checkpoints, and running the command again continues where the last one stopped 
 end at any time), so the queue spans sessions:
 
     nohup python Testing/Benchmarks/evidence_train.py tune  > runs/evidence/tune.log 2>&1 &
-    nohup python Testing/Benchmarks/evidence_train.py train > runs/evidence/train.log 2>&1 &
+    nohup python Testing/Benchmarks/evidence_train.py train > runs/evidence/train.log 2>&1 &   # one per free core
     python Testing/Benchmarks/evidence_train.py status
     python Testing/Benchmarks/evidence_train.py snapshot   # tuning results into evidence_tuning.json, to commit
 
@@ -124,6 +124,33 @@ def tune(methods: List[str]) -> None:
         print(f"{method}: learning rate {best:g}", flush=True)
 
 
+def _claim(run: Path) -> bool:
+    """Claim one training job for this process (a ``worker.pid`` file made with exclusive create).
+
+    Several ``train`` processes can share the queue: each takes the next job no live process holds.
+    A claim whose process is gone (a session ended) is taken over; resuming from the checkpoint.
+    """
+    run.mkdir(parents=True, exist_ok=True)
+    lock = run / "worker.pid"
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                pid = int(lock.read_text().strip() or 0)
+                os.kill(pid, 0)
+                return pid == os.getpid()  # a live worker holds it
+            except (ValueError, ProcessLookupError, FileNotFoundError):
+                lock.unlink(missing_ok=True)  # stale: its process is gone
+                continue
+            except PermissionError:
+                return False
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        return True
+    return False
+
+
 def train(methods: List[str], seeds: List[int], steps: int) -> None:
     tuning = _load_json(RUNS / "tuning.json")
     volumes = load_split("train")
@@ -133,7 +160,7 @@ def train(methods: List[str], seeds: List[int], steps: int) -> None:
                 print(f"{method}: not tuned yet (run 'tune' first); skipped", flush=True)
                 continue
             run = RUNS / method / f"seed{seed}"
-            if (run / "model.safetensors").exists():
+            if (run / "model.safetensors").exists() or not _claim(run):
                 continue
             t0 = time.time()
             cfg = _config(method, lr=tuning[method]["lr"], steps=steps, seed=seed, output_dir=str(run), resume=True)
@@ -142,6 +169,7 @@ def train(methods: List[str], seeds: List[int], steps: int) -> None:
                     "training": {**cfg.to_dict(), "output_dir": None, "resume": None},
                     "training_data": "protocol.json: train split", "seconds_this_session": round(time.time() - t0)}
             save_model(model, run / "model", card)
+            (run / "worker.pid").unlink(missing_ok=True)
             print(f"{method} seed {seed}: trained ({time.time() - t0:.0f} s this session)", flush=True)
 
 
