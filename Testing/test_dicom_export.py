@@ -195,7 +195,9 @@ def test_non_synthetic_export(tmp_path, synthetic, source_ds):
     assert ds.SyntheticData == "NO"
     assert list(ds.ImageType) == ["DERIVED", "SECONDARY"]
     assert ds.SeriesDescription == "QHQGAN denoised"
-    assert ds.PatientIdentityRemoved == "YES"
+    # the source does not say whether its pixels hold burned-in text: removal is not claimed
+    assert "BurnedInAnnotation" not in source_ds and "BurnedInAnnotation" not in ds
+    assert ds.PatientIdentityRemoved == "NO" and "DeidentificationMethod" not in ds
     assert str(source_ds.PatientID) not in "\n".join(_strings(ds))
     assert ds.StudyInstanceUID != source_ds.StudyInstanceUID
     assert float(ds.KVP) == float(source_ds.KVP)  # acquisition context kept for processed real images
@@ -211,6 +213,28 @@ def test_non_synthetic_export(tmp_path, synthetic, source_ds):
     with pytest.raises(ValueError, match="keep_patient"):
         export_dicom_series(synthetic, tmp_path / "never", source=source_ds, keep_patient=True)
     assert not (tmp_path / "never").exists()
+
+
+@pytest.mark.parametrize("burned_in, removed", [("NO", "YES"), ("YES", "NO")])
+def test_burned_in_annotation_follows_the_source(tmp_path, synthetic, source_ds, burned_in, removed):
+    """Identity is claimed removed only when the source's pixels carry no burned-in text (#12)."""
+    source_ds.BurnedInAnnotation = burned_in
+    ds = pydicom.dcmread(str(export_dicom_series(synthetic, tmp_path / "d", source=source_ds, synthetic=False)[0]))
+    assert ds.BurnedInAnnotation == burned_in
+    assert ds.PatientIdentityRemoved == removed
+    assert ("DeidentificationMethod" in ds) == (removed == "YES")
+    # a synthetic image is drawn by a model: no burned-in text whatever the source had
+    syn = pydicom.dcmread(str(export_dicom_series(synthetic, tmp_path / "s", source=source_ds)[0]))
+    assert syn.BurnedInAnnotation == "NO" and syn.PatientIdentityRemoved == "YES"
+
+
+@pytest.mark.parametrize("body_part, copied", [("ABDOMEN", "ABDOMEN"), ("liver", "LIVER"),
+                                                ("SMITH J LIVER", None), ("ABDOMEN^J_DOE", None)])
+def test_body_part_free_text_is_never_copied(tmp_path, synthetic, source_ds, body_part, copied):
+    source_ds.BodyPartExamined = body_part
+    ds = pydicom.dcmread(str(export_dicom_series(synthetic, tmp_path / "s", source=source_ds)[0]))
+    assert ds.get("BodyPartExamined") == copied
+    assert "SMITH" not in "\n".join(_strings(ds)) and "DOE" not in "\n".join(_strings(ds))
 
 
 def test_series_description_always_says_synthetic(tmp_path, synthetic):
@@ -236,7 +260,7 @@ def test_refuses_nan_and_non_empty_folder(tmp_path, synthetic):
     (folder / "notes.txt").write_text("keep me")
     with pytest.raises(FileExistsError, match="not empty"):
         export_dicom_series(synthetic, folder)
-    with pytest.raises(FileExistsError, match="not DICOM"):  # overwrite never deletes other data
+    with pytest.raises(FileExistsError, match="did not write"):  # overwrite never deletes other data
         export_dicom_series(synthetic, folder, overwrite=True)
     assert [p.name for p in folder.iterdir()] == ["notes.txt"]
     assert _leftovers(tmp_path) == ["busy"]

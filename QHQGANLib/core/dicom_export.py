@@ -20,8 +20,9 @@ De-identification (DICOM PS3.15 Annex E, Basic Application Level Confidentiality
 The writer builds each data set from scratch instead of editing the source's, so nothing
 of the source is carried over unless it is on an explicit allow-list:
 
-* always copied (when present in ``source``): ``BodyPartExamined`` and ``PatientPosition``
-  (neither identifies anyone; viewers use them for hanging and orientation labels);
+* always copied (when present in ``source``): ``PatientPosition``, and ``BodyPartExamined`` only
+  when it is one of the DICOM defined terms (``BODY_PARTS``): a site may type free text there
+  ("J SMITH LIVER"), which is never copied (viewers use both for hanging and orientation labels);
 * copied for ``synthetic=False`` only: ``KVP`` and ``ConvolutionKernel`` (the acquisition
   the processed image still comes from; for a synthetic image they would be false);
 * never copied: names, IDs, birth date, sex, age, accession number, institution, station,
@@ -29,7 +30,11 @@ of the source is carried over unless it is on an explicit allow-list:
 
 The files then carry ``PatientIdentityRemoved`` = ``YES``, ``DeidentificationMethod`` and
 ``DeidentificationMethodCodeSequence`` = (113100, DCM, "Basic Application Confidentiality
-Profile"). Study date/time, referring physician, study ID and accession number are present
+Profile"), but only where that is true of the pixels as well: a processed real image whose
+source has burned-in text (``BurnedInAnnotation`` YES) or does not say (not DICOM, or the
+attribute missing) carries the source's ``BurnedInAnnotation`` and ``PatientIdentityRemoved`` = ``NO``
+(the header holds no identifier, but text in the pixels may). Synthetic images are drawn by a
+model, so they carry ``BurnedInAnnotation`` = ``NO`` and ``PatientIdentityRemoved`` = ``YES``. Study date/time, referring physician, study ID and accession number are present
 but empty (type 2 attributes, "Z" in the profile). ``ContentDate``/``ContentTime`` are the
 time of the export (when the synthetic image was made), not a date of the source.
 
@@ -57,6 +62,7 @@ from typing import Any, Dict, List, Mapping, Optional, Union
 
 import numpy as np
 
+from .outputs import claim_output, make_temp_folder
 from .volume import Volume
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -74,8 +80,18 @@ ACQUISITION_COPIED = ("KVP", "ConvolutionKernel")
 PATIENT_STUDY_KEPT = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "PatientAge",
                       "StudyInstanceUID", "StudyDate", "StudyTime", "StudyID", "AccessionNumber",
                       "ReferringPhysicianName", "StudyDescription")
+PATIENT_POSITIONS = frozenset(("HFS", "HFP", "FFS", "FFP", "HFDR", "HFDL", "FFDR", "FFDL", "LFP", "LFS", "RFP",
+                               "RFS", "AFDR", "AFDL", "PFDR", "PFDL"))
 INT16_MIN, INT16_MAX = -32768, 32767
 LO_MAX = 64  # characters of a LO value (SeriesDescription, DeidentificationMethod)
+#: ``BodyPartExamined`` defined terms (DICOM PS3.16 Annex L, the ones CT uses) that may be copied.
+BODY_PARTS = frozenset((
+    "ABDOMEN", "ABDOMENPELVIS", "ADRENAL", "ANKLE", "AORTA", "BRAIN", "BREAST", "CHEST", "CHESTABDOMEN",
+    "CHESTABDPELVIS", "CLAVICLE", "COCCYX", "CSPINE", "ELBOW", "EXTREMITY", "FOOT", "HAND", "HEAD", "HEADNECK",
+    "HEART", "HIP", "JAW", "KIDNEY", "KNEE", "LEG", "LIVER", "LSPINE", "LUNG", "NECK", "PANCREAS", "PELVIS",
+    "SHOULDER", "SKULL", "SPINE", "SSPINE", "TSPINE", "WHOLEBODY", "WRIST", "ARM", "SPLEEN", "BLADDER",
+    "COLON", "STOMACH", "PROSTATE", "IAC", "ORBIT", "SINUS", "TMJ", "FACE", "LARYNX", "THYROID",
+))
 
 
 def export_dicom_series(volume: Volume, folder: PathLike, source: Any = None, *,
@@ -111,10 +127,6 @@ def export_dicom_series(volume: Volume, folder: PathLike, source: Any = None, *,
         ValueError: NaN/inf voxels, ``keep_patient`` with a synthetic series, a bad description.
         FileExistsError: ``folder`` is not empty (and ``overwrite`` is False) or is a file.
     """
-    import pydicom
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, generate_uid
-
     if not isinstance(volume, Volume):
         raise TypeError(f"export_dicom_series takes a Volume, got {type(volume).__name__}")
     if keep_patient and synthetic:
@@ -125,9 +137,19 @@ def export_dicom_series(volume: Volume, folder: PathLike, source: Any = None, *,
         raise ValueError(f"the volume holds {n_bad:,} NaN or infinite voxel(s); refusing to export it")
     folder = Path(folder).expanduser()
     _check_target(folder, overwrite)
+    with claim_output(folder):
+        return _write_series(volume, folder, attributes=_source_attributes(source), synthetic=synthetic,
+                             keep_patient=keep_patient, overwrite=overwrite, series_description=series_description,
+                             derivation_description=derivation_description, series_number=series_number)
+
+
+def _write_series(volume: Volume, folder: Path, *, attributes, synthetic, keep_patient, overwrite,
+                  series_description, derivation_description, series_number) -> List[Path]:
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, generate_uid
 
     pixels = np.clip(np.rint(volume.array.astype(np.float64)), INT16_MIN, INT16_MAX).astype("<i2")
-    attributes = _source_attributes(source)
     description = _series_description(series_description, synthetic)
     shared = _shared_dataset(volume, attributes, synthetic=synthetic, keep_patient=keep_patient,
                              description=description, derivation_description=derivation_description,
@@ -139,7 +161,7 @@ def export_dicom_series(volume: Volume, folder: PathLike, source: Any = None, *,
     normal = np.cross(volume.direction[:, 0], volume.direction[:, 1])
 
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.qhqgan-tmp-"))
+    tmp = make_temp_folder(folder.parent)
     try:
         os.chmod(tmp, 0o755)  # mkdtemp makes a private (0700) folder; the output is an ordinary one
         for k in range(n):
@@ -161,6 +183,10 @@ def export_dicom_series(volume: Volume, folder: PathLike, source: Any = None, *,
             ds.file_meta = meta
             ds.preamble = b"\x00" * 128
             ds.save_as(tmp / names[k], enforce_file_format=True)
+            expected = 128 + 4 + len(ds.PixelData)  # a full disk leaves short files: never moved into place
+            if (tmp / names[k]).stat().st_size < expected:
+                raise OSError(f"{folder}: writing {names[k]} failed (the disk may be full); nothing was written")
+        _check_target(folder, overwrite)  # again: another program may have filled the folder meanwhile
         _move_into_place(tmp, folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -187,7 +213,9 @@ def _shared_dataset(volume: Volume, attributes: Dict[str, Any], *, synthetic: bo
     ds.SOPClassUID = CT_IMAGE_STORAGE
     ds.ImageType = ["DERIVED", "SECONDARY"]
     ds.SyntheticData = "YES" if synthetic else "NO"
-    ds.BurnedInAnnotation = "NO"
+    burned_in = "NO" if synthetic else str(attributes.get("BurnedInAnnotation", "")).upper()
+    if burned_in in ("YES", "NO"):
+        ds.BurnedInAnnotation = burned_in  # a processed image keeps its source's pixels' text, if any
     ds.ContentDate = now.strftime("%Y%m%d")
     ds.ContentTime = now.strftime("%H%M%S")
     ds.InstanceCreationDate = ds.ContentDate
@@ -214,13 +242,15 @@ def _shared_dataset(volume: Volume, attributes: Dict[str, Any], *, synthetic: bo
         else:
             ds.PatientName = "ANONYMOUS^QHQGAN"
             ds.PatientID = "ANON-" + secrets.token_hex(4).upper()
-        ds.PatientIdentityRemoved = "YES"
-        ds.DeidentificationMethod = "PS3.15 E Basic Profile: new data set, no source identifiers"[:LO_MAX]
-        code = pydicom.Dataset()
-        code.CodeValue = "113100"
-        code.CodingSchemeDesignator = "DCM"
-        code.CodeMeaning = "Basic Application Confidentiality Profile"
-        ds.DeidentificationMethodCodeSequence = Sequence([code])
+        # the pixels may still show a name burned in by the scanner: claim removal only when they cannot
+        ds.PatientIdentityRemoved = "YES" if burned_in == "NO" else "NO"
+        if burned_in == "NO":
+            ds.DeidentificationMethod = "PS3.15 E Basic Profile: new data set, no source identifiers"[:LO_MAX]
+            code = pydicom.Dataset()
+            code.CodeValue = "113100"
+            code.CodingSchemeDesignator = "DCM"
+            code.CodeMeaning = "Basic Application Confidentiality Profile"
+            ds.DeidentificationMethodCodeSequence = Sequence([code])
     for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex",  # type 2
                     "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber"):
         if keyword not in ds:
@@ -237,8 +267,12 @@ def _shared_dataset(volume: Volume, attributes: Dict[str, Any], *, synthetic: bo
     ds.SeriesTime = ds.ContentTime
     for keyword in ALWAYS_COPIED + (() if synthetic else ACQUISITION_COPIED):
         value = attributes.get(keyword)
+        if keyword == "BodyPartExamined" and str(value).strip().upper() not in BODY_PARTS:
+            continue  # free text (may name a person): never copied
+        if keyword == "PatientPosition" and str(value).strip().upper() not in PATIENT_POSITIONS:
+            continue
         if value not in (None, ""):
-            setattr(ds, keyword, value)
+            setattr(ds, keyword, str(value).strip().upper() if keyword == "BodyPartExamined" else value)
     if "PatientPosition" not in ds:
         ds.PatientPosition = "HFS"  # type 2C for CT; the usual supine head-first position
     if "KVP" not in ds:
@@ -296,7 +330,7 @@ def _source_attributes(source: Any) -> Dict[str, Any]:
     """Keyword -> value of the allow-listed attributes of ``source`` (never anything else)."""
     if source is None:
         return {}
-    wanted = ALWAYS_COPIED + ACQUISITION_COPIED + PATIENT_STUDY_KEPT
+    wanted = ALWAYS_COPIED + ACQUISITION_COPIED + PATIENT_STUDY_KEPT + ("BurnedInAnnotation",)
     if isinstance(source, Volume):
         mapping: Mapping[str, Any] = source.metadata.get("dicom") or {}
         if not isinstance(mapping, Mapping):
@@ -349,26 +383,37 @@ def _version() -> str:
 # output folder
 # ---------------------------------------------------------------------------
 def _check_target(folder: Path, overwrite: bool) -> None:
+    """A new or empty folder; with ``overwrite`` also a folder holding only a series QHQGAN wrote.
+
+    A run deletes only what QHQGAN created: a folder with anything else in it (a real patient's
+    series, a file merely named ``.dcm``, a sub-folder) is never replaced, whatever ``overwrite`` says.
+    """
     if folder.exists() and not folder.is_dir():
         raise FileExistsError(f"{folder} exists and is not a folder")
+    if not folder.parent.is_dir():
+        raise FileNotFoundError(f"{folder.parent}: the output's parent folder does not exist; create it first")
     if folder.is_dir():
         content = list(folder.iterdir())
         if content and not overwrite:
             raise FileExistsError(f"{folder} is not empty ({len(content)} entries); "
-                                  "pass overwrite=True to replace its DICOM files, or pick a new folder")
-        others = [p.name for p in content if not (p.is_file() and _looks_like_dicom(p))]
+                                  "pass overwrite=True to replace a series QHQGAN wrote there, or pick a new folder")
+        others = [p.name for p in content if not (p.is_file() and _written_by_qhqgan(p))]
         if others:
-            raise FileExistsError(f"{folder} holds entries that are not DICOM files (e.g. {others[0]!r}); "
+            raise FileExistsError(f"{folder} holds entries QHQGAN did not write (e.g. {others[0]!r}); "
                                   "refusing to replace it even with overwrite=True")
 
 
-def _looks_like_dicom(path: Path) -> bool:
-    if path.suffix.lower() == ".dcm":
-        return True
+def _written_by_qhqgan(path: Path) -> bool:
+    """A DICOM file (magic ``DICM``) whose file meta says QHQGAN wrote it."""
     try:
+        import pydicom
+
         with open(path, "rb") as fh:
-            return fh.read(132)[128:132] == b"DICM"
-    except OSError:
+            if fh.read(132)[128:132] != b"DICM":
+                return False
+        meta = pydicom.filereader.read_file_meta_info(str(path))
+        return str(meta.get("ImplementationVersionName", "")).startswith("QHQGAN")
+    except Exception:  # unreadable: not ours
         return False
 
 

@@ -1,19 +1,37 @@
-"""Where outputs go, and the checks that keep them from harming the input or passing as real.
+"""Where outputs go, and the checks that keep them from harming the input, each other, or passing as real.
+
+Every output is checked before any computation (:func:`check_output_path`), claimed for the
+whole run (:func:`claim_output`: a second run writing the same path is refused at once, not
+after it has computed), written beside the target in a temporary folder, verified, and only
+then moved into place without replacing anything that appeared meanwhile (:func:`commit_file`).
+A run deletes only what it created: temporary folders on every exit path (``SIGTERM`` included,
+see :func:`QHQGANLib.apps.cli.main`), and those a killed run of QHQGAN left behind.
 
 Console usage::
 
-    >>> from QHQGANLib.core.outputs import timestamped_folder, check_not_input, require_synthetic_name
+    >>> from QHQGANLib.core.outputs import timestamped_folder, check_not_input, claim_output
     >>> timestamped_folder("qhqgan-demo")          # Path('qhqgan-demo-20261125-101500'), not yet created
     >>> check_not_input("ct.nrrd", "ct.nrrd")      # ValueError: QHQGAN never overwrites its input
+    >>> with claim_output("out.nrrd"):              # FileExistsError if another run is writing out.nrrd
+    ...     pass
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import os
+import shutil
 from pathlib import Path
-from typing import Optional, Union
+from typing import Iterator, Optional, Sequence, Union
 
 PathLike = Union[str, "os.PathLike[str]"]
+
+#: Name prefix of the temporary folders writers use beside their target (followed by the writer's pid).
+TEMP_PREFIX = ".qhqgan-write-"
+#: Suffix of the claim files that mark an output as being written by a live run.
+CLAIM_SUFFIX = ".qhqgan-claim"
+#: The two-file formats and the data-file endings SimpleITK gives them.
+DETACHED_DATA = {".nhdr": (".raw", ".raw.gz"), ".mhd": (".raw", ".zraw")}
 
 
 def timestamped_folder(prefix: str, parent: Optional[PathLike] = None) -> Path:
@@ -27,9 +45,56 @@ def timestamped_folder(prefix: str, parent: Optional[PathLike] = None) -> Path:
 
 
 def check_not_input(input_path: PathLike, output_path: PathLike) -> None:
-    """Refuse an output path that is the input itself."""
-    if Path(output_path).resolve() == Path(input_path).resolve():
-        raise ValueError(f"the output {output_path} is the input: QHQGAN never overwrites its input")
+    """Refuse an output that would replace the input or any file it is made of.
+
+    Writing ``b.nhdr`` also writes ``b.raw.gz``: if that is the data file of the input ``a.nhdr``
+    the input would be destroyed, so it is refused too.
+    """
+    from .file_checks import data_files
+
+    inputs = {p.resolve() for p in data_files(Path(input_path))}
+    for out in output_files(output_path):
+        if out.resolve() in inputs:
+            which = "is the input" if out.resolve() == Path(input_path).resolve() else f"would replace {out}, a file of the input"
+            raise ValueError(f"the output {output_path} {which}: QHQGAN never overwrites its input")
+
+
+def output_files(path: PathLike) -> list:
+    """The files that writing ``path`` creates: the path itself, plus the data file of ``.nhdr`` / ``.mhd``."""
+    path = Path(path)
+    name = path.name.lower()
+    for suffix, data_suffixes in DETACHED_DATA.items():
+        if name.endswith(suffix):
+            stem = path.name[: -len(suffix)]
+            return [path] + [path.with_name(stem + d) for d in data_suffixes]
+    return [path]
+
+
+def check_output_path(path: PathLike, *, overwrite: bool = False, suffixes: Sequence[str] = (),
+                      folder: bool = False) -> Path:
+    """Every mistake in an output path, found before any work: missing parent folder, a folder where
+    a file is meant (or the reverse), an existing output without ``overwrite``, a wrong file ending.
+
+    Returns the path (``~`` expanded).
+    """
+    out = Path(path).expanduser()
+    if suffixes and not folder and not out.name.lower().endswith(tuple(suffixes)):
+        raise ValueError(f"{out}: the output must end with one of {', '.join(suffixes)}")
+    if not out.parent.is_dir():
+        raise FileNotFoundError(f"{out.parent}: the output folder does not exist; create it first")
+    if not os.access(out.parent, os.W_OK | os.X_OK):
+        raise PermissionError(f"{out.parent}: no permission to write in this folder")
+    if folder:
+        if out.exists() and not out.is_dir():
+            raise FileExistsError(f"{out} exists and is not a folder")
+    elif out.is_dir():
+        raise IsADirectoryError(f"{out} is a folder; give a file name inside it, e.g. {out / 'result.nrrd'}")
+    check_new_output(out, overwrite)
+    for extra in output_files(out)[1:]:
+        if extra.exists() and not overwrite:
+            raise FileExistsError(f"{extra} exists (it would be written as the data file of {out.name}); "
+                                  "pass --overwrite to replace it")
+    return out
 
 
 def check_new_output(output_path: PathLike, overwrite: bool = False) -> None:
@@ -49,3 +114,89 @@ def require_synthetic_name(path: PathLike) -> None:
     if "synthetic" not in Path(path).name.lower():
         raise ValueError(f"{path}: synthetic images are marked synthetic in their names too; "
                          "use a name containing 'synthetic', e.g. liver_synthetic.nrrd")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _claim_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}{CLAIM_SUFFIX}")
+
+
+@contextlib.contextmanager
+def claim_output(path: PathLike) -> Iterator[Path]:
+    """Hold ``path`` for this run: a second run (another process) claiming it gets a ``FileExistsError``
+    at once. Claims are small hidden files beside the output, removed on exit; one left by a run that
+    died (its process is gone) is taken over. Nested claims of the same path by one process are allowed.
+    """
+    out = Path(path).expanduser()
+    claim = _claim_path(out)
+    mine = str(os.getpid())
+    for _ in range(3):
+        try:
+            fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                holder = claim.read_text().strip()
+            except FileNotFoundError:
+                continue  # released meanwhile: try again
+            if holder == mine:  # nested claim in this process
+                yield out
+                return
+            if holder.isdigit() and _pid_alive(int(holder)):
+                raise FileExistsError(f"{out} is being written by another QHQGAN run (process {holder}); "
+                                      "wait for it to finish or choose another output") from None
+            with contextlib.suppress(FileNotFoundError):
+                claim.unlink()  # stale: its run is gone
+            continue
+        with os.fdopen(fd, "w") as fh:
+            fh.write(mine)
+        try:
+            yield out
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                if claim.read_text().strip() == mine:
+                    claim.unlink()
+        return
+    raise FileExistsError(f"{out}: could not claim the output (another run keeps claiming it)")
+
+
+def make_temp_folder(parent: Path) -> Path:
+    """A private temporary folder beside the output (same file system: the final rename is atomic).
+
+    Folders left by QHQGAN runs that were killed (``.qhqgan-write-<pid>-*`` whose process is gone) are
+    removed first: QHQGAN created them and nothing else uses that name.
+    """
+    import tempfile
+
+    for old in parent.glob(f"{TEMP_PREFIX}*"):
+        pid = old.name[len(TEMP_PREFIX):].split("-", 1)[0]
+        if old.is_dir() and pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+    return Path(tempfile.mkdtemp(dir=parent, prefix=f"{TEMP_PREFIX}{os.getpid()}-"))
+
+
+def commit_file(tmp: Path, target: Path, overwrite: bool) -> None:
+    """Move a finished file into place. Without ``overwrite`` it never replaces a file that appeared
+    since the checks (a hard link fails if the target exists; the rename fallback checks just before)."""
+    if overwrite:
+        os.replace(tmp, target)
+        return
+    try:
+        os.link(tmp, target)
+    except FileExistsError:
+        raise FileExistsError(f"{target} appeared while this run was computing; the result was not "
+                              "written over it (pass --overwrite to replace it)") from None
+    except OSError:  # file systems without hard links
+        if target.exists():
+            raise FileExistsError(f"{target} appeared while this run was computing; not replaced") from None
+        os.replace(tmp, target)
+        return
+    os.unlink(tmp)

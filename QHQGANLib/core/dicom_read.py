@@ -1,0 +1,232 @@
+"""Reading a DICOM series (or one DICOM file) into a Volume, with every check a series must pass first.
+
+Headers are read before any pixel, so that a folder holding several series, duplicated or missing
+slices, uneven spacing, gantry tilt, mixed orientations or matrix sizes is refused with the reason
+(see :func:`QHQGANLib.core.io.read_volume`, the public entry point). pydicom reads the files;
+pylibjpeg decodes compressed pixel data.
+
+Console usage::
+
+    >>> from QHQGANLib.core.dicom_read import read_dicom_folder
+    >>> ct = read_dicom_folder(Path("CT_series"), series_uid=None, force=False, max_voxels=10**9)
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .file_checks import VolumeReadError, check_voxel_count, first_line
+from .volume import Volume
+
+#: Relative tolerance on slice-to-slice spacing before a series counts as uneven.
+SPACING_TOLERANCE = 0.01
+#: DICOM attributes kept in ``Volume.metadata["dicom"]`` for provenance and later export.
+KEPT_DICOM_KEYWORDS = (
+    "Modality", "Manufacturer", "ManufacturerModelName", "KVP", "ConvolutionKernel",
+    "SliceThickness", "PatientPosition", "BodyPartExamined", "StudyInstanceUID",
+    "SeriesInstanceUID", "FrameOfReferenceUID", "StudyDescription", "SeriesDescription",
+    "StudyDate", "StudyTime", "SeriesNumber", "PatientID", "PatientName", "PatientSex",
+    "PatientAge", "AccessionNumber", "WindowCenter", "WindowWidth", "BurnedInAnnotation",
+)
+
+
+def is_dicom_file(path: Path) -> bool:
+    """True for a DICOM Part 10 file (128-byte preamble followed by ``DICM``)."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(132)[128:132] == b"DICM"
+    except OSError:
+        return False
+
+
+def read_dicom_folder(folder: Path, *, series_uid: Optional[str], force: bool,
+                       max_voxels: int) -> Volume:
+    # is_file() is False for FIFOs, sockets and devices: they are never opened
+    files = [p for p in sorted(folder.iterdir())
+             if p.is_file() and not p.name.startswith(".") and p.name.upper() != "DICOMDIR"]
+    if not files:
+        raise VolumeReadError(f"{folder}: the folder is empty")
+    dicom_files = [p for p in files if is_dicom_file(p)]
+    if not dicom_files:
+        raise VolumeReadError(f"{folder}: no DICOM file in this folder ({len(files)} other files)")
+    return read_dicom_files(dicom_files, source=folder, series_uid=series_uid, force=force,
+                             max_voxels=max_voxels)
+
+
+def read_dicom_files(files: Sequence[Path], *, source: Path, force: bool, max_voxels: int,
+                      series_uid: Optional[str] = None) -> Volume:
+    import pydicom
+
+    headers = []
+    for f in files:
+        try:
+            ds = pydicom.dcmread(str(f), stop_before_pixels=True)
+        except Exception as exc:
+            raise VolumeReadError(f"{f}: broken DICOM file ({first_line(exc)})") from None
+        if "Rows" in ds and "Columns" in ds:  # image pixel module (pixels not read yet)
+            headers.append((f, ds))
+    if not headers:
+        raise VolumeReadError(f"{source}: the DICOM files hold no images (e.g. only reports or structures)")
+
+    by_series: Dict[str, List[Tuple[Path, Any]]] = defaultdict(list)
+    for f, ds in headers:
+        by_series[str(ds.get("SeriesInstanceUID", ""))].append((f, ds))
+    if series_uid is not None:
+        if series_uid not in by_series:
+            raise VolumeReadError(f"{source}: no series {series_uid}; found: {_describe_series(by_series)}")
+        chosen = by_series[series_uid]
+    elif len(by_series) > 1:
+        raise VolumeReadError(
+            f"{source}: the folder holds {len(by_series)} series; pick one with series_uid= "
+            f"(--series-uid): {_describe_series(by_series)}")
+    else:
+        chosen = next(iter(by_series.values()))
+
+    first = chosen[0][1]
+    modality = str(first.get("Modality", "")).upper()
+    if modality != "CT" and not force:
+        raise VolumeReadError(
+            f"{source}: modality is {modality or 'missing'}, not CT; QHQGAN models are trained on CT "
+            "in HU. Pass force=True (--force) to read it anyway")
+    if int(first.get("NumberOfFrames", 1) or 1) > 1:
+        raise VolumeReadError(f"{source}: multi-frame (enhanced) DICOM is not supported yet; "
+                              "convert it to single-frame files or NRRD first")
+
+    slices = _sorted_slices(chosen, source)
+    rows, cols = int(first.Rows), int(first.Columns)
+    check_voxel_count(rows * cols * len(slices), (cols, rows, len(slices)), source, max_voxels)
+
+    array = np.empty((len(slices), rows, cols), dtype=np.float32)
+    for k, (f, _pos, _ds) in enumerate(slices):
+        try:
+            ds = pydicom.dcmread(str(f))
+            pixels = ds.pixel_array
+        except Exception as exc:
+            hint = ("; compressed DICOM needs pylibjpeg and pylibjpeg-openjpeg"
+                    if "handler" in str(exc).lower() or "plugin" in str(exc).lower() else "")
+            raise VolumeReadError(f"{f}: the pixel data cannot be decoded ({first_line(exc)}){hint}") from None
+        if pixels.shape != (rows, cols):
+            raise VolumeReadError(f"{f}: image of shape {pixels.shape}, expected ({rows}, {cols})")
+        slope = float(ds.get("RescaleSlope", 1) or 1)
+        intercept = float(ds.get("RescaleIntercept", 0) or 0)
+        array[k] = pixels.astype(np.float32) * slope + intercept
+
+    row_cos, col_cos, normal = _orientation(first, source)
+    row_spacing, col_spacing = (float(v) for v in first.PixelSpacing)
+    slice_spacing = _slice_spacing(slices, first)
+    direction = np.column_stack([row_cos, col_cos, normal])
+    metadata = {
+        "source": str(source),
+        "format": "dicom",
+        "dicom": _kept_attributes(first),
+        "transfer_syntax": str(getattr(first.file_meta, "TransferSyntaxUID", "")),
+        "n_files": len(slices),
+    }
+    # DICOM PixelSpacing is (row spacing = between rows = y, column spacing = x)
+    return Volume(array, (col_spacing, row_spacing, slice_spacing), tuple(slices[0][1]), direction, metadata)
+
+
+def _orientation(ds, source: Path) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    iop = ds.get("ImageOrientationPatient")
+    if iop is None or len(iop) != 6:
+        raise VolumeReadError(f"{source}: ImageOrientationPatient is missing; the geometry is unknown")
+    row_cos = np.asarray(iop[:3], dtype=np.float64)
+    col_cos = np.asarray(iop[3:], dtype=np.float64)
+    row_cos /= np.linalg.norm(row_cos)
+    col_cos /= np.linalg.norm(col_cos)
+    return row_cos, col_cos, np.cross(row_cos, col_cos)
+
+
+def _sorted_slices(chosen, source: Path) -> List[Tuple[Path, np.ndarray, Any]]:
+    """Slices sorted along the slice normal, after checking they form one regular stack."""
+    first = chosen[0][1]
+    iop0 = np.asarray(first.get("ImageOrientationPatient", []), dtype=np.float64)
+    size0 = (first.get("Rows"), first.get("Columns"))
+    spacing0 = np.asarray(first.get("PixelSpacing", [np.nan, np.nan]), dtype=np.float64)
+    if np.any(np.isnan(spacing0)):
+        raise VolumeReadError(f"{source}: PixelSpacing is missing; the pixel size is unknown")
+    _, _, normal = _orientation(first, source)
+    entries = []
+    for f, ds in chosen:
+        iop = np.asarray(ds.get("ImageOrientationPatient", []), dtype=np.float64)
+        if iop.shape != iop0.shape or not np.allclose(iop, iop0, atol=1e-4):
+            raise VolumeReadError(f"{source}: slices have different orientations ({f.name}); "
+                                  "this is not one stack of parallel slices")
+        if (ds.get("Rows"), ds.get("Columns")) != size0:
+            raise VolumeReadError(f"{source}: slices have different matrix sizes ({f.name})")
+        if not np.allclose(np.asarray(ds.get("PixelSpacing", [0, 0]), dtype=np.float64), spacing0, rtol=1e-4):
+            raise VolumeReadError(f"{source}: slices have different pixel spacings ({f.name})")
+        ipp = ds.get("ImagePositionPatient")
+        if ipp is None or len(ipp) != 3:
+            raise VolumeReadError(f"{f}: ImagePositionPatient is missing; the slice position is unknown")
+        pos = np.asarray(ipp, dtype=np.float64)
+        entries.append((f, pos, ds, float(pos @ normal)))
+    entries.sort(key=lambda e: e[3])
+
+    heights = np.array([e[3] for e in entries])
+    if len(entries) > 1:
+        steps = np.diff(heights)
+        dup = np.flatnonzero(steps < 1e-3)
+        if dup.size:
+            a, b = entries[dup[0]][0].name, entries[dup[0] + 1][0].name
+            raise VolumeReadError(f"{source}: {dup.size} duplicated slice position(s), e.g. {a} and {b} "
+                                  f"at {heights[dup[0]]:.2f} mm along the slice normal")
+        median = float(np.median(steps))
+        uneven = np.flatnonzero(np.abs(steps - median) > SPACING_TOLERANCE * median + 1e-3)
+        if uneven.size:
+            k = uneven[0]
+            kind = "missing slice(s)" if steps[k] > 1.5 * median else "uneven slice spacing"
+            raise VolumeReadError(
+                f"{source}: {kind}: the gap between {entries[k][0].name} and {entries[k + 1][0].name} "
+                f"is {steps[k]:.3f} mm where the series steps {median:.3f} mm "
+                f"({uneven.size} irregular gap(s)); resample the series to a regular grid first")
+        # gantry tilt: slice positions must move along the slice normal
+        offsets = np.array([e[1] for e in entries]) - entries[0][1]
+        along = offsets @ normal
+        across = np.linalg.norm(offsets - np.outer(along, normal), axis=1)
+        tilt = np.degrees(np.arctan2(across[-1], abs(along[-1])))
+        if tilt > 0.1:
+            raise VolumeReadError(
+                f"{source}: gantry tilt of {tilt:.1f} degrees (slices are sheared, not stacked along "
+                "their normal); correct the tilt first, e.g. with Slicer's DICOM import "
+                "'acquisition geometry regularization'")
+    return [(f, pos, ds) for f, pos, ds, _ in entries]
+
+
+def _slice_spacing(slices, first) -> float:
+    if len(slices) > 1:
+        _, _, normal = _orientation(first, Path("."))
+        steps = np.diff([pos @ normal for _, pos, _ in slices])
+        return float(np.mean(steps))
+    for keyword in ("SliceThickness", "SpacingBetweenSlices"):  # one slice: its thickness
+        value = first.get(keyword)
+        if value not in (None, "") and float(value) > 0:
+            return float(value)
+    return 1.0
+
+
+def _describe_series(by_series) -> str:
+    parts = []
+    for uid, items in by_series.items():
+        ds = items[0][1]
+        desc = str(ds.get("SeriesDescription", "")) or "no description"
+        parts.append(f"{uid or '(no UID)'} ({ds.get('Modality', '?')}, {desc}, {len(items)} images)")
+    return "; ".join(parts)
+
+
+def _kept_attributes(ds) -> Dict[str, str]:
+    kept = {}
+    for keyword in KEPT_DICOM_KEYWORDS:
+        value = ds.get(keyword)
+        if value not in (None, ""):
+            kept[keyword] = "\\".join(str(v) for v in value) if _is_multivalue(value) else str(value)
+    return kept
+
+
+def _is_multivalue(value: Any) -> bool:
+    from pydicom.multival import MultiValue
+
+    return isinstance(value, (MultiValue, list, tuple))
