@@ -194,9 +194,22 @@ def test_cli_train_synth_records_its_settings_and_refuses_bad_options(ct_small_p
     assert card["training"]["n_critic"] == 1 and card["training"]["diffaugment"] == "translation,cutout"
     assert card["training"]["ema_decay"] == SynthConfig.ema_decay
     assert len((tmp_path / "run" / "losses.jsonl").read_text().splitlines()) == 2
+    # the card names no input file (paths often hold patient names): a count and content hashes
+    assert str(ct_small_path) not in json.dumps(card) and "CT_small" not in json.dumps(card)
+    assert card["training_data"]["n_volumes"] == 1 and len(card["training_data"]["voxel_sha256_16"][0]) == 16
+    assert card["training"]["output_dir"] is None
+    # an existing model is refused before any training (#12), replaced only with --overwrite
+    before = model_path.with_suffix(".safetensors").read_bytes()
+    assert main(args[:6] + ["4"] + args[7:] + ["--resume", "--checkpoint-every", "1"]) == 2
+    assert "exists" in capsys.readouterr().err
+    assert len((tmp_path / "run" / "losses.jsonl").read_text().splitlines()) == 2
+    assert model_path.with_suffix(".safetensors").read_bytes() == before
     # a longer run continues from the checkpoint the first one left
-    assert main(args[:6] + ["4"] + args[7:] + ["--resume", "--checkpoint-every", "1"]) == 0
+    assert main(args[:6] + ["4"] + args[7:] + ["--resume", "--checkpoint-every", "1", "--overwrite"]) == 0
     assert len((tmp_path / "run" / "losses.jsonl").read_text().splitlines()) == 4
+    with pytest.raises(SystemExit) as exit_info:  # --steps 0 would save an untrained model
+        main(args[:6] + ["0"] + args[7:])
+    assert exit_info.value.code == 2 and "at least 1" in capsys.readouterr().err
     out = tmp_path / "s_synthetic.nrrd"
     assert main(["synthesize", str(out), "--model", str(model_path.with_suffix(".safetensors")), "--n", "3",
                  "--quiet"]) == 0

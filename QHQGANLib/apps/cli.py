@@ -19,7 +19,9 @@ Errors print one line and exit with status 2 (1 for an unexpected failure);
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from typing import List, Optional
 
 from ..core.constants import __version__
@@ -28,7 +30,8 @@ from ..core.kinds import ENHANCE_ARCHS, SYNTH_METHODS, TRAINABLE_IMAGE_TASKS, de
 from ..core.options import add_option_argument, add_task_arguments
 from . import commands
 
-EXPECTED_ERRORS = (ValueError, FileExistsError, FileNotFoundError, PermissionError, ImportError)
+#: Errors with a message meant for the user (OSError: full disk, a folder given as output, permissions).
+EXPECTED_ERRORS = (ValueError, OSError, ImportError)
 
 #: One line of help per task command.
 TASK_HELP = {
@@ -37,6 +40,17 @@ TASK_HELP = {
     "synthesize": "generate synthetic CT slices (marked synthetic in names, headers and DICOM)",
     "simulate-low-dose": "simulate a lower-dose acquisition of a CT (physics-based noise insertion)",
 }
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (``--steps 0`` would save an untrained model)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _add_io(p: argparse.ArgumentParser) -> None:
@@ -78,19 +92,19 @@ def _add_training_commands(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--input", action="append", required=True, help="a normal-dose CT (repeatable)")
     p.add_argument("--arch", default=ENHANCE_ARCHS[0], choices=ENHANCE_ARCHS)
     p.add_argument("--task", default=TRAINABLE_IMAGE_TASKS[0], choices=TRAINABLE_IMAGE_TASKS)
-    p.add_argument("--steps", type=int, default=2000)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--patch-size", type=int, default=64)
+    p.add_argument("--steps", type=positive_int, default=2000)
+    p.add_argument("--batch-size", type=positive_int, default=16)
+    p.add_argument("--patch-size", type=positive_int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--adv-weight", type=float, default=1e-3, help="adversarial weight (0 = regression)")
     p.add_argument("--ssim-weight", type=float, default=0.1)
     p.add_argument("--dose-min", type=float, default=0.05, help="lowest simulated dose fraction (default 0.05)")
     p.add_argument("--dose-max", type=float, default=0.5)
-    p.add_argument("--pool-size", type=int, default=4, help="low-dose realisations per volume")
-    p.add_argument("--width", type=int, default=16)
-    p.add_argument("--n-qubits", type=int, default=8)
-    p.add_argument("--n-layers", type=int, default=2)
-    p.add_argument("--redcnn-width", type=int, default=96)
+    p.add_argument("--pool-size", type=positive_int, default=4, help="low-dose realisations per volume")
+    p.add_argument("--width", type=positive_int, default=16)
+    p.add_argument("--n-qubits", type=positive_int, default=8)
+    p.add_argument("--n-layers", type=positive_int, default=2)
+    p.add_argument("--redcnn-width", type=positive_int, default=96)
     p.add_argument("--redcnn-context", type=int, default=0, choices=(0, 1),
                    help="RED-CNN's neighbour slices each side: 0 = one slice (published), 1 = 3 slices as HQGAN")
     p.add_argument("--loss", default="l1-ssim-adv", choices=("l1-ssim-adv", "mse"),
@@ -98,9 +112,10 @@ def _add_training_commands(sub, common: argparse.ArgumentParser) -> None:
                         "(RED-CNN's published loss)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output-dir", help="checkpoints, config and losses.jsonl go here")
-    p.add_argument("--checkpoint-every", type=int, default=500)
+    p.add_argument("--checkpoint-every", type=positive_int, default=500)
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/checkpoint.pt")
     p.add_argument("--save-model", help="write the trained model as PATH.safetensors + PATH.json")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --save-model PATH")
     p.add_argument("--force", action="store_true", help="accept a non-CT modality or non-HU values")
     add_compute(p)
     p.set_defaults(func=commands.cmd_train_enhance)
@@ -111,15 +126,15 @@ def _add_training_commands(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--roi", action="append", help="a segmentation/label volume per input: crop slices to it")
     p.add_argument("--method", default=SYNTH_METHODS[0], choices=SYNTH_METHODS)
     p.add_argument("--size", type=int, default=64, choices=(64, 128))
-    p.add_argument("--steps", type=int,
+    p.add_argument("--steps", type=positive_int,
                    help="generator updates (default 1200: about 5 min at 64x64 on 2 idle CPU cores)")
-    p.add_argument("--batch-size", type=int, help="default 32")
-    p.add_argument("--n-qubits", type=int, help="default 8")
-    p.add_argument("--n-layers", type=int, help="default 4")
-    p.add_argument("--n-circuits", type=int,
+    p.add_argument("--batch-size", type=positive_int, help="default 32")
+    p.add_argument("--n-qubits", type=positive_int, help="default 8")
+    p.add_argument("--n-layers", type=positive_int, help="default 4")
+    p.add_argument("--n-circuits", type=positive_int,
                    help="methods with a circuit slot (hqgan and its controls): runs of the block (same weights) "
                         "on independent noise per sample; their n-qubit outputs are concatenated (default 4)")
-    p.add_argument("--n-critic", type=int,
+    p.add_argument("--n-critic", type=positive_int,
                    help="critic updates per generator update of the WGAN-GP methods (default 2; "
                         "the paper's 5 takes about twice as long)")
     p.add_argument("--lr-g", type=float, help="generator learning rate (default: the method's setting)")
@@ -129,9 +144,10 @@ def _add_training_commands(sub, common: argparse.ArgumentParser) -> None:
                         "'' for none (default translation)")
     p.add_argument("--seed", type=int, help="default 0")
     p.add_argument("--output-dir", help="config, losses.jsonl and checkpoint.pt go here")
-    p.add_argument("--checkpoint-every", type=int, help="updates between checkpoints (default 500)")
+    p.add_argument("--checkpoint-every", type=positive_int, help="updates between checkpoints (default 500)")
     p.add_argument("--resume", action="store_true", help="continue from --output-dir's checkpoint.pt")
     p.add_argument("--save-model", required=True, help="write PATH.safetensors + PATH.json")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --save-model PATH")
     p.add_argument("--force", action="store_true", help="accept a non-CT modality or non-HU values")
     add_compute(p)
     p.set_defaults(func=commands.cmd_train_synth)
@@ -162,16 +178,29 @@ def _add_evaluation_commands(sub, common: argparse.ArgumentParser) -> None:
     p.set_defaults(func=commands.cmd_evaluate_synth)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _global_options(suppress: bool) -> argparse.ArgumentParser:
+    """--debug, --quiet, --progress: accepted before the command and after it.
+
+    The command's copy has no defaults (``SUPPRESS``), so ``qhqgan --quiet enhance ...`` keeps
+    the value given before the command instead of the command's default silently replacing it.
+    """
+    def default(value):
+        return argparse.SUPPRESS if suppress else value
+
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--debug", action="store_true", help="show the full traceback on errors")
-    common.add_argument("--quiet", action="store_true", help="no progress bars or messages")
-    common.add_argument("--progress", choices=("bar", "lines", "none"), default="bar",
+    common.add_argument("--debug", action="store_true", default=default(False),
+                        help="show the full traceback on errors")
+    common.add_argument("--quiet", action="store_true", default=default(False), help="no progress bars or messages")
+    common.add_argument("--progress", choices=("bar", "lines", "none"), default=default("bar"),
                         help="progress display: a bar on stderr (default), machine-readable "
                              "'QHQGAN-PROGRESS <fraction> <message>' lines on stdout, or none")
+    return common
 
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _global_options(suppress=True)
     parser = argparse.ArgumentParser(
-        prog="qhqgan", parents=[common],
+        prog="qhqgan", parents=[_global_options(suppress=False)],
         description="Hybrid quantum-classical GAN tools for CT: low-dose simulation, enhancement, synthesis.")
     parser.add_argument("--version", action="version", version=f"qhqgan {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -214,11 +243,16 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     from ..core.progress import OperationCancelled
 
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)  # clean up temporary files and claims, like Ctrl-C
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("qhqgan: interrupted; no output was written", file=sys.stderr)
         return 130
+    except Terminated:
+        print("qhqgan: terminated; no output was written", file=sys.stderr)
+        return 143
     except OperationCancelled:
         print("qhqgan: cancelled; no output was written", file=sys.stderr)
         return 130
@@ -233,6 +267,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"qhqgan: unexpected {type(exc).__name__}: {exc} (run again with --debug for details)",
               file=sys.stderr)
         return 1
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived: unwinds like Ctrl-C, so every ``finally`` removes what the run created."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated()
 
 
 if __name__ == "__main__":  # python -m QHQGANLib.apps.cli (or python -m QHQGANLib)

@@ -14,6 +14,8 @@ Console usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
+import hashlib
 import json
 import os
 import platform
@@ -22,7 +24,54 @@ from pathlib import Path
 
 from ..core.constants import __version__
 from ..core.kinds import default_model, preferred_models
-from ..core.outputs import check_new_output, check_not_input, require_synthetic_name
+from ..core.outputs import check_not_input, check_output_path, claim_output, require_synthetic_name
+
+#: Endings of the volume files the commands write (DICOM goes to a folder).
+VOLUME_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
+
+
+def _prepare_output(args: argparse.Namespace, folder: bool = False) -> contextlib.AbstractContextManager:
+    """Check the output path before any work (exists, missing folder, a folder, wrong ending, the input
+    itself) and claim it for this run; the returned context holds the claim until the command ends."""
+    if getattr(args, "input", None) and isinstance(args.input, str):
+        check_not_input(args.input, args.output)
+    out = check_output_path(args.output, overwrite=args.overwrite, suffixes=VOLUME_SUFFIXES, folder=folder)
+    return claim_output(out)
+
+
+def _check_model_outputs(args: argparse.Namespace) -> None:
+    """--save-model PATH: both PATH.safetensors and PATH.json are checked before training starts."""
+    from ..nn.weights import model_paths
+
+    if args.save_model:
+        for target in model_paths(args.save_model):
+            check_output_path(target, overwrite=args.overwrite)
+
+
+def _training_data(volumes) -> dict:
+    """What a model card records of its training data: how many volumes and a content hash of each.
+
+    File paths are never recorded: they often hold patient names or record numbers.
+    """
+    hashes = []
+    for v in volumes:
+        digest = hashlib.sha256(repr((v.shape, tuple(round(s, 6) for s in v.spacing))).encode())
+        digest.update(v.array.tobytes())
+        hashes.append(digest.hexdigest()[:16])
+    return {"n_volumes": len(volumes), "n_slices": int(sum(v.shape[0] for v in volumes)), "voxel_sha256_16": hashes}
+
+
+def _check_model_task(model, task: str) -> None:
+    """Refuse a shipped model made for another task before any work (not a tensor shape error later)."""
+    from ..core.resources import model_cards
+
+    if not isinstance(model, str) or model.endswith((".json", ".safetensors")) or os.path.sep in model:
+        return  # custom files are checked when loaded
+    card = next((c for c in model_cards() if c.get("name") == model), None)
+    if card is not None and card.get("task") not in (task, None):
+        fitting = [c["name"] for c in model_cards() if c.get("task") == task]
+        raise ValueError(f"{model} is a {card.get('task')} model, not a {task} model; use one of: "
+                         f"{', '.join(fitting) or 'none installed'}")
 
 
 def _progress(args: argparse.Namespace, description: str):
@@ -70,12 +119,12 @@ def cmd_simulate_low_dose(args: argparse.Namespace) -> int:
     from ..core.io import read_volume, write_volume
     from ..physics.lowdose import simulate_low_dose
 
-    check_not_input(args.input, args.output)
-    volume = read_volume(args.input, force=args.force, series_uid=args.series_uid)
-    with _progress(args, f"simulating {args.dose:.0%} dose") as progress:
-        low = simulate_low_dose(volume, args.dose, seed=args.seed, progress=progress,
-                                reference_noise_hu=args.reference_noise_hu, photons=args.photons)
-    write_volume(low, args.output, overwrite=args.overwrite)
+    with _prepare_output(args):
+        volume = read_volume(args.input, force=args.force, series_uid=args.series_uid)
+        with _progress(args, f"simulating {args.dose:.0%} dose") as progress:
+            low = simulate_low_dose(volume, args.dose, seed=args.seed, progress=progress,
+                                    reference_noise_hu=args.reference_noise_hu, photons=args.photons)
+        write_volume(low, args.output, overwrite=args.overwrite)
     _say(args, f"wrote {args.output}: {low.shape[0]} slice(s) at {args.dose:.0%} of the input dose (seed {args.seed})")
     info = low.metadata["low_dose"]
     if args.dose < 1.0:
@@ -93,10 +142,10 @@ def cmd_degrade_resolution(args: argparse.Namespace) -> int:
     from ..core.io import read_volume, write_volume
     from ..physics.resolution import degrade_resolution
 
-    check_not_input(args.input, args.output)
-    volume = read_volume(args.input, force=args.force, series_uid=args.series_uid)
-    low = degrade_resolution(volume, args.scale)
-    write_volume(low, args.output, overwrite=args.overwrite)
+    with _prepare_output(args):
+        volume = read_volume(args.input, force=args.force, series_uid=args.series_uid)
+        low = degrade_resolution(volume, args.scale)
+        write_volume(low, args.output, overwrite=args.overwrite)
     _say(args, f"wrote {args.output}: {low.size_xyz} voxels at spacing {tuple(round(s, 4) for s in low.spacing)} mm")
     return 0
 
@@ -105,18 +154,18 @@ def _run_model_command(args: argparse.Namespace, task: str) -> int:
     from ..core.io import read_volume, write_volume
     from ..tasks.enhance import enhance, super_resolve
 
-    check_not_input(args.input, args.output)
-    check_new_output(args.output, args.overwrite)
-    volume = read_volume(args.input, force=args.force, series_uid=args.series_uid)
-    options = dict(device=args.device, quantum_backend=args.quantum_backend, tile_size=args.tile_size,
-                   overlap=args.overlap, tile_batch=args.tile_batch)
-    with _progress(args, task) as progress:
-        if task == "enhance":
-            result = enhance(volume, model=args.model or default_model(task), progress=progress, **options)
-        else:
-            result = super_resolve(volume, scale=args.scale, model=args.model or default_model(task, args.scale),
-                                   progress=progress, **options)
-    write_volume(result, args.output, overwrite=args.overwrite)
+    model = args.model or (default_model(task) if task == "enhance" else default_model(task, args.scale))
+    _check_model_task(model, task)
+    with _prepare_output(args):
+        volume = read_volume(args.input, force=args.force, series_uid=args.series_uid)
+        options = dict(device=args.device, quantum_backend=args.quantum_backend, tile_size=args.tile_size,
+                       overlap=args.overlap, tile_batch=args.tile_batch)
+        with _progress(args, task) as progress:
+            if task == "enhance":
+                result = enhance(volume, model=model, progress=progress, **options)
+            else:
+                result = super_resolve(volume, scale=args.scale, model=model, progress=progress, **options)
+        write_volume(result, args.output, overwrite=args.overwrite)
     _say(args, f"wrote {args.output}: {result.size_xyz} voxels, spacing "
                f"{tuple(round(s, 4) for s in result.spacing)} mm ({result.metadata['history'][-1]})")
     return 0
@@ -135,6 +184,7 @@ def cmd_train_enhance(args: argparse.Namespace) -> int:
     from ..nn.weights import save_model
     from ..training.enhancement import TrainConfig, train_enhancer
 
+    _check_model_outputs(args)
     volumes = [read_volume(p, force=args.force) for p in args.input]
     cfg = TrainConfig(arch=args.arch, task=args.task, steps=args.steps, batch_size=args.batch_size,
                       patch_size=args.patch_size, lr=args.lr, adv_weight=args.adv_weight,
@@ -147,8 +197,9 @@ def cmd_train_enhance(args: argparse.Namespace) -> int:
     with _progress(args, f"training {args.arch}") as progress:
         model = train_enhancer(cfg, volumes, progress=progress)
     if args.save_model and int(os.environ.get("RANK", "0")) == 0:
-        card = save_model(model, args.save_model, {"task": args.task, "training": cfg.to_dict(),
-                                                   "training_data": [str(p) for p in args.input]})
+        card = save_model(model, args.save_model, {"task": args.task, "training": {**cfg.to_dict(), "output_dir": None},
+                                                   "training_data": _training_data(volumes)},
+                          overwrite=args.overwrite)
         _say(args, f"saved {card['weights']} (sha256 {card['sha256'][:12]}...)")
     return 0
 
@@ -163,6 +214,7 @@ def cmd_train_synth(args: argparse.Namespace) -> int:
     from ..nn.weights import save_model
     from ..training.synthesis import SynthConfig, train_synth
 
+    _check_model_outputs(args)
     volumes = [read_volume(p, force=args.force) for p in args.input]
     roi = None
     if args.roi:
@@ -180,9 +232,10 @@ def cmd_train_synth(args: argparse.Namespace) -> int:
     cfg = SynthConfig(method=args.method, size=args.size, output_dir=args.output_dir, resume=args.resume, **given)
     with _progress(args, f"training {args.method} synthesis") as progress:
         model = train_synth(cfg, volumes, roi=roi, progress=progress)
-    card = save_model(model, args.save_model, {"task": "synthesize", "training": cfg.to_dict(),
-                                                "training_data": [str(p) for p in args.input],
-                                                "roi": [str(p) for p in args.roi] if args.roi else None})
+    card = save_model(model, args.save_model, {"task": "synthesize", "training": {**cfg.to_dict(), "output_dir": None},
+                                                "training_data": _training_data(volumes),
+                                                "roi": f"{len(args.roi)} label volume(s)" if args.roi else None},
+                      overwrite=args.overwrite)
     _say(args, f"saved {card['weights']} (sha256 {card['sha256'][:12]}...); generate with "
                f"qhqgan synthesize OUT_synthetic.nrrd --model {Path(args.save_model).with_suffix('.safetensors')}")
     return 0
@@ -193,16 +246,18 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
     from ..tasks.synthesize import synthesize
 
     require_synthetic_name(args.output)
-    check_new_output(args.output, args.overwrite)
-    with _progress(args, "synthesizing") as progress:
-        volume = synthesize(args.model or default_model("synthesize"), n=args.n_samples, seed=args.seed,
-                            progress=progress, quantum_backend=args.quantum_backend, device=args.device)
-    if args.dicom:
-        from ..core.dicom_export import export_dicom_series
+    model = args.model or default_model("synthesize")
+    _check_model_task(model, "synthesize")
+    with _prepare_output(args, folder=args.dicom):
+        with _progress(args, "synthesizing") as progress:
+            volume = synthesize(model, n=args.n_samples, seed=args.seed,
+                                progress=progress, quantum_backend=args.quantum_backend, device=args.device)
+        if args.dicom:
+            from ..core.dicom_export import export_dicom_series
 
-        export_dicom_series(volume, args.output, overwrite=args.overwrite)
-    else:
-        write_volume(volume, args.output, overwrite=args.overwrite)
+            export_dicom_series(volume, args.output, overwrite=args.overwrite)
+        else:
+            write_volume(volume, args.output, overwrite=args.overwrite)
     _say(args, f"wrote {args.output}: {args.n_samples} SYNTHETIC slice(s) ({volume.metadata['history'][-1]})")
     return 0
 

@@ -58,11 +58,25 @@ def build_from_config(config: Dict[str, Any]):
     raise ValueError(f"unknown architecture {config.get('arch')!r} in the model description")
 
 
+def check_pennylane_device(name: str) -> None:
+    """Refuse a PennyLane device that is not installed, naming the ones that are (a ValueError, not a crash)."""
+    import pennylane as qml
+
+    try:
+        qml.device(name, wires=1)
+    except Exception as exc:  # DeviceError or the plugin's own import failure
+        installed = sorted(getattr(qml, "plugin_devices", {}) or {})
+        raise ValueError(f"PennyLane device {name!r} cannot be used ({exc}); installed devices: "
+                         f"{', '.join(installed) or 'none'}") from None
+
+
 def set_quantum_backend(model, spec: str) -> None:
     """Switch every QuantumLayer in ``model`` to ``"torch"`` or ``"pennylane:<device>"``."""
     backend, _, device_name = spec.partition(":")
     if backend not in ("torch", "pennylane"):
         raise ValueError(f"quantum backend must be 'torch' or 'pennylane:<device>', got {spec!r}")
+    if backend == "pennylane" and device_name:
+        check_pennylane_device(device_name)
     for module in model.modules():
         if isinstance(module, QuantumLayer):
             module.to_backend(backend, device_name or None)

@@ -25,8 +25,8 @@ from ..core.constants import __version__
 from ..core.resources import model_cards, models_dir
 
 
-class ModelIntegrityError(RuntimeError):
-    """A weights file does not match the sha256 in its model card."""
+class ModelIntegrityError(ValueError, RuntimeError):
+    """A weights file does not match the sha256 in its model card, or is not a valid weights file."""
 
 
 def sha256_of(path: Union[str, Path]) -> str:
@@ -42,28 +42,60 @@ def list_models(task: Optional[str] = None) -> List[Dict[str, Any]]:
     return [c for c in model_cards() if task is None or c.get("task") == task]
 
 
-def save_model(model, path: Union[str, Path], card: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-    """Write ``model`` as ``<path>.safetensors`` plus the card ``<path>.json`` (sha256 filled in)."""
+def model_paths(path: Union[str, Path]) -> List[Path]:
+    """The two files ``save_model(model, path)`` writes: ``<path>.safetensors`` and ``<path>.json``."""
+    path = Path(path)
+    return [path.with_suffix(".safetensors"), path.with_suffix(".json")]
+
+
+def save_model(model, path: Union[str, Path], card: Optional[Dict[str, Any]] = None, *,
+               overwrite: bool = False) -> Dict[str, Any]:
+    """Write ``model`` as ``<path>.safetensors`` plus the card ``<path>.json`` (sha256 filled in).
+
+    Existing files are refused unless ``overwrite=True``; both files are written beside the
+    target under temporary names and moved into place only when complete.
+    """
+    import os
+
     from safetensors.torch import save_file
 
+    from ..core.outputs import check_output_path, claim_output
     from .build import model_config
 
     path = Path(path)
-    weights = path.with_suffix(".safetensors")
+    weights, card_path = model_paths(path)
+    for target in (weights, card_path):
+        check_output_path(target, overwrite=overwrite)
     config = model_config(model)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(weights), metadata={"qhqgan_config": json.dumps(config)})
+    with claim_output(weights):
+        tmp_weights = weights.with_name(f".{weights.name}.{os.getpid()}.tmp")
+        tmp_card = card_path.with_name(f".{card_path.name}.{os.getpid()}.tmp")
+        try:
+            save_file(state, str(tmp_weights), metadata={"qhqgan_config": json.dumps(config)})
+            card = _card(model, config, card, weights.name, sha256_of(tmp_weights), path.stem)
+            tmp_card.write_text(json.dumps(card, indent=2) + "\n")
+            for target in (weights, card_path):
+                check_output_path(target, overwrite=overwrite)  # nothing appeared meanwhile
+            os.replace(tmp_weights, weights)
+            os.replace(tmp_card, card_path)
+        finally:
+            tmp_weights.unlink(missing_ok=True)
+            tmp_card.unlink(missing_ok=True)
+    return card
+
+
+def _card(model, config, card, weights_name: str, sha256: str, stem: str) -> Dict[str, Any]:
     card = dict(card or {})
-    card.setdefault("name", path.stem)
+    card.setdefault("name", stem)
     card.update({
         "config": config,
-        "weights": weights.name,
-        "sha256": sha256_of(weights),
+        "weights": weights_name,
+        "sha256": sha256,
         "n_parameters": int(sum(p.numel() for p in model.parameters())),  # trainable; not batch-norm statistics
         "qhqgan_version": __version__,
         "created": card.get("created") or _dt.date.today().isoformat(),
     })
-    path.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
     return card
 
 
@@ -113,13 +145,22 @@ def load_model(name_or_path: Union[str, Path], device: Optional[str] = None,
             raise ModelIntegrityError(
                 f"{weights.name}: sha256 {actual[:12]}... does not match the model card's "
                 f"{card['sha256'][:12]}...; the file is corrupt or was replaced. Reinstall the model.")
-    with safe_open(str(weights), framework="pt") as fh:
-        meta = fh.metadata() or {}
-    config = (card or {}).get("config") or json.loads(meta.get("qhqgan_config", "null") or "null")
+    try:
+        with safe_open(str(weights), framework="pt") as fh:
+            meta = fh.metadata() or {}
+        config = (card or {}).get("config") or json.loads(meta.get("qhqgan_config", "null") or "null")
+        state = load_file(str(weights))
+    except Exception as exc:  # SafetensorError, JSON errors: a damaged or foreign file
+        raise ModelIntegrityError(f"{weights}: not a valid QHQGAN weights file ({str(exc).splitlines()[0][:200]}); "
+                                  "reinstall the model or save it again") from None
     if not config:
         raise ValueError(f"{weights}: no architecture description (model card or safetensors metadata)")
-    model = build_from_config(config)
-    model.load_state_dict(load_file(str(weights)), strict=True)
+    try:
+        model = build_from_config(config)
+        model.load_state_dict(state, strict=True)
+    except (RuntimeError, KeyError, TypeError) as exc:
+        raise ModelIntegrityError(f"{weights}: the weights do not fit the architecture in the card "
+                                  f"({str(exc).splitlines()[0][:200]}); the file or its card was changed") from None
     model.eval()
     if quantum_backend:
         set_quantum_backend(model, quantum_backend)

@@ -162,7 +162,7 @@ def ship(model, method: str, cfg: SynthConfig, seconds: float, row: dict) -> dic
         "intended_use": "data augmentation research; every output is synthetic, not for diagnosis",
     }
     models_dir().mkdir(parents=True, exist_ok=True)
-    return save_model(model, models_dir() / SHIP_NAMES[method], card)
+    return save_model(model, models_dir() / SHIP_NAMES[method], card, overwrite=True)
 
 
 def _stack_rows(paths, out):

@@ -113,7 +113,7 @@ def main() -> None:
                        "(parallel-beam noise insertion), not real low-dose scans",
     }
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    saved = save_model(model, Path(args.out) / args.model, card)
+    saved = save_model(model, Path(args.out) / args.model, card, overwrite=True)
     print(json.dumps({k: saved[k] for k in ("name", "sha256", "n_parameters")}), flush=True)
     print(f"total {time.time() - t0:.0f} s", flush=True)
 
