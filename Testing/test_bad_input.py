@@ -177,3 +177,44 @@ def test_output_path_that_is_a_folder_is_refused(tmp_path, ct):
         write_volume(ct, tmp_path / "d.nrrd")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         write_volume(ct, tmp_path / "missing" / "v.nrrd")
+
+
+def test_gantry_tilt_is_named_and_can_be_regularized(tmp_path):
+    """A sheared (gantry-tilted) series: the error names the tilt; regularize_tilt resamples it exactly."""
+    import pydicom
+
+    from QHQGANLib.core.dicom_export import export_dicom_series
+
+    z, y, x = np.mgrid[0:8, 0:40, 0:40]
+    truth = np.where((z - 4) ** 2 * 6 + (y - 20) ** 2 + (x - 20) ** 2 < 100, 300.0, -1024.0).astype(np.float32)
+    spacing = (0.7, 0.7, 2.5)
+    # slice k was acquired 1 pixel further along y per slice: it holds truth[k] shifted by k rows
+    stored = np.stack([np.roll(truth[k], -k, axis=0) for k in range(8)])
+    files = export_dicom_series(Volume(stored, spacing, (0.0, 0.0, 0.0)), tmp_path / "tilted", synthetic=False)
+    for k, f in enumerate(files):
+        ds = pydicom.dcmread(str(f))
+        ds.ImagePositionPatient = [0.0, k * spacing[1], k * spacing[2]]
+        ds.GantryDetectorTilt = "15.6"
+        ds.save_as(str(f))
+    with pytest.raises(VolumeReadError, match=r"gantry tilt of 15\.6 degrees .*regularize_tilt"):
+        read_volume(tmp_path / "tilted")
+    regular = read_volume(tmp_path / "tilted", regularize_tilt=True)
+    assert regular.metadata["gantry_tilt_degrees"] == pytest.approx(np.degrees(np.arctan(0.7 / 2.5)), abs=0.01)
+    assert regular.spacing[2] == pytest.approx(2.5)
+    assert np.allclose(regular.direction, np.eye(3), atol=1e-6)
+    assert np.array_equal(regular.array, truth)  # integer shifts: the resampling is exact
+
+
+def test_super_resolution_far_from_its_training_resolution_warns_and_stays_in_range(capsys):
+    """A 0.5 mm or 3 mm input is far from the ~1.4-2 mm the x2 model saw: a warning; HU within range."""
+    from QHQGANLib.tasks.enhance import spacing_warning, super_resolve
+
+    assert spacing_warning(Volume(np.zeros((1, 8, 8), np.float32), (1.6, 1.6, 2.0)), (1.4, 1.96)) is None
+    z, y, x = np.mgrid[0:1, 0:64, 0:64]
+    body = np.where((y - 32) ** 2 + (x - 32) ** 2 < 26 ** 2, 40.0, -1000.0).astype(np.float32)
+    for pixel in (0.5, 3.0):
+        volume = Volume(body.copy(), (pixel, pixel, 2.0))
+        with pytest.warns(UserWarning, match="far from"):
+            result = super_resolve(volume, scale=2, model="hqgan-sr2")
+        assert "far from" in result.metadata["warnings"][0]
+        assert result.array.min() >= -1024.0 and result.array.max() <= 3071.0

@@ -59,6 +59,8 @@ def _add_io(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.add_argument("--force", action="store_true", help="accept a non-CT modality or non-HU values")
     p.add_argument("--series-uid", help="the series to read when the DICOM folder holds several")
+    p.add_argument("--regularize-tilt", action="store_true",
+                   help="resample a gantry-tilted DICOM series onto a regular grid (refused otherwise)")
 
 
 def _add_task_commands(sub, common: argparse.ArgumentParser) -> None:

@@ -19,6 +19,8 @@ import hashlib
 import json
 import os
 import platform
+import sys
+import warnings
 from importlib import metadata
 from pathlib import Path
 
@@ -120,7 +122,8 @@ def cmd_simulate_low_dose(args: argparse.Namespace) -> int:
     from ..physics.lowdose import simulate_low_dose
 
     with _prepare_output(args):
-        volume = read_volume(args.input, force=args.force, series_uid=args.series_uid)
+        volume = read_volume(args.input, force=args.force, series_uid=args.series_uid,
+                             regularize_tilt=args.regularize_tilt)
         with _progress(args, f"simulating {args.dose:.0%} dose") as progress:
             low = simulate_low_dose(volume, args.dose, seed=args.seed, progress=progress,
                                     reference_noise_hu=args.reference_noise_hu, photons=args.photons)
@@ -143,7 +146,8 @@ def cmd_degrade_resolution(args: argparse.Namespace) -> int:
     from ..physics.resolution import degrade_resolution
 
     with _prepare_output(args):
-        volume = read_volume(args.input, force=args.force, series_uid=args.series_uid)
+        volume = read_volume(args.input, force=args.force, series_uid=args.series_uid,
+                             regularize_tilt=args.regularize_tilt)
         low = degrade_resolution(volume, args.scale)
         write_volume(low, args.output, overwrite=args.overwrite)
     _say(args, f"wrote {args.output}: {low.size_xyz} voxels at spacing {tuple(round(s, 4) for s in low.spacing)} mm")
@@ -157,15 +161,20 @@ def _run_model_command(args: argparse.Namespace, task: str) -> int:
     model = args.model or (default_model(task) if task == "enhance" else default_model(task, args.scale))
     _check_model_task(model, task)
     with _prepare_output(args):
-        volume = read_volume(args.input, force=args.force, series_uid=args.series_uid)
+        volume = read_volume(args.input, force=args.force, series_uid=args.series_uid,
+                             regularize_tilt=args.regularize_tilt)
         options = dict(device=args.device, quantum_backend=args.quantum_backend, tile_size=args.tile_size,
                        overlap=args.overlap, tile_batch=args.tile_batch)
         with _progress(args, task) as progress:
             if task == "enhance":
                 result = enhance(volume, model=model, progress=progress, **options)
             else:
-                result = super_resolve(volume, scale=args.scale, model=model, progress=progress, **options)
+                with warnings.catch_warnings():  # said once, below, as one line
+                    warnings.simplefilter("ignore", UserWarning)
+                    result = super_resolve(volume, scale=args.scale, model=model, progress=progress, **options)
         write_volume(result, args.output, overwrite=args.overwrite)
+    for note in result.metadata.get("warnings", []):
+        print(f"qhqgan: warning: {note}", file=sys.stderr)
     _say(args, f"wrote {args.output}: {result.size_xyz} voxels, spacing "
                f"{tuple(round(s, 4) for s in result.spacing)} mm ({result.metadata['history'][-1]})")
     return 0

@@ -43,7 +43,7 @@ def is_dicom_file(path: Path) -> bool:
 
 
 def read_dicom_folder(folder: Path, *, series_uid: Optional[str], force: bool,
-                       max_voxels: int) -> Volume:
+                      max_voxels: int, regularize_tilt: bool = False) -> Volume:
     # is_file() is False for FIFOs, sockets and devices: they are never opened
     files = [p for p in sorted(folder.iterdir())
              if p.is_file() and not p.name.startswith(".") and p.name.upper() != "DICOMDIR"]
@@ -53,11 +53,11 @@ def read_dicom_folder(folder: Path, *, series_uid: Optional[str], force: bool,
     if not dicom_files:
         raise VolumeReadError(f"{folder}: no DICOM file in this folder ({len(files)} other files)")
     return read_dicom_files(dicom_files, source=folder, series_uid=series_uid, force=force,
-                             max_voxels=max_voxels)
+                            max_voxels=max_voxels, regularize_tilt=regularize_tilt)
 
 
 def read_dicom_files(files: Sequence[Path], *, source: Path, force: bool, max_voxels: int,
-                      series_uid: Optional[str] = None) -> Volume:
+                     series_uid: Optional[str] = None, regularize_tilt: bool = False) -> Volume:
     import pydicom
 
     headers = []
@@ -95,7 +95,7 @@ def read_dicom_files(files: Sequence[Path], *, source: Path, force: bool, max_vo
         raise VolumeReadError(f"{source}: multi-frame (enhanced) DICOM is not supported yet; "
                               "convert it to single-frame files or NRRD first")
 
-    slices = _sorted_slices(chosen, source)
+    slices, shear = _sorted_slices(chosen, source, regularize_tilt)
     rows, cols = int(first.Rows), int(first.Columns)
     check_voxel_count(rows * cols * len(slices), (cols, rows, len(slices)), source, max_voxels)
 
@@ -125,8 +125,32 @@ def read_dicom_files(files: Sequence[Path], *, source: Path, force: bool, max_vo
         "transfer_syntax": str(getattr(first.file_meta, "TransferSyntaxUID", "")),
         "n_files": len(slices),
     }
+    if shear is not None:
+        array = _unshear(array, shear, row_cos, col_cos, (col_spacing, row_spacing))
+        metadata["gantry_tilt_degrees"] = round(_tilt_degrees(shear, slice_spacing, len(slices)), 3)
+        metadata["history"] = [f"gantry tilt of {metadata['gantry_tilt_degrees']:.2f} degrees regularized: "
+                               "slices resampled (linear) onto a grid stacked along their normal"]
     # DICOM PixelSpacing is (row spacing = between rows = y, column spacing = x)
     return Volume(array, (col_spacing, row_spacing, slice_spacing), tuple(slices[0][1]), direction, metadata)
+
+
+def _tilt_degrees(shear: np.ndarray, spacing: float, n: int) -> float:
+    across = float(np.linalg.norm(shear[-1]))
+    return float(np.degrees(np.arctan2(across, abs(spacing) * (n - 1))))
+
+
+def _unshear(array: np.ndarray, shear: np.ndarray, row_cos, col_cos, pixel: Tuple[float, float]) -> np.ndarray:
+    """Shift each slice in its plane so the stack lies along the slice normal (what Slicer's DICOM
+    "acquisition geometry regularization" achieves with a resampling transform). ``shear[k]`` is slice
+    k's position offset across the normal, relative to slice 0; outside the data is air (-1024 HU)."""
+    from scipy import ndimage
+
+    out = np.empty_like(array)
+    for k in range(array.shape[0]):
+        dx = float(shear[k] @ row_cos) / pixel[0]  # columns (x) move along the row direction
+        dy = float(shear[k] @ col_cos) / pixel[1]
+        out[k] = ndimage.shift(array[k], (dy, dx), order=1, mode="constant", cval=-1024.0)
+    return out
 
 
 def _orientation(ds, source: Path) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -140,7 +164,10 @@ def _orientation(ds, source: Path) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     return row_cos, col_cos, np.cross(row_cos, col_cos)
 
 
-def _sorted_slices(chosen, source: Path) -> List[Tuple[Path, np.ndarray, Any]]:
+def _sorted_slices(chosen, source: Path, regularize_tilt: bool = False
+                   ) -> Tuple[List[Tuple[Path, np.ndarray, Any]], Optional[np.ndarray]]:
+    """Slices sorted along their normal, after the series checks; and, for a gantry-tilted series read
+    with ``regularize_tilt``, each slice's position offset across the normal (else None)."""
     """Slices sorted along the slice normal, after checking they form one regular stack."""
     first = chosen[0][1]
     iop0 = np.asarray(first.get("ImageOrientationPatient", []), dtype=np.float64)
@@ -167,7 +194,22 @@ def _sorted_slices(chosen, source: Path) -> List[Tuple[Path, np.ndarray, Any]]:
     entries.sort(key=lambda e: e[3])
 
     heights = np.array([e[3] for e in entries])
+    shear = None
     if len(entries) > 1:
+        # gantry tilt first: a sheared stack can also look unevenly spaced, and the tilt is the cause
+        offsets = np.array([e[1] for e in entries]) - entries[0][1]
+        along = offsets @ normal
+        across = offsets - np.outer(along, normal)
+        tilt = np.degrees(np.arctan2(np.linalg.norm(across[-1]), abs(along[-1])))
+        if tilt > 0.1 and not regularize_tilt:
+            stated = entries[0][2].get("GantryDetectorTilt")
+            raise VolumeReadError(
+                f"{source}: gantry tilt of {tilt:.1f} degrees (GantryDetectorTilt says "
+                f"{stated if stated not in (None, '') else 'nothing'}): the slices are sheared, not stacked "
+                "along their normal. Read it with regularize_tilt=True (--regularize-tilt) to resample it "
+                "onto a regular grid, as Slicer's DICOM import 'acquisition geometry regularization' does")
+        if tilt > 0.1:
+            shear = across
         steps = np.diff(heights)
         dup = np.flatnonzero(steps < 1e-3)
         if dup.size:
@@ -183,17 +225,7 @@ def _sorted_slices(chosen, source: Path) -> List[Tuple[Path, np.ndarray, Any]]:
                 f"{source}: {kind}: the gap between {entries[k][0].name} and {entries[k + 1][0].name} "
                 f"is {steps[k]:.3f} mm where the series steps {median:.3f} mm "
                 f"({uneven.size} irregular gap(s)); resample the series to a regular grid first")
-        # gantry tilt: slice positions must move along the slice normal
-        offsets = np.array([e[1] for e in entries]) - entries[0][1]
-        along = offsets @ normal
-        across = np.linalg.norm(offsets - np.outer(along, normal), axis=1)
-        tilt = np.degrees(np.arctan2(across[-1], abs(along[-1])))
-        if tilt > 0.1:
-            raise VolumeReadError(
-                f"{source}: gantry tilt of {tilt:.1f} degrees (slices are sheared, not stacked along "
-                "their normal); correct the tilt first, e.g. with Slicer's DICOM import "
-                "'acquisition geometry regularization'")
-    return [(f, pos, ds) for f, pos, ds, _ in entries]
+    return [(f, pos, ds) for f, pos, ds, _ in entries], shear
 
 
 def _slice_spacing(slices, first) -> float:

@@ -51,7 +51,8 @@ SYNTHETIC_VALUE = "YES: synthetic image made by QHQGAN, not for diagnosis"
 # public API
 # ---------------------------------------------------------------------------
 def read_volume(path: PathLike, *, force: bool = False, series_uid: Optional[str] = None,
-                max_voxels: int = DEFAULT_MAX_VOXELS, allow_external_data: bool = False) -> Volume:
+                max_voxels: int = DEFAULT_MAX_VOXELS, allow_external_data: bool = False,
+                regularize_tilt: bool = False) -> Volume:
     """Read a CT volume from a file or a DICOM folder.
 
     Args:
@@ -63,6 +64,8 @@ def read_volume(path: PathLike, *, force: bool = False, series_uid: Optional[str
         max_voxels: refuse larger volumes (they would not fit comfortably in memory).
         allow_external_data: read a ``.nhdr``/``.mhd`` whose data file lies outside the header's
             folder (refused by default: a header could name any file on the machine).
+        regularize_tilt: resample a gantry-tilted DICOM series onto a grid stacked along the slice
+            normal (the angle goes to ``metadata["gantry_tilt_degrees"]``); refused by default.
 
     Returns:
         A :class:`Volume` in HU with LPS geometry; ``metadata`` holds ``source``,
@@ -78,7 +81,8 @@ def read_volume(path: PathLike, *, force: bool = False, series_uid: Optional[str
     if not path.exists():
         raise VolumeReadError(f"{path}: no such file or folder")
     if path.is_dir():
-        volume = read_dicom_folder(path, series_uid=series_uid, force=force, max_voxels=max_voxels)
+        volume = read_dicom_folder(path, series_uid=series_uid, force=force, max_voxels=max_voxels,
+                                   regularize_tilt=regularize_tilt)
     else:
         try:
             require_regular_file(path)

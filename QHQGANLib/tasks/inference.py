@@ -146,4 +146,6 @@ def run_model(volume: Volume, model, *, device: Optional[str] = None, quantum_ba
             done += len(batch)
             batch = []
             report(progress, done / total, f"slice {item[0] + 1}/{nz}")
+    # a network may overshoot (e.g. on inputs unlike its training data): never beyond the CT range
+    np.clip(out, HU_MIN, HU_MAX, out=out)
     return out
