@@ -218,3 +218,27 @@ def test_super_resolution_far_from_its_training_resolution_warns_and_stays_in_ra
             result = super_resolve(volume, scale=2, model="hqgan-sr2")
         assert "far from" in result.metadata["warnings"][0]
         assert result.array.min() >= -1024.0 and result.array.max() <= 3071.0
+
+
+def test_dicom_overwrite_replaces_only_a_series_qhqgan_wrote(tmp_path, ct, ct_small_path):
+    """--overwrite deleted non-DICOM files named .dcm; it now replaces only QHQGAN's own series."""
+    import shutil
+
+    from QHQGANLib.core.dicom_export import export_dicom_series
+
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    (fake / "notes.dcm").write_text("a text file named .dcm")
+    real = tmp_path / "real"
+    real.mkdir()
+    shutil.copy(ct_small_path, real / "CT_small.dcm")  # a scanner's file, not QHQGAN's
+    for folder in (fake, real):
+        before = {p.name: p.read_bytes() for p in folder.iterdir()}
+        with pytest.raises(FileExistsError, match="QHQGAN did not write"):
+            export_dicom_series(ct, folder, overwrite=True)
+        assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    ours = tmp_path / "ours"
+    export_dicom_series(ct, ours)
+    export_dicom_series(ct, ours, overwrite=True)  # our own earlier result may be replaced
+    assert len(list(ours.iterdir())) == ct.shape[0]
+    assert _leftovers(tmp_path) == []
