@@ -133,7 +133,7 @@ def test_synthesize_nodes_in_the_scene(slices):
     ref = bridge.node_from_volume(Volume(np.full((2, 16, 16), 40, np.float32)), mrml, "Patient CT")
     node = bridge.synthesize_nodes(ref, n=4, seed=0, model=model)
     assert node.GetName().startswith("SYNTHETIC_")
-    assert node.GetAttribute("QHQGAN.synthetic").startswith("YES")
+    assert node.GetAttribute("QHQGAN.synthetic") == "true"
     assert "Patient" not in node.GetName()
 
 

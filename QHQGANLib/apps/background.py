@@ -5,7 +5,9 @@ freeze). It writes the input to a temporary NRRD file, starts the ``qhqgan`` CLI
 with Slicer's ``PythonSlicer`` (any Python with QHQGANLib installed works the
 same), reads the ``QHQGAN-PROGRESS <fraction> <message>`` lines the CLI prints
 with ``--progress lines``, and reads the output file back when the child is done.
-Cancel ends the child; the temporary folder is removed in every case.
+Cancel ends the child and everything it started (its process group: the worker behind
+Slicer's ``PythonSlicer`` launcher too) without blocking; the temporary folder is removed
+in every case.
 
 This module gathers the public names of its parts, each a small module:
 
@@ -31,17 +33,20 @@ from __future__ import annotations
 
 from ..core.devices import DEVICES
 from ..core.kinds import INPUT_TASKS, MODEL_TASKS, TASKS, default_model, models_for_task
-from .dependencies import ensure_requirements, missing_requirements, read_requirements, slicer_constraints
-from .node_task import (NodeTask, TemporaryWorkspace, move_volume_into, process_node,
+from .dependencies import (ensure_requirements, missing_requirements, read_requirements, requirement_files,
+                           slicer_constraints, task_needs_torch)
+from .node_task import (NodeTask, TemporaryWorkspace, move_refusal, move_volume_into, process_node,
                         start_node_task)
 from .request import (TaskRequest, build_command, default_output_name, python_executable,
                       task_unavailable_reason)
-from .runner import TERMINATE_GRACE_S, BackgroundTask, TaskFailed, child_environment, run_task, wait
+from .runner import (TERMINATE_GRACE_S, BackgroundTask, TaskFailed, child_environment, end_process_tree,
+                     remove_if_created, run_task, wait)
 
 __all__ = [
     "BackgroundTask", "DEVICES", "INPUT_TASKS", "MODEL_TASKS", "NodeTask", "TASKS", "TERMINATE_GRACE_S",
     "TaskFailed", "TaskRequest", "TemporaryWorkspace", "build_command", "child_environment",
-    "default_model", "default_output_name", "ensure_requirements", "missing_requirements",
-    "models_for_task", "move_volume_into", "process_node", "python_executable", "read_requirements",
-    "run_task", "slicer_constraints", "start_node_task", "task_unavailable_reason", "wait",
+    "default_model", "default_output_name", "end_process_tree", "ensure_requirements", "missing_requirements",
+    "models_for_task", "move_refusal", "move_volume_into", "process_node", "python_executable",
+    "read_requirements", "remove_if_created", "requirement_files", "run_task", "slicer_constraints",
+    "start_node_task", "task_needs_torch", "task_unavailable_reason", "wait",
 ]

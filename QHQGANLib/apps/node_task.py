@@ -20,9 +20,10 @@ import tempfile
 from pathlib import Path
 from typing import Optional, Union
 
+from ..core.naming import ATTRIBUTE_PREFIX, is_synthetic_node, output_file_name
 from ..core.progress import ProgressCallback
 from .request import TaskRequest, build_command, default_output_name
-from .runner import BackgroundTask, TaskFailed, wait
+from .runner import TERMINATE_GRACE_S, BackgroundTask, TaskFailed, wait
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -69,12 +70,16 @@ class TemporaryWorkspace:
         return self.folder / name
 
     def write_input(self, source) -> Path:
-        """Write a volume node or a Volume to :attr:`input_path`."""
+        """Write a volume node or a Volume to :attr:`input_path`, uncompressed.
+
+        The panel calls this on Slicer's GUI thread: gzip would cost seconds on a large CT
+        for a file that lives a few minutes in a private temporary folder.
+        """
         from ..core.io import write_volume
         from ..core.volume import Volume
 
         volume = source if isinstance(source, Volume) else _volume_of_node(source)
-        return Path(write_volume(volume, self.input_path, overwrite=True))
+        return Path(write_volume(volume, self.input_path, overwrite=True, compress=False))
 
     def read_output(self):
         """The child's output as a :class:`~QHQGANLib.core.volume.Volume`."""
@@ -105,6 +110,11 @@ class NodeTask:
 
     def __init__(self, request: TaskRequest, input_node=None, scene=None, name: Optional[str] = None,
                  python: Optional[str] = None):
+        # synthesis uses no voxel of an input: it only names the scene, and the result is
+        # neither named after it, placed under its patient, nor linked to it
+        if not request.needs_input and input_node is not None:
+            scene = scene if scene is not None else input_node.GetScene()
+            input_node = None
         if request.needs_input and input_node is None:
             raise ValueError(f"the {request.task} task needs an input volume")
         self.request = request
@@ -113,10 +123,9 @@ class NodeTask:
         if self.scene is None:
             raise ValueError("no MRML scene: give an input node or a scene")
         self.name = name or default_output_name(request, input_node)
-        # synthetic images are marked synthetic in their names, files included
+        # synthetic images are marked synthetic in their names, files included (core.naming)
         self.workspace = TemporaryWorkspace(input_node if request.needs_input else None,
-                                            output_name="output_synthetic.nrrd" if request.task == "synthesize"
-                                            else "output.nrrd")
+                                            output_name=output_file_name(request.task))
         self.workspace.__enter__()
         try:
             argv = build_command(request, self.workspace.input_path, self.workspace.output_path, python)
@@ -132,9 +141,10 @@ class NodeTask:
     def running(self) -> bool:
         return self.task.running
 
-    def cancel(self) -> None:
+    def cancel(self, grace: float = TERMINATE_GRACE_S) -> None:
+        """End the child and its workers (returns at once; ``grace=0`` kills at once) and remove the folder."""
         try:
-            self.task.cancel()
+            self.task.cancel(grace)
         finally:
             self.workspace.cleanup()
 
@@ -161,11 +171,30 @@ def start_node_task(request: TaskRequest, input_node=None, **kwargs) -> NodeTask
 
 
 def process_node(input_node, request: TaskRequest, progress: Optional[ProgressCallback] = None,
-                 cancel=None, poll_interval: float = 0.1, **kwargs):
-    """Run ``request`` on ``input_node`` to the end and return the new output node (blocking)."""
+                 cancel=None, poll_interval: float = 0.1, idle=None, **kwargs):
+    """Run ``request`` on ``input_node`` to the end and return the new output node (blocking).
+
+    ``idle`` runs between polls (in Slicer: ``slicer.app.processEvents``).
+    """
     job = NodeTask(request, input_node, **kwargs)
-    wait(job, progress, cancel, poll_interval)
+    wait(job, progress, cancel, poll_interval, idle=idle)
     return job.finish()
+
+
+def move_refusal(source_node, target_node, input_node=None) -> Optional[str]:
+    """Why the new output ``source_node`` must not be moved into ``target_node`` (None: it may).
+
+    Never into the input; never a synthetic result into a node that is not synthetic (it may
+    sit under a real patient's study), nor a result computed from real CT into a synthetic one.
+    """
+    if target_node is None or target_node is source_node:
+        return "no other output volume was chosen"
+    if input_node is not None and target_node is input_node:
+        return "the output volume is the input volume"
+    if is_synthetic_node(source_node) != is_synthetic_node(target_node):
+        kind = "synthetic" if is_synthetic_node(source_node) else "computed from real CT"
+        return f"the result is {kind} and {target_node.GetName()} is not: kept as a new volume"
+    return None
 
 
 def move_volume_into(source_node, target_node):
@@ -177,8 +206,7 @@ def move_volume_into(source_node, target_node):
     import slicer.util
     import vtk
 
-    from .scene import ATTRIBUTE_PREFIX
-
+    earlier_output = target_node.GetAttribute(ATTRIBUTE_PREFIX + "task") is not None
     matrix = vtk.vtkMatrix4x4()
     source_node.GetIJKToRASMatrix(matrix)
     target_node.SetIJKToRASMatrix(matrix)
@@ -191,5 +219,7 @@ def move_volume_into(source_node, target_node):
             target_node.SetAttribute(name, source_node.GetAttribute(name))
     if target_node.GetDisplayNode() is None:
         target_node.CreateDefaultDisplayNodes()
+    if earlier_output or not target_node.GetName():
+        target_node.SetName(source_node.GetName())  # an earlier QHQGAN output: its old name would mislead
     source_node.GetScene().RemoveNode(source_node)
     return target_node

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
 from ..core.kinds import MODEL_TASKS, TASKS, default_model, models_for_task, task_kind
+from ..core.naming import output_name, output_suffix, synthetic_attributes
 from ..core.options import option_default, task_argv, validate
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -69,10 +70,8 @@ class TaskRequest:
         return self.model or default_model(self.task, scale=self.scale)
 
     def output_suffix(self) -> str:
-        """The suffix naming the output after the input, e.g. ``CTChest_enhanced``."""
-        if self.task == "simulate-low-dose":
-            return f"dose{int(round(self.dose * 100))}pct"
-        return {"enhance": "enhanced", "super-resolve": f"SRx{self.scale}", "synthesize": "synthetic"}[self.task]
+        """The suffix naming the output after the input, e.g. ``CTChest_enhanced`` (:mod:`QHQGANLib.core.naming`)."""
+        return output_suffix(self.task, scale=self.scale, dose=self.dose)
 
     def attributes(self) -> Dict[str, Any]:
         """The options worth recording on the output node (``QHQGAN.<key>`` attributes)."""
@@ -84,7 +83,7 @@ class TaskRequest:
             return attributes
         attributes.update(model=self.model_name(), quantum_backend=self.quantum_backend, device=self.device)
         if self.task == "synthesize":
-            attributes.update(n_samples=self.n_samples, seed=self.seed, synthetic="true")
+            attributes.update(n_samples=self.n_samples, seed=self.seed, **synthetic_attributes())
         else:
             attributes.update(tile_size=self.tile_size, overlap=self.overlap)
         if self.task == "super-resolve":
@@ -92,16 +91,47 @@ class TaskRequest:
         return attributes
 
 
-def python_executable() -> str:
-    """The Python that runs the child: Slicer's ``PythonSlicer`` inside Slicer, else this Python."""
-    found = shutil.which("PythonSlicer")
-    if found:
-        return found
-    folder = Path(sys.executable).parent
-    for name in ("PythonSlicer", "PythonSlicer.exe"):
-        if (folder / name).is_file():
-            return str(folder / name)
-    return sys.executable
+#: Names of Slicer's Python launcher and of the interpreter it starts (bin/ of a Slicer install).
+SLICER_LAUNCHERS = ("PythonSlicer", "PythonSlicer.exe")
+SLICER_REAL_PYTHONS = ("python-real", "python-real.exe")
+
+
+def python_executable(executable: Optional[str] = None, in_slicer: Optional[bool] = None) -> str:
+    """The Python that runs the child: this interpreter, through Slicer's launcher where it has one.
+
+    * In the Slicer application ``sys.executable`` is already ``PythonSlicer`` (Slicer sets it:
+      ``Base/QTCore/qSlicerCoreApplication.cxx``, "Set 'sys.executable' so that Slicer can be
+      used as a regular python interpreter", in 5.8, 5.10 and main): it is used as it is.
+    * In ``PythonSlicer`` itself ``sys.executable`` is ``bin/python-real``, which needs the
+      launcher's environment: the ``PythonSlicer`` beside it is used (as ``slicer.util``'s
+      ``_executePythonModule`` does, ``Base/Python/slicer/util.py``).
+    * In the Slicer application with an empty ``sys.executable``, ``PythonSlicer`` on PATH
+      (Slicer puts its ``bin`` first on PATH).
+    * Anywhere else: ``sys.executable``, never a ``PythonSlicer`` found on PATH (that would be
+      another interpreter, without this one's packages).
+    """
+    exe = Path(executable if executable is not None else sys.executable or "")
+    if exe.name in SLICER_LAUNCHERS and exe.is_file():
+        return str(exe)
+    if exe.name in SLICER_REAL_PYTHONS:
+        for name in SLICER_LAUNCHERS:
+            if (exe.parent / name).is_file():
+                return str(exe.parent / name)
+    if in_slicer is None:
+        in_slicer = _in_slicer_application()
+    if in_slicer and not (exe.name and exe.is_file() and "python" in exe.name.lower()):
+        found = shutil.which("PythonSlicer")
+        if found:
+            return found
+    if not exe.name:
+        raise RuntimeError("no Python interpreter to run the task: sys.executable is empty")
+    return str(exe)
+
+
+def _in_slicer_application() -> bool:
+    """True inside the Slicer application (``slicer.app`` exists), False in plain Python."""
+    slicer = sys.modules.get("slicer")
+    return getattr(slicer, "app", None) is not None
 
 
 def build_command(request: TaskRequest, input_path: Optional[PathLike], output_path: PathLike,
@@ -117,9 +147,11 @@ def build_command(request: TaskRequest, input_path: Optional[PathLike], output_p
 
 
 def default_output_name(request: TaskRequest, input_node=None) -> str:
-    """``<input name>_<suffix>``, e.g. ``CTChest_enhanced``; ``QHQGAN_synthetic`` without an input."""
-    base = input_node.GetName() if input_node is not None else "QHQGAN"
-    return f"{base}_{request.output_suffix()}"
+    """``<input name>_<suffix>``, e.g. ``CTChest_enhanced``; synthesis: ``SYNTHETIC_<model>_seed<seed>``
+    whatever the input (:func:`QHQGANLib.core.naming.output_name`)."""
+    base = input_node.GetName() if input_node is not None else None
+    return output_name(request.task, base, scale=request.scale, dose=request.dose,
+                       model=request.model_name() if request.task == "synthesize" else None, seed=request.seed)
 
 
 def task_unavailable_reason(task: str) -> Optional[str]:

@@ -23,13 +23,13 @@ import numpy as np
 
 from ..core.constants import CT_DISPLAY_WINDOW, __version__
 from ..core.kinds import default_model
+from ..core.naming import ATTRIBUTE_PREFIX, output_name, synthetic_attributes
 from ..core.volume import Volume
 
 #: The LPS <-> RAS flip (its own inverse).
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 #: Default display window (width, level) in HU for new CT nodes: a soft-tissue window.
 CT_WINDOW = CT_DISPLAY_WINDOW
-ATTRIBUTE_PREFIX = "QHQGAN."
 
 
 def volume_from_node(node) -> Volume:
@@ -106,8 +106,8 @@ def _place_beside(node, reference_node) -> None:
         sh.CreateItem(parent, node)
 
 
-def _output_name(input_node, suffix: str) -> str:
-    return f"{input_node.GetName()}_{suffix}"
+def _output_name(input_node, task: str, **kwargs) -> str:
+    return output_name(task, input_node.GetName(), **kwargs)
 
 
 def simulate_low_dose_node(input_node, dose_fraction: float = 0.25, seed: Optional[int] = 0,
@@ -120,10 +120,10 @@ def simulate_low_dose_node(input_node, dose_fraction: float = 0.25, seed: Option
 
     volume = volume_from_node(input_node)
     low = simulate_low_dose(volume, dose_fraction, seed=seed, progress=progress, cancel=cancel, **options)
-    pct = int(round(dose_fraction * 100))
     attributes = {"task": "simulate-low-dose", "dose_fraction": dose_fraction, "seed": seed,
                   "source_node": input_node.GetID(), **{k: v for k, v in options.items()}}
-    return node_from_volume(low, input_node.GetScene(), name or _output_name(input_node, f"dose{pct}pct"),
+    return node_from_volume(low, input_node.GetScene(),
+                            name or _output_name(input_node, "simulate-low-dose", dose=dose_fraction),
                             reference_node=input_node, attributes=attributes)
 
 
@@ -134,7 +134,8 @@ def degrade_resolution_node(input_node, scale: int = 2, name: Optional[str] = No
     volume = volume_from_node(input_node)
     low = degrade_resolution(volume, scale, **options)
     attributes = {"task": "degrade-resolution", "scale": scale, "source_node": input_node.GetID()}
-    return node_from_volume(low, input_node.GetScene(), name or _output_name(input_node, f"lowres{scale}x"),
+    return node_from_volume(low, input_node.GetScene(),
+                            name or _output_name(input_node, "degrade-resolution", scale=scale),
                             reference_node=input_node, attributes=attributes)
 
 
@@ -155,7 +156,8 @@ def enhance_node(input_node, model=default_model("enhance"), name: Optional[str]
     out = enhance(volume, model=model, progress=progress, cancel=cancel, **options)
     attributes = {"task": "enhance", "model": _model_label(model), "source_node": input_node.GetID(),
                   **{k: v for k, v in options.items() if v is not None}}
-    return node_from_volume(out, input_node.GetScene(), name or _output_name(input_node, "enhanced"),
+    return node_from_volume(out, input_node.GetScene(),
+                            name or _output_name(input_node, "enhance"),
                             reference_node=input_node, attributes=attributes)
 
 
@@ -168,23 +170,52 @@ def super_resolve_node(input_node, scale: int = 2, model=None, name: Optional[st
     out = super_resolve(volume, scale, model=model, progress=progress, cancel=cancel, **options)
     attributes = {"task": "super-resolve", "scale": scale, "model": _model_label(model or default_model("super-resolve", scale)),
                   "source_node": input_node.GetID(), **{k: v for k, v in options.items() if v is not None}}
-    return node_from_volume(out, input_node.GetScene(), name or _output_name(input_node, f"sr{scale}x"),
+    return node_from_volume(out, input_node.GetScene(),
+                            name or _output_name(input_node, "super-resolve", scale=scale),
                             reference_node=input_node, attributes=attributes)
 
 
-def synthesize_nodes(input_node, n: int = 8, seed: int = 0, model=default_model("synthesize"), name: Optional[str] = None,
-                     progress=None, cancel=None, **options):
-    """A new node of ``n`` synthetic slices in ``input_node``'s scene, named and marked synthetic.
+def synthesize_nodes(scene_or_node, n: int = 8, seed: int = 0, model=default_model("synthesize"),
+                     name: Optional[str] = None, progress=None, cancel=None, **options):
+    """A new node of ``n`` synthetic slices in a scene, named and marked synthetic (:mod:`QHQGANLib.core.naming`).
 
-    ``input_node`` only places the result (its scene and study); no voxel of it is used,
-    and no identifier of it is copied. ``options`` go to :func:`QHQGANLib.tasks.synthesize.synthesize`.
+    ``scene_or_node`` is the scene, or any node of it: no voxel of a node is used, no identifier
+    copied, and the result is placed at the top of the subject hierarchy, never under a real
+    patient's study. ``options`` go to :func:`QHQGANLib.tasks.synthesize.synthesize`.
     """
     from ..tasks.synthesize import synthesize
 
+    scene = scene_or_node.GetScene() if hasattr(scene_or_node, "GetScene") else scene_or_node
     volume = synthesize(model, n=n, seed=seed, progress=progress, cancel=cancel, **options)
     label = volume.metadata.get("model", _model_label(model))
-    attributes = {"task": "synthesize", "synthetic": "YES (not for diagnosis)", "model": label, "seed": seed,
-                  "n_samples": n}
-    return node_from_volume(volume, input_node.GetScene(),
-                            name or f"SYNTHETIC_{label}_seed{seed}", reference_node=input_node,
+    attributes = {"task": "synthesize", **synthetic_attributes(), "model": label, "seed": seed, "n_samples": n}
+    return node_from_volume(volume, scene, name or output_name("synthesize", model=label, seed=seed),
                             attributes=attributes)
+
+
+def show_side_by_side(input_node, output_node, views, orientation: str = "Axial") -> None:
+    """Input and output in two linked slice views, same orientation, same window/level.
+
+    ``views`` is ``[(slice node, slice composite node), (slice node, slice composite node)]``
+    (in Slicer: those of the Red and Yellow views). Slicer's side-by-side layout names
+    ``orientation Axial`` with ``action="default"`` (``Libs/MRML/Logic/vtkMRMLLayoutLogic.cxx``,
+    5.8 to main): it applies only to a view created by the layout, so a Yellow view that existed
+    before stays sagittal; the orientation is therefore set here. The output's display takes
+    the input's window and level, so the two look alike where they agree.
+    """
+    for (slice_node, composite), node in zip(views, (input_node, output_node)):
+        composite.SetBackgroundVolumeID(node.GetID())
+        composite.SetForegroundVolumeID(None)
+        composite.SetLinkedControl(True)
+        if slice_node is not None and slice_node.GetOrientation() != orientation:
+            slice_node.SetOrientation(orientation)
+    match_window_level(input_node, output_node)
+
+
+def match_window_level(reference_node, node) -> None:
+    """Give ``node``'s display the window and level of ``reference_node``'s (no-op without display nodes)."""
+    reference, display = reference_node.GetDisplayNode(), node.GetDisplayNode()
+    if reference is None or display is None or not hasattr(reference, "GetWindow"):
+        return
+    display.SetAutoWindowLevel(False)
+    display.SetWindowLevel(reference.GetWindow(), reference.GetLevel())

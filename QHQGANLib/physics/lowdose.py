@@ -75,6 +75,7 @@ from ..core.progress import OperationCancelled, check_cancel, report
 from ..core.volume import Volume, require_finite
 from .calibration import (calibrate_photons, pilot_slices, positive_or_none, reference_noise, rms_in_masks,
                           sample_slices)
+from .projector import make_parallel_beam  # ASTRA, or the numpy fallback where ASTRA has no wheel
 from .truncation import MODES as TRUNCATION_MODES, plan_extension
 
 ProgressCallback = Callable[[float, str], None]
@@ -400,7 +401,7 @@ def simulate_low_dose(volume: Volume, dose_fraction: float, seed: Optional[int] 
             target = math.sqrt(1.0 / a - 1.0) * reference
             measured_on = pilot_slices(volume.array, pixel_mm, reference, candidates)
             n_pilot = min(scanner.n_views, max(60, scanner.n_views // 4))
-            pilot = _ParallelBeam(ny, nx, n_pilot, scanner.recon_filter, f, ext.pad)
+            pilot = make_parallel_beam(_ParallelBeam, ny, nx, n_pilot, scanner.recon_filter, f, ext.pad)
             try:
                 sinos = [line_integrals(pilot, k) for k in measured_on[0]]
                 i0_bin, details = calibrate_photons(
@@ -424,7 +425,7 @@ def simulate_low_dose(volume: Volume, dose_fraction: float, seed: Optional[int] 
             f"{'none' if reference is None else f'{reference:.2f} HU'} ({record['reference_noise_source']}), "
             f"sigma_e^2={scanner.electronic_noise_var:g}, views={scanner.n_views}, filter={scanner.recon_filter}, "
             f"tcm={scanner.tube_current_modulation:g}, truncation={truncation})")
-    geom = _ParallelBeam(ny, nx, scanner.n_views, scanner.recon_filter, f, ext.pad)
+    geom = make_parallel_beam(_ParallelBeam, ny, nx, scanner.n_views, scanner.recon_filter, f, ext.pad)
     out = np.empty_like(volume.array)
     try:
         for k in range(nz):

@@ -16,6 +16,7 @@ import torch
 
 from ..core.constants import __version__
 from ..core.devices import pick_device
+from ..core.naming import output_name
 from ..core.progress import check_cancel, report
 from ..core.volume import Volume
 from ..nn.synthesis import SynthGenerator, unit_to_hu
@@ -60,7 +61,7 @@ def synthesize(model: Union[str, SynthGenerator], n: int = 8, seed: int = 0, pix
     name = model.card.get("name", model.config["arch"]) if hasattr(model, "card") else model.config["arch"]
     metadata = {
         "synthetic": True,
-        "name": f"SYNTHETIC_{name}_seed{seed}",
+        "name": output_name("synthesize", model=name, seed=seed),
         "history": [f"synthesized by {name} (QHQGANLib {__version__}), seed {seed}, {n} independent samples"],
         "model": name,
         "seed": int(seed),

@@ -1,0 +1,403 @@
+"""QHQGAN/QHQGAN.py as it runs in the Slicer application (issue #11, items 5-9, 11, 12).
+
+The module runs on slicer-core's real MRML (``slicer.mrmlScene = slicer.vtkMRMLScene()``);
+only what the application alone provides is stubbed: Qt's timer, the scripted-module base
+classes and the parameter-node wrapper. The wrapper stand-in behaves like Slicer 5.8's
+(``connectGui`` returns None; ``connectParametersToGui`` returns a tag:
+``Base/Python/slicer/parameterNodeWrapper/wrapper.py`` of v5.8.1).
+"""
+from __future__ import annotations
+
+import ast
+import enum
+import importlib.util
+import re
+import sys
+import types
+import unittest
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+slicer = pytest.importorskip("slicer", reason="slicer-core (3D Slicer's MRML as wheels) is a test dependency")
+import slicer.util  # noqa: E402
+
+from QHQGANLib import read_volume  # noqa: E402
+from QHQGANLib.apps.request import TaskRequest, default_output_name  # noqa: E402
+from QHQGANLib.apps.scene import node_from_volume, show_side_by_side  # noqa: E402
+from QHQGANLib.core.naming import is_synthetic_node, output_name  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+MODULE = REPO / "QHQGAN" / "QHQGAN.py"
+
+
+@pytest.fixture
+def module(monkeypatch):
+    """QHQGAN.py executed with stand-ins for what only the Slicer application provides."""
+
+    class _Signal:
+        def connect(self, slot):
+            self.slot = slot
+
+    class QTimer:
+        def __init__(self):
+            self.timeout = _Signal()
+            self.active = False
+
+        def setInterval(self, ms):
+            pass
+
+        def start(self):
+            self.active = True
+
+        def stop(self):
+            self.active = False
+
+    qt = types.ModuleType("qt")
+    qt.QTimer, qt.QWidget = QTimer, object
+    slm = types.ModuleType("slicer.ScriptedLoadableModule")
+
+    class _Base:
+        def __init__(self, parent=None):
+            self.parent = parent
+
+    class ScriptedLoadableModuleLogic(_Base):
+        def getParameterNode(self):
+            raise NotImplementedError("no parameter node outside Slicer")
+
+    class ScriptedLoadableModuleTest(unittest.TestCase):
+        def delayDisplay(self, message, msec=None):
+            self.messages = getattr(self, "messages", []) + [message]
+
+    slm.ScriptedLoadableModule = slm.ScriptedLoadableModuleWidget = _Base
+    slm.ScriptedLoadableModuleLogic, slm.ScriptedLoadableModuleTest = ScriptedLoadableModuleLogic, ScriptedLoadableModuleTest
+    pnw = types.ModuleType("slicer.parameterNodeWrapper")
+    pnw.parameterNodeWrapper = lambda cls: cls
+    pnw.WithinRange = lambda low, high: ("WithinRange", low, high)
+    for name, stub in (("qt", qt), ("slicer.ScriptedLoadableModule", slm), ("slicer.parameterNodeWrapper", pnw)):
+        monkeypatch.setitem(sys.modules, name, stub)
+    scene = slicer.vtkMRMLScene()
+    monkeypatch.setattr(slicer, "mrmlScene", scene, raising=False)
+    spec = importlib.util.spec_from_file_location("QHQGAN_app_under_test", MODULE)
+    loaded = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(loaded)
+    yield loaded
+    scene.Clear(True)
+
+
+def ct_node(scene, path):
+    return node_from_volume(read_volume(path), scene, "CT_small")
+
+
+# ---------------------------------------------------------------------------
+# item 5: the GUI tag on Slicer 5.8
+# ---------------------------------------------------------------------------
+class FakeWidget:
+    def __init__(self, parameter=None):
+        self._properties = {"SlicerParameterName": parameter} if parameter else {}
+        self.text, self.enabled, self.toolTip, self.currentPath = "", True, "", ""
+
+    def property(self, name):
+        return self._properties.get(name)
+
+    def setProperty(self, name, value):
+        self._properties[name] = value
+
+    def __getattr__(self, name):  # setEnabled, setVisible, setRange, connect ...: no-ops
+        return lambda *args, **kwargs: None
+
+
+class FakeCombo(FakeWidget):
+    def __init__(self, parameter=None):
+        super().__init__(parameter)
+        self.items, self.index = [], -1
+
+    def clear(self):
+        self.items, self.index = [], -1
+
+    def addItem(self, text):
+        self.items.append(text)
+        self.index = max(self.index, 0)
+
+    def findText(self, text):
+        return self.items.index(text) if text in self.items else -1
+
+    def setCurrentIndex(self, index):
+        self.index = index
+
+    @property
+    def currentText(self):
+        return self.items[self.index] if 0 <= self.index < len(self.items) else ""
+
+
+class Wrapper58:
+    """The parameter-node wrapper as Slicer 5.8 has it, over a real vtkMRMLScriptedModuleNode."""
+
+    def __init__(self, module, scene):
+        self.parameterNode = scene.AddNewNodeByClass("vtkMRMLScriptedModuleNode")
+        self.task, self.quantumBackend = module.Task.ENHANCE, module.QuantumBackend.BUILTIN
+        self.inputVolume = self.outputVolume = None
+        self.connections, self._next, self.observers = {}, 0, {}
+
+    def connectGui(self, gui):  # 5.8: connects, returns nothing
+        self.connectParametersToGui({})
+        return None
+
+    def connectParametersToGui(self, mapping):
+        self._next += 1
+        self.connections[self._next] = dict(mapping)
+        return self._next
+
+    def disconnectGui(self, tag):
+        self.connections.pop(tag, None)
+
+    def AddObserver(self, event, callback, priority=0.0):
+        self._next += 1
+        self.observers[self._next] = callback
+        return self._next
+
+    def RemoveObserver(self, tag):
+        self.observers.pop(tag, None)
+
+
+def fake_ui():
+    ui = types.SimpleNamespace()
+    for name in ("applyButton", "compareButton", "progressBar", "statusLabel", "modelCollapsibleButton",
+                 "customWeightsPathLineEdit", "pennylaneDeviceLineEdit", "tileSizeSpinBox", "overlapSpinBox",
+                 "tileBatchSpinBox", "samplesSpinBox", "doseSpinBox"):
+        setattr(ui, name, FakeWidget())
+    ui.taskComboBox = FakeCombo("task")
+    ui.inputSelector = FakeWidget("inputVolume")
+    ui.modelComboBox = FakeCombo()
+    return ui
+
+
+def test_connect_gui_gets_a_tag_and_entering_again_adds_no_connections(module):
+    wrapper = Wrapper58(module, slicer.mrmlScene)
+    ui = fake_ui()
+    tag = module.connectParameterNodeGui(wrapper, ui)
+    assert tag is not None and set(wrapper.connections[tag]) == {"task", "inputVolume"}
+    wrapper.disconnectGui(tag)
+    widget = module.QHQGANWidget()
+    widget.ui, widget.logic = ui, module.QHQGANLogic()
+    for _ in range(4):  # enter(), exit(), scene close ... as often as the user likes
+        widget.setParameterNode(wrapper)
+        assert len(wrapper.connections) == 1 and len(wrapper.observers) == 1
+        widget.exit()
+        assert wrapper.connections == {} and wrapper.observers == {}
+
+
+# ---------------------------------------------------------------------------
+# item 8: the model choice and the custom weights are kept in the parameter node
+# ---------------------------------------------------------------------------
+def test_model_choice_survives_leaving_and_entering_the_module(module):
+    wrapper = Wrapper58(module, slicer.mrmlScene)
+    logic = module.QHQGANLogic()
+    widget = module.QHQGANWidget()
+    widget.ui, widget.logic = fake_ui(), logic
+    widget.setParameterNode(wrapper)
+    names = logic.modelNames("enhance")
+    assert len(names) >= 2 and widget.ui.modelComboBox.currentText == names[0]
+    widget.ui.modelComboBox.setCurrentIndex(1)
+    widget.onModelChanged(1)
+    widget.exit()
+    again = module.QHQGANWidget()  # a new panel on the same scene: the choice is read back
+    again.ui, again.logic = fake_ui(), logic
+    again.setParameterNode(wrapper)
+    assert again.ui.modelComboBox.currentText == names[1]
+    assert wrapper.parameterNode.GetParameter("Model.enhance") == names[1]
+
+
+def test_an_empty_weights_path_is_empty_not_a_dot(module):
+    wrapper = Wrapper58(module, slicer.mrmlScene)
+    logic = module.QHQGANLogic()
+    assert logic.customWeights(wrapper) == ""
+    logic.setCustomWeights(wrapper, ".")
+    assert logic.customWeights(wrapper) == ""
+    logic.setCustomWeights(wrapper, "/w/my.safetensors")
+    assert logic.customWeights(wrapper) == "/w/my.safetensors"
+    fields = {n.target.id for n in ast.walk(ast.parse(MODULE.read_text())) if isinstance(n, ast.AnnAssign)
+              and isinstance(n.target, ast.Name)}
+    assert "customWeights" not in fields, "a pathlib.Path field shows an empty path as '.'"
+
+
+# ---------------------------------------------------------------------------
+# item 7: synthetic results never end up under (or inside) a real patient's data
+# ---------------------------------------------------------------------------
+def test_synthesis_is_not_placed_under_the_input_nor_moved_into_a_real_volume(module, ct_small_path):
+    scene = slicer.mrmlScene
+    ct = ct_node(scene, ct_small_path)
+    sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    study = sh.CreateStudyItem(sh.CreateSubjectItem(sh.GetSceneItemID(), "Patient"), "Study")
+    sh.CreateItem(study, ct)
+    logic = module.QHQGANLogic()
+    low = logic.process(ct, task="simulate-low-dose", dose=0.5, seed=0)
+    assert sh.GetItemParent(sh.GetItemByDataNode(low)) == study and not is_synthetic_node(low)
+    before = slicer.util.arrayFromVolume(low).copy()
+
+    synthetic = logic.process(ct, task="synthesize", n_samples=1, seed=0, outputNode=low)
+    assert synthetic is not low, "a synthetic result was moved into a real patient's volume"
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(low), before)
+    assert is_synthetic_node(synthetic) and synthetic.GetAttribute("QHQGAN.synthetic") == "true"
+    assert synthetic.GetName().startswith("SYNTHETIC_") and "CT_small" not in synthetic.GetName()
+    assert synthetic.GetAttribute("QHQGAN.source_node") is None
+    item = sh.GetItemByDataNode(synthetic)  # none here; Slicer's subject hierarchy logic adds it at the top
+    assert not item or sh.GetItemParent(item) == sh.GetSceneItemID()
+
+    # the reverse: a result from real CT is not moved into a synthetic volume
+    again = logic.process(ct, task="simulate-low-dose", dose=0.5, seed=1, outputNode=synthetic)
+    assert again is not synthetic and is_synthetic_node(synthetic)
+    # and an earlier output picked on purpose takes the new result and its name
+    picked = logic.process(ct, task="simulate-low-dose", dose=0.25, seed=1, outputNode=low)
+    assert picked is low and low.GetName() == "CT_small_dose25pct"
+
+
+def test_the_panel_does_not_select_its_result_as_the_next_output():
+    tree = ast.parse(MODULE.read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign):
+            for target in node.targets:
+                assert not (isinstance(target, ast.Attribute) and target.attr == "outputVolume"), (
+                    f"line {node.lineno}: the panel sets the output volume itself")
+
+
+def test_one_naming_for_the_runner_and_the_scene_bridge():
+    assert default_output_name(TaskRequest("super-resolve")) == output_name("super-resolve") == "QHQGAN_SRx2"
+    assert TaskRequest("synthesize").attributes()["synthetic"] == "true"
+    source = (REPO / "QHQGANLib" / "apps" / "scene.py").read_text()
+    assert "YES (not for diagnosis)" not in source and '"sr{scale}x"' not in source
+    request = TaskRequest("synthesize", seed=3)
+    assert default_output_name(request, types.SimpleNamespace(GetName=lambda: "Patient_CT")) == (
+        f"SYNTHETIC_{request.model_name()}_seed3")
+
+
+# ---------------------------------------------------------------------------
+# item 6: Compare shows both axial, with the same window/level
+# ---------------------------------------------------------------------------
+def test_compare_shows_both_views_axial_with_the_inputs_window(ct_small_path):
+    scene = slicer.vtkMRMLScene()
+    slicer.vtkMRMLSliceNode.AddDefaultSliceOrientationPresets(scene)
+    views = []
+    for name, orientation in (("Red", "Axial"), ("Yellow", "Sagittal")):  # Yellow as Slicer creates it
+        slice_node = scene.AddNewNodeByClass("vtkMRMLSliceNode")
+        slice_node.SetLayoutName(name)
+        slice_node.SetOrientation(orientation)
+        composite = scene.AddNewNodeByClass("vtkMRMLSliceCompositeNode")
+        composite.SetLayoutName(name)
+        views.append((slice_node, composite))
+    ct = node_from_volume(read_volume(ct_small_path), scene, "CT")
+    ct.GetDisplayNode().SetWindowLevel(1500, -600)  # the user's lung window
+    out = node_from_volume(read_volume(ct_small_path), scene, "CT_enhanced")
+    show_side_by_side(ct, out, views)
+    assert [s.GetOrientation() for s, _ in views] == ["Axial", "Axial"]
+    assert [c.GetBackgroundVolumeID() for _, c in views] == [ct.GetID(), out.GetID()]
+    assert all(c.GetLinkedControl() for _, c in views)
+    display = out.GetDisplayNode()
+    assert (display.GetWindow(), display.GetLevel()) == (1500, -600) and not display.GetAutoWindowLevel()
+    scene.Clear(True)
+
+
+# ---------------------------------------------------------------------------
+# item 9: no gzip on the GUI thread; a blocking call processes Slicer's events
+# ---------------------------------------------------------------------------
+def test_the_temporary_input_is_written_uncompressed(ct_small_path):
+    from QHQGANLib.apps.node_task import TemporaryWorkspace
+
+    with TemporaryWorkspace(read_volume(ct_small_path)) as ws:
+        header = ws.input_path.read_bytes()[:2000].split(b"\n\n")[0].decode("latin-1")
+        assert re.search(r"^encoding: raw$", header, re.M), header
+
+
+def test_blocking_process_keeps_slicer_responsive(module, ct_small_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(slicer, "app", types.SimpleNamespace(processEvents=lambda: calls.append(1)), raising=False)
+    ct = ct_node(slicer.mrmlScene, ct_small_path)
+    out = module.QHQGANLogic().process(ct, task="simulate-low-dose", dose=0.5)
+    assert out.GetName() == "CT_small_dose50pct" and len(calls) >= 1
+
+
+# ---------------------------------------------------------------------------
+# item 11: the self-test, registered with CTest, on a small volume, skipping what cannot run
+# ---------------------------------------------------------------------------
+def test_self_test_runs_on_a_small_phantom_without_download(module):
+    test = module.QHQGANTest()
+    ran = test.test_QHQGAN_tasks_on_a_small_phantom()
+    assert ran == ["simulate-low-dose", "enhance", "super-resolve", "synthesize"], test.messages
+    assert "SampleData" not in MODULE.read_text() and "downloadSample" not in MODULE.read_text()
+
+
+def test_self_test_skips_a_task_whose_packages_are_missing(module, monkeypatch):
+    from QHQGANLib.apps import dependencies
+
+    monkeypatch.setattr(dependencies, "missing_requirements", lambda files: ["pennylane>=0.38"]
+                        if any(Path(f).name == dependencies.MODEL_REQUIREMENTS for f in files) else [])
+    test = module.QHQGANTest()
+    assert test.test_QHQGAN_tasks_on_a_small_phantom() == ["simulate-low-dose"]
+    assert any("Skipped enhance: missing Python packages: pennylane>=0.38" in m for m in test.messages)
+
+
+def test_install_asks_no_torch_for_simulate_low_dose(module, monkeypatch):
+    import importlib.util as iu
+
+    real = iu.find_spec
+    monkeypatch.setattr(iu, "find_spec", lambda name, *a: None if name == "torch" else real(name, *a))
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", None)  # the PyTorch extension is not installed
+    logic = module.QHQGANLogic()
+    assert logic.installDependencies(askConfirmation=False, task="simulate-low-dose") is True
+    with pytest.raises(RuntimeError, match="PyTorch extension"):
+        logic.installDependencies(askConfirmation=False, task="enhance")
+
+
+def test_self_test_is_registered_with_ctest(tmp_path):
+    import shutil
+    import subprocess
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    try:
+        from test_extension_build import STAND_IN_SLICER_CONFIG
+    finally:
+        sys.path.pop(0)
+    cmake = shutil.which("cmake")
+    if cmake is None:
+        pytest.skip("cmake is not installed")
+    slicer_dir, build = tmp_path / "Slicer", tmp_path / "build"
+    slicer_dir.mkdir()
+    config = STAND_IN_SLICER_CONFIG + "\nmacro(slicer_add_python_unittest)\n  _record_call(slicer_add_python_unittest ${ARGN})\nendmacro()\n"
+    (slicer_dir / "SlicerConfig.cmake").write_text(config)
+    for name in ("UseSlicer.cmake", "GenerateConfig.cmake", "CPack.cmake"):
+        (slicer_dir / name).write_text("# stand-in: empty\n")
+    result = subprocess.run([cmake, "-S", str(REPO), "-B", str(build), f"-DSlicer_DIR={slicer_dir}",
+                             "-DBUILD_TESTING=ON"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    calls = (build / "macro-calls.txt").read_text().splitlines()
+    assert any(line.startswith("slicer_add_python_unittest|SCRIPT|QHQGAN.py|") for line in calls), calls
+    for name in ("requirements-base.txt", "requirements-models.txt"):
+        assert (build / "lib/Slicer-5.8/qt-scripted-modules/Resources" / name).is_file()
+
+
+# ---------------------------------------------------------------------------
+# item 12: licence, a human-readable title, translatable strings
+# ---------------------------------------------------------------------------
+def test_license_is_apache_2():
+    text = (REPO / "LICENSE").read_text()
+    assert "Apache License" in text and "Version 2.0, January 2004" in text
+    assert "Copyright" in text and "QHQGAN contributors" in text
+    assert "END OF TERMS AND CONDITIONS" in text
+
+
+def test_title_is_human_readable_and_strings_are_translatable(module):
+    tree = ast.parse(MODULE.read_text())
+    wrapped = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Attribute) and \
+                isinstance(node.targets[0].value, ast.Attribute) and node.targets[0].value.attr == "parent":
+            value = node.value
+            wrapped[node.targets[0].attr] = isinstance(value, ast.Call) and getattr(value.func, "id", "") == "_"
+    assert wrapped["title"] and wrapped["helpText"] and wrapped["acknowledgementText"]
+    parent = types.SimpleNamespace()
+    module.QHQGAN(parent)
+    assert parent.title != "QHQGAN" and " " in parent.title and "Hybrid Quantum GAN" in parent.title
+    assert module._("Apply") == "Apply"  # identity without slicer.i18n
+    assert isinstance(module.Task.ENHANCE, enum.Enum) and module.Task.ENHANCE.label() == "Enhance low-dose CT"
+    assert "from slicer.i18n import tr as _" in MODULE.read_text()
