@@ -37,7 +37,8 @@ CUSTOM_WEIGHTS = _("Custom weights file…")
 SLICER_OWN_PACKAGES = ["SimpleITK", "vtk", "numpy", "torch"]
 #: The panel's spin boxes and the options (QHQGANLib.core.options) whose ranges they take.
 SPIN_BOX_OPTIONS = {"tileSizeSpinBox": "tile_size", "overlapSpinBox": "overlap", "tileBatchSpinBox": "tile_batch",
-                    "samplesSpinBox": "n_samples", "seedSpinBox": "seed", "doseSpinBox": "dose"}
+                    "samplesSpinBox": "n_samples", "seedSpinBox": "seed", "doseSpinBox": "dose",
+                    "strengthSpinBox": "strength"}
 #: Parameters stored in the scene's parameter node beside the wrapper's fields (raw strings):
 #: the model chosen for each task ("Model.<task>") and the custom weights file.
 MODEL_PARAMETER = "Model."
@@ -112,6 +113,7 @@ class QHQGANParameterNode:
     nSamples: Annotated[int, WithinRange(*option_range("n_samples"))] = option_default("n_samples")
     seed: Annotated[int, WithinRange(*option_range("seed"))] = option_default("seed")
     doseFraction: Annotated[float, WithinRange(*option_range("dose"))] = option_default("dose")
+    strength: Annotated[float, WithinRange(*option_range("strength"))] = option_default("strength")
     outputVolume: vtkMRMLScalarVolumeNode
 
 
@@ -249,6 +251,7 @@ class QHQGANWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.tileBatchSpinBox.setEnabled(task in (Task.ENHANCE, Task.SUPER_RESOLVE))
         self.ui.samplesSpinBox.setEnabled(task is Task.SYNTHESIZE)
         self.ui.doseSpinBox.setEnabled(task is Task.SIMULATE_LOW_DOSE)
+        self.ui.strengthSpinBox.setEnabled(task is Task.ENHANCE)
         if self._job is not None:
             return
         ready = bool(p.inputVolume) or task is Task.SYNTHESIZE
@@ -265,7 +268,7 @@ class QHQGANWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         backend = "torch" if p.quantumBackend is QuantumBackend.BUILTIN else f"pennylane:{p.pennylaneDevice.strip()}"
         return dict(model=model or None, quantum_backend=backend, device=p.computeDevice.value,
                     tile_size=p.tileSize, overlap=p.overlap, tile_batch=p.tileBatch, n_samples=p.nSamples,
-                    seed=p.seed, dose=p.doseFraction)
+                    seed=p.seed, dose=p.doseFraction, strength=p.strength)
 
     def onApplyButton(self):
         if self._job is not None:

@@ -187,13 +187,17 @@ def configured(tmp_path_factory):
 
 def test_cmake_configures_and_builds_the_module(configured):
     build, calls = configured
-    modules = [c for c in calls if c[0] == "slicerMacroBuildScriptedModule"]
-    assert len(modules) == 1
-    _, values, flags, source_dir = modules[0]
-    assert values["NAME"] == ["QHQGAN"]
+    modules = {c[1]["NAME"][0]: c for c in calls if c[0] == "slicerMacroBuildScriptedModule"}
+    assert set(modules) == {"QHQGAN", "QHQGANReader"}
+    _, values, flags, source_dir = modules["QHQGAN"]
     assert Path(source_dir).resolve() == (REPO / "QHQGAN").resolve()
     assert values["SCRIPTS"] == ["QHQGAN.py"]
     assert sorted(values["RESOURCES"]) == module_resources()
+    assert "WITH_GENERIC_TESTS" in flags
+    _, values, flags, source_dir = modules["QHQGANReader"]  # the reading panel of reader studies (issue #14)
+    assert Path(source_dir).resolve() == (REPO / "QHQGANReader").resolve()
+    assert values["SCRIPTS"] == ["QHQGANReader.py"]
+    assert sorted(values["RESOURCES"]) == [f[len("QHQGANReader/"):] for f in shipped_files("QHQGANReader/Resources")]
     assert "WITH_GENERIC_TESTS" in flags
 
 

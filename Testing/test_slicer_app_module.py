@@ -165,7 +165,7 @@ def fake_ui():
     ui = types.SimpleNamespace()
     for name in ("applyButton", "compareButton", "progressBar", "statusLabel", "modelCollapsibleButton",
                  "customWeightsPathLineEdit", "pennylaneDeviceLineEdit", "tileSizeSpinBox", "overlapSpinBox",
-                 "tileBatchSpinBox", "samplesSpinBox", "doseSpinBox"):
+                 "tileBatchSpinBox", "samplesSpinBox", "doseSpinBox", "strengthSpinBox"):
         setattr(ui, name, FakeWidget())
     ui.taskComboBox = FakeCombo("task")
     ui.inputSelector = FakeWidget("inputVolume")

@@ -204,7 +204,7 @@ def test_bounds_in_ui_match_the_parameter_node():
         assert (box.minimum(), box.maximum()) == option_range(option), name
         assert box.value() == OPTIONS[option].default, name
         checked.add(option)
-    assert checked == {"tile_size", "overlap", "tile_batch", "n_samples", "seed", "dose"}
+    assert checked == {"tile_size", "overlap", "tile_batch", "n_samples", "seed", "dose", "strength"}
 
 
 def test_panel_renders(tmp_path):

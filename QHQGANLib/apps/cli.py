@@ -29,6 +29,7 @@ from ..core.devices import DEVICES
 from ..core.kinds import ENHANCE_ARCHS, SYNTH_METHODS, TRAINABLE_IMAGE_TASKS, default_model, preferred_models
 from ..core.options import add_option_argument, add_task_arguments
 from . import commands
+from .reader_cli import add_reader_study_commands
 
 #: Errors with a message meant for the user (OSError: full disk, a folder given as output, permissions).
 EXPECTED_ERRORS = (ValueError, OSError, ImportError)
@@ -221,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_training_commands(sub, common)
     _add_evaluation_commands(sub, common)
+    add_reader_study_commands(sub, common)
 
     p = sub.add_parser("list-models", parents=[common], help="the shipped models and their validation metrics")
     p.set_defaults(func=commands.cmd_list_models)

@@ -167,7 +167,8 @@ def _run_model_command(args: argparse.Namespace, task: str) -> int:
                        overlap=args.overlap, tile_batch=args.tile_batch)
         with _progress(args, task) as progress:
             if task == "enhance":
-                result = enhance(volume, model=model, progress=progress, **options)
+                result = enhance(volume, model=model, progress=progress, strength=args.strength,
+                                 target_noise_hu=args.target_noise_hu, **options)
             else:
                 with warnings.catch_warnings():  # said once, below, as one line
                     warnings.simplefilter("ignore", UserWarning)

@@ -50,6 +50,8 @@ class TaskRequest:
     dose: float = option_default("dose")
     reference_noise_hu: Optional[float] = option_default("reference_noise_hu")
     photons: Optional[float] = option_default("photons")
+    strength: float = option_default("strength")
+    target_noise_hu: Optional[float] = option_default("target_noise_hu")
 
     def __post_init__(self) -> None:
         task_kind(self.task)  # ValueError for an unknown task

@@ -151,6 +151,12 @@ OPTIONS: Dict[str, Option] = {o.name: o for o in (
     Option("reference_noise_hu", float, None, check=lambda v: _check_between("reference_noise_hu", v, 0.5, 200.0),
            help="the input's own noise (HU, std in uniform soft tissue) that the simulated dose is calibrated "
                 "to, in [0.5, 200] (default: estimated from the image)"),
+    Option("strength", float, 1.0, minimum=0.0, maximum=1.0,
+           help="enhancement strength: output = input + strength x (model - input); 0 = the input unchanged, "
+                "1 = the full model (default); in between the noise falls steadily and keeps its natural texture"),
+    Option("target_noise_hu", float, None, check=lambda v: _check_between("target_noise_hu", v, 0.5, 200.0),
+           help="auto strength: the strength whose output has this noise (HU, std in uniform soft tissue), "
+                "in [0.5, 200]; replaces --strength"),
     Option("photons", float, None, check=lambda v: _check_between("photons", v, 1e3, 1e9),
            help="a fixed incident photon count per 1 mm detector element per view, in [1e3, 1e9]: no "
                 "calibration to the input's noise (1e6 was the fixed default before calibration)"),
@@ -158,7 +164,8 @@ OPTIONS: Dict[str, Option] = {o.name: o for o in (
 
 #: The options of each task, in command-line order.
 TASK_OPTIONS: Dict[str, Tuple[str, ...]] = {
-    "enhance": ("model", "device", "quantum_backend", "tile_size", "overlap", "tile_batch"),
+    "enhance": ("model", "device", "quantum_backend", "tile_size", "overlap", "tile_batch", "strength",
+                "target_noise_hu"),
     "super-resolve": ("model", "device", "quantum_backend", "scale", "tile_size", "overlap", "tile_batch"),
     "synthesize": ("model", "device", "quantum_backend", "n_samples", "seed"),
     "simulate-low-dose": ("dose", "seed", "reference_noise_hu", "photons"),
