@@ -4,6 +4,7 @@ from __future__ import annotations
 import ast
 import os
 import re
+import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -163,3 +164,61 @@ def test_reader_module_is_built_and_holds_no_science():
     assert used and {m.split(".")[1] for m in used} <= {"apps", "core", "tasks"}
     classes = [ET.fromstring(UI.read_text()).find("widget").get("class")]
     assert classes == ["qMRMLWidget"]
+
+
+# ---------------------------------------------------------------------------
+# the README picture
+# ---------------------------------------------------------------------------
+def render_reader_panel(path: Path, width: int = 380) -> Path:
+    """Render the reading panel as a reader sees it on item 4 of 12 (the questions of a single-image study).
+
+    ``QT_QPA_PLATFORM=offscreen python Testing/test_reader_module.py`` writes Resources/Images/reader-panel.png.
+    """
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    from test_slicer_module import STAND_INS, app
+    from PySide6 import QtCore, QtUiTools, QtWidgets
+
+    from QHQGANLib.tasks.reader_study import questions_for
+
+    app()
+    loader = QtUiTools.QUiLoader()
+    for cls in STAND_INS:
+        loader.registerCustomWidget(cls)
+    ui_file = QtCore.QFile(str(UI))
+    ui_file.open(QtCore.QFile.ReadOnly)
+    panel = loader.load(ui_file)
+    ui_file.close()
+    panel.findChild(QtWidgets.QLineEdit, "readerIdLineEdit").setText("reader-01")
+    panel.findChild(QtWidgets.QLabel, "itemLabel").setText("Case 03 / image B")
+    panel.findChild(QtWidgets.QLabel, "progressLabel").setText("Item 4 of 12 (answers are locked once saved)")
+    layout = panel.findChild(QtWidgets.QFrame, "questionsFrame").layout()
+    keep = []
+    for q in questions_for("single"):
+        if q["type"] == "text":
+            widget = QtWidgets.QLineEdit()
+        else:
+            widget = QtWidgets.QWidget()
+            row = QtWidgets.QHBoxLayout(widget)
+            row.setContentsMargins(0, 0, 0, 0)
+            texts = ([str(v) for v in range(q["min"], q["max"] + 1)] if q["type"] == "scale" else ["no", "yes"])
+            group = QtWidgets.QButtonGroup(widget)
+            keep.append(group)
+            for text in texts:
+                button = QtWidgets.QRadioButton(text)
+                group.addButton(button)
+                row.addWidget(button)
+        layout.addRow(q["text"] + ":", widget)
+    panel.findChild(QtWidgets.QLabel, "statusLabel").setText("Window: abdomen (W 400 / L 40)")
+    for name in ("questionsFrame", "nextButton", "pauseButton"):
+        panel.findChild(QtWidgets.QWidget, name).setEnabled(True)
+    panel.findChild(QtWidgets.QLineEdit, "studyPathLineEdit").setText("/data/studies/liver-ldct-2026")
+    panel.resize(width, panel.sizeHint().height())
+    panel.adjustSize()
+    panel.resize(width, panel.height())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert panel.grab().save(str(path)), f"could not write {path}"
+    return path
+
+
+if __name__ == "__main__":
+    print(render_reader_panel(Path(sys.argv[1]) if len(sys.argv) > 1 else REPO / "Resources" / "Images" / "reader-panel.png"))
