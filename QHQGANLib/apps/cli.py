@@ -140,6 +140,9 @@ def _add_training_commands(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--n-critic", type=positive_int,
                    help="critic updates per generator update of the WGAN-GP methods (default 2; "
                         "the paper's 5 takes about twice as long)")
+    p.add_argument("--width", type=positive_int, help="decoder channels at the last stage, x8 at 4x4 (default 16)")
+    p.add_argument("--blocks", choices=("plain", "residual"),
+                   help="decoder stages: plain (default) or residual (more capacity, for anatomy at 128x128)")
     p.add_argument("--lr-g", type=float, help="generator learning rate (default: the method's setting)")
     p.add_argument("--lr-d", type=float, help="critic learning rate (default: the method's setting)")
     p.add_argument("--diffaugment",

@@ -216,6 +216,7 @@ def cmd_train_enhance(args: argparse.Namespace) -> int:
 
 #: train-synth options that set the SynthConfig field of the same name when given
 SYNTH_OPTIONS = ("steps", "batch_size", "seed", "n_qubits", "n_layers", "n_circuits", "n_critic", "lr_g", "lr_d",
+                 "width", "blocks",
                  "diffaugment", "checkpoint_every")
 
 

@@ -50,6 +50,9 @@ MIXER_OF_METHOD = {"hqgan": "quantum", "mlp-control": "mlp", "no-circuit": "none
 #: Names of earlier versions, still accepted: "ablation" was the 8 -> 3 -> 8 bottleneck.
 LEGACY_METHODS = LEGACY_NAMES
 UPSAMPLING = ("resize", "transposed")
+#: Decoder stages: "plain" (upsample, conv, BN, ReLU: the shipped 64x64 models) or "residual" (two 3x3
+#: convolutions per stage with a skip path: more capacity per parameter, for anatomy at 128x128).
+DECODER_BLOCKS = ("plain", "residual")
 ARCH_OF_METHOD = {"hqgan": "hqgan-synth", "mlp-control": "mlp-control-synth", "no-circuit": "no-circuit-synth",
                   "bottleneck-ablation": "bottleneck-ablation-synth", "wgan-gp": "wgan-gp", "dcgan": "dcgan",
                   "ablation": "ablation-synth"}  # the last: the arch of cards stored under the legacy name
@@ -73,15 +76,36 @@ def unit_to_hu(x: np.ndarray) -> np.ndarray:
     return (np.asarray(x) + 1.0) / 2.0 * (hi - lo) + lo
 
 
+class ResidualUp(nn.Module):
+    """x2 nearest resize, then conv-BN-ReLU-conv-BN with a 1x1 skip path, then ReLU (BigGAN-like, no conditioning)."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.up = nn.Upsample(scale_factor=2, mode="nearest")
+        self.body = nn.Sequential(nn.Conv2d(cin, cout, 3, 1, 1), nn.BatchNorm2d(cout), nn.ReLU(),
+                                  nn.Conv2d(cout, cout, 3, 1, 1), nn.BatchNorm2d(cout))
+        self.skip = nn.Conv2d(cin, cout, 1)
+        self.act = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.up(x)
+        return self.act(self.body(x) + self.skip(x))
+
+
 class Decoder(nn.Module):
     """features (B, d) -> image (B, 1, size, size) in [-1, 1]."""
 
-    def __init__(self, in_features: int, size: int = 64, width: int = 16, upsample: str = "resize"):
+    def __init__(self, in_features: int, size: int = 64, width: int = 16, upsample: str = "resize",
+                 blocks: str = "plain"):
         super().__init__()
         if size not in (64, 128):
             raise ValueError(f"size must be 64 or 128, got {size}")
         if upsample not in UPSAMPLING:
             raise ValueError(f"upsample must be one of {UPSAMPLING}, got {upsample!r}")
+        if blocks not in DECODER_BLOCKS:
+            raise ValueError(f"blocks must be one of {DECODER_BLOCKS}, got {blocks!r}")
+        if blocks == "residual" and upsample != "resize":
+            raise ValueError("residual decoder blocks resize (upsample='resize')")
         n_up = int(math.log2(size // 4))
         channels = [width * 2 ** (n_up - 1 - i) for i in range(n_up)]  # e.g. 256,128,64,32
         self.start = channels[0]
@@ -93,11 +117,17 @@ class Decoder(nn.Module):
             # resize then convolve: no checkerboard artefacts (Odena et al. 2016)
             return [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(cin, cout, 3, 1, 1)]
 
-        blocks: List[nn.Module] = []
+        stages: List[nn.Module] = []
         for cin, cout in zip(channels[:-1], channels[1:]):
-            blocks += up(cin, cout) + [nn.BatchNorm2d(cout), nn.ReLU()]
-        blocks += up(channels[-1], 1) + [nn.Tanh()]
-        self.net = nn.Sequential(*blocks)
+            if blocks == "residual":
+                stages.append(ResidualUp(cin, cout))
+            else:
+                stages += up(cin, cout) + [nn.BatchNorm2d(cout), nn.ReLU()]
+        if blocks == "residual":  # the last stage at full resolution, then a 3x3 to one channel
+            stages += [ResidualUp(channels[-1], channels[-1]), nn.Conv2d(channels[-1], 1, 3, 1, 1), nn.Tanh()]
+        else:
+            stages += up(channels[-1], 1) + [nn.Tanh()]
+        self.net = nn.Sequential(*stages)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.net(self.fc(features).view(-1, self.start, 4, 4))
@@ -114,7 +144,7 @@ class SynthGenerator(nn.Module):
     def __init__(self, method: str = "hqgan", size: int = 64, n_qubits: int = 8, n_layers: int = 4,
                  latent_dim: int = 100, width: int = 16, quantum_backend: str = "torch",
                  upsample: str = "resize", feature_norm: bool = True, n_circuits: int = 4,
-                 mlp_hidden: Optional[int] = None):
+                 mlp_hidden: Optional[int] = None, blocks: str = "plain"):
         super().__init__()
         from .mixers import default_hidden, make_mixer
 
@@ -134,7 +164,7 @@ class SynthGenerator(nn.Module):
         self.config = {"arch": ARCH_OF_METHOD[method], "method": method, "size": size, "n_qubits": n_qubits,
                        "n_layers": n_layers, "latent_dim": latent_dim, "width": width, "upsample": upsample,
                        "feature_norm": bool(feature_norm and self.has_slot),
-                       "n_circuits": self.n_circuits, "mlp_hidden": mlp_hidden}
+                       "n_circuits": self.n_circuits, "mlp_hidden": mlp_hidden, "blocks": blocks}
         if self.has_slot:
             self.latent_dim = n_qubits * self.n_circuits
             self.mixer = make_mixer(mixer, n_qubits, n_layers, mlp_hidden, quantum_backend=quantum_backend)
@@ -145,7 +175,7 @@ class SynthGenerator(nn.Module):
         # angles): standardising each feature over the batch lets the decoder see their variation.
         # The controls get the same normalisation, so they differ from hqgan only in the slot.
         self.features = nn.BatchNorm1d(self.latent_dim) if self.config["feature_norm"] else nn.Identity()
-        self.decoder = Decoder(self.latent_dim, size, width, upsample)
+        self.decoder = Decoder(self.latent_dim, size, width, upsample, blocks)
 
     def sample_latent(self, n: int, generator: Optional[torch.Generator] = None,
                       device: Optional[torch.device] = None) -> torch.Tensor:
@@ -169,4 +199,5 @@ def build_from_config(config: Dict):
                           width=int(config["width"]), upsample=str(config.get("upsample", "transposed")),
                           feature_norm=bool(config.get("feature_norm", False)),
                           n_circuits=int(config.get("n_circuits", 1)),
-                          mlp_hidden=None if hidden is None else int(hidden))
+                          mlp_hidden=None if hidden is None else int(hidden),
+                          blocks=str(config.get("blocks", "plain")))

@@ -75,6 +75,7 @@ class SynthConfig:
     feature_norm: bool = True          # hqgan and its controls: batch-normalise the mixer's outputs
     n_circuits: int = 4                # hqgan and its controls: circuit runs (shared weights) on independent noise
     mlp_hidden: Optional[int] = None   # mlp-control / bottleneck-ablation: hidden width (None: their rule)
+    blocks: str = "plain"              # decoder stages: "plain" or "residual" (more capacity, for 128x128 anatomy)
     ema_decay: float = 0.99            # returned generator: exponential moving average of the weights (0: off)
     output_dir: Optional[str] = None
     checkpoint_every: int = 500        # with output_dir: checkpoint.pt every this many updates and at the end
@@ -244,7 +245,7 @@ def train_synth(cfg: SynthConfig, volumes: Optional[Sequence[Volume]] = None,
 
     gen = SynthGenerator(cfg.method, cfg.size, cfg.n_qubits, cfg.n_layers, cfg.latent_dim, cfg.width,
                          upsample=cfg.upsample, feature_norm=cfg.feature_norm, n_circuits=cfg.n_circuits,
-                         mlp_hidden=cfg.mlp_hidden).to(device)
+                         mlp_hidden=cfg.mlp_hidden, blocks=cfg.blocks).to(device)
     critic = Critic(cfg.size, cfg.width, batch_norm=(cfg.method == "dcgan")).to(device)
     task = SynthStep(cfg, data, gen, critic, device, rank, world)
     start = 0
