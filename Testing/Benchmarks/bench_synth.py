@@ -2,7 +2,8 @@
 
 Every method is trained on the same slices (``synth_data.py``) with the same number of
 generator updates and batch size, for each seed; then 200 samples per run are scored
-against the held-out real slices with ``QHQGANLib.metrics.synthetic.evaluate_synthetic``
+against the real slices of ``--split`` (the tuning patient while choosing a design; the
+evaluation patients once, for the reported table) with ``QHQGANLib.metrics.synthetic.evaluate_synthetic``
 (FRD, KID, precision/recall, density/coverage, diversity, memorization, HU Wasserstein).
 Writes the "synth" section of BENCHMARKS.md (mean +- sd and median over seeds) and a
 PNG grid of samples per method beside real slices. With ``--ship``, the seed-0 model
@@ -73,22 +74,29 @@ def main() -> None:
     ap.add_argument("--n-circuits", type=int, default=4,
                     help="methods with a circuit slot (hqgan and its controls): runs of the block (shared weights) on "
                          "independent noise per sample")
+    ap.add_argument("--split", default="tune", choices=("tune", "evaluation"),
+                    help="real slices the samples are scored against: the tuning patient (default: choosing a "
+                         "design, learning rates, critic steps) or, once, for the reported table, the evaluation "
+                         "patients (synth_data.py)")
+    ap.add_argument("--size", type=int, default=64, choices=(64, 128))
+    ap.add_argument("--blocks", default="plain", choices=("plain", "residual"), help="decoder stages")
+    ap.add_argument("--width", type=int, default=16, help="decoder width")
     ap.add_argument("--section", default="synth",
                     help="BENCHMARKS.md section (and figure suffix) to write; e.g. synth-long for a longer budget")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     figure = FIGURE if args.section == "synth" else FIGURE.with_name(f"benchmark-{args.section}.png")
-    data = load_slices(64)
+    data = load_slices(args.size)
     results, grids = {}, {}
     for seed in args.seeds:  # seed-major: an interrupted run still has every method for the first seeds
         for method in args.methods:
-            cfg = SynthConfig(method=method, steps=args.steps, seed=seed,
-                              n_circuits=args.n_circuits if method in MIXER_OF_METHOD else 1)
+            cfg = SynthConfig(method=method, steps=args.steps, seed=seed, size=args.size, blocks=args.blocks,
+                              width=args.width, n_circuits=args.n_circuits if method in MIXER_OF_METHOD else 1)
             t0 = time.time()
             model = train_synth(cfg, slices=data["train"], show_progress=True)
             seconds = time.time() - t0
             samples = synthesize(model, args.n_samples, seed=1000 + seed).array
-            metrics = evaluate_synthetic(samples, data["heldout"], data["train"], seed=seed)
+            metrics = evaluate_synthetic(samples, data[args.split], data["train"], seed=seed)
             row = {"seconds": seconds, **flat(metrics)}
             results.setdefault(method, []).append(row)
             print(method, seed, json.dumps({k: round(v, 4) for k, v in row.items()}), flush=True)
@@ -102,11 +110,11 @@ def main() -> None:
                 grids[method] = samples[:6]
                 if args.ship:
                     ship(model, method, cfg, seconds, row)
-    title = f"## Synthetic CT (64x64): {' vs '.join(args.methods)}, {args.steps} updates"
+    title = f"## Synthetic CT ({args.size}x{args.size}, {args.blocks} decoder, scored on the {args.split} split): {' vs '.join(args.methods)}, {args.steps} updates"
     if any(m in MIXER_OF_METHOD for m in args.methods):
         title += f", {args.n_circuits} circuit run(s) per sample"
     lines = [title, "",
-             f"Training: {DESCRIPTION}; {len(data['train'])} training slices, {len(data['heldout'])} held-out "
+             f"Training: {DESCRIPTION}; {len(data['train'])} training slices, {len(data[args.split])} {args.split} "
              f"slices. Same budget for every method: {args.steps} generator updates, batch 32; "
              f"every method but DCGAN trains with the WGAN-GP loss, {cfg.n_critic} critic updates per "
              "generator update and Adam 2e-4, betas (0, 0.9) (published: 5 and 1e-4; halved time for a CPU "
@@ -119,7 +127,7 @@ def main() -> None:
              f"All: the same resize-convolution decoder (width {cfg.width}), critic family, left-right flips, "
              f"DiffAugment ({cfg.diffaugment}) on the critic's inputs, samples from an EMA ({cfg.ema_decay}) "
              "of the generator weights. "
-             f"{args.n_samples} samples per run scored against the held-out slices. Seeds: "
+             f"{args.n_samples} samples per run scored against the {args.split} slices. Seeds: "
              f"{', '.join(map(str, args.seeds))}; mean +- sd (median).", "",
              "| method | train s | " + " | ".join(label for _, label in KEYS) + " |",
              "|---|---|" + "---|" * len(KEYS)]
@@ -129,32 +137,37 @@ def main() -> None:
             values = np.array([r.get(key, np.nan) for r in rows])
             cells.append(f"{np.mean(values):.4g} +- {np.std(values):.2g} ({np.median(values):.4g})")
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    reference = evaluate_synthetic(data["heldout"], data["heldout"], data["train"], seed=0)
+    reference = evaluate_synthetic(data[args.split], data[args.split], data["train"], seed=0)
     lines += ["", f"Reference (real against real): the training slices scored as if they were samples give "
               f"FRD {reference['frd_real_reference']:.4g} and KID {reference['kid_real_reference']:.4g} "
-              "against the held-out slices, the level of a generator as good as the data. "
-              f"Held-out real slices have MS-SSIM among themselves "
+              f"against the {args.split} slices, the level of a generator as good as the data. "
+              f"The {args.split} slices have MS-SSIM among themselves "
               f"{reference['diversity_real']:.3f} and max SSIM to a training slice "
               f"{reference['memorization_heldout_reference']['max']:.3f} (neighbouring anatomy); "
               "FID with InceptionV3 is not reported (its weights are not on this machine and nothing is downloaded).", ""]
-    panels = [(f"real {i}", data["heldout"][i]) for i in range(0, min(18, len(data["heldout"])), 3)][:6]
+    panels = [(f"real {i}", data[args.split][i]) for i in range(0, min(18, len(data[args.split])), 3)][:6]
     rows_png = [panels] + [[(f"{m} {i}", img) for i, img in enumerate(grid)] for m, grid in grids.items()]
     figure.parent.mkdir(parents=True, exist_ok=True)
     for index, row in enumerate(rows_png):
         save_panels_png(row, figure.with_name(f"{figure.stem}-{index}.png"), window=(-160, 240), min_panel_size=128)
     _stack_rows([figure.with_name(f"{figure.stem}-{i}.png") for i in range(len(rows_png))], figure)
-    lines += [f"![real held-out slices (first row) and samples of each method]"
+    lines += [f"![real {args.split} slices (first row) and samples of each method]"
               f"({figure.relative_to(HERE.parents[1])})", ""]
     write_section(args.section, "\n".join(lines))
     print("\n".join(lines))
 
 
+def ship_name(method: str, size: int) -> str:
+    """The shipped name: ``hqgan-synth`` at 64x64, ``hqgan-synth-128`` at 128x128."""
+    return SHIP_NAMES[method] + ("" if size == 64 else f"-{size}")
+
+
 def ship(model, method: str, cfg: SynthConfig, seconds: float, row: dict) -> dict:
     """Write ``model`` to Resources/Models as ``SHIP_NAMES[method]`` with its model card."""
     card = {
-        "name": SHIP_NAMES[method], "task": "synthesize", "arch": model.config["arch"],
+        "name": ship_name(method, cfg.size), "task": "synthesize", "arch": model.config["arch"],
         "size": cfg.size, "window_hu": [-1024, 1024], "training_data": DESCRIPTION,
-        "validation_data": "held-out slices of the same CT (every 4th block of 8, 1-slice gaps), "
+        "validation_data": "slices of other patients (synth_data.py: protocol.json's tuning or evaluation patients), "
                            "200 samples",
         "training": {**cfg.to_dict(), "output_dir": None, "seconds": round(seconds)},
         "validation": {k: row[k] for k in [key for key, _ in KEYS] + ["frd_real_reference", "kid_real_reference"]
@@ -162,7 +175,7 @@ def ship(model, method: str, cfg: SynthConfig, seconds: float, row: dict) -> dic
         "intended_use": "data augmentation research; every output is synthetic, not for diagnosis",
     }
     models_dir().mkdir(parents=True, exist_ok=True)
-    return save_model(model, models_dir() / SHIP_NAMES[method], card, overwrite=True)
+    return save_model(model, models_dir() / ship_name(method, cfg.size), card, overwrite=True)
 
 
 def _stack_rows(paths, out):
