@@ -129,20 +129,11 @@ def test_logic_shows_pairs_side_by_side(scene, tmp_path):
 def test_reader_ui_loads_offscreen_with_every_widget_the_module_uses():
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     pytest.importorskip("PySide6.QtWidgets", reason="PySide6 (test extra) renders the .ui offscreen")
-    from test_slicer_module import STAND_INS, app  # the stand-ins for Slicer's and CTK's widget classes
-    from PySide6 import QtCore, QtUiTools, QtWidgets
+    from test_slicer_module import load_panel  # built with stand-ins for Slicer's and CTK's widget classes
+    from PySide6 import QtCore, QtWidgets
 
-    app()
-    loader = QtUiTools.QUiLoader()
-    for cls in STAND_INS:
-        loader.registerCustomWidget(cls)
-    ui_file = QtCore.QFile(str(UI))
-    assert ui_file.open(QtCore.QFile.ReadOnly)
-    try:
-        panel = loader.load(ui_file)
-    finally:
-        ui_file.close()
-    assert panel is not None and panel.objectName() == "QHQGANReader"
+    panel = load_panel(UI)
+    assert panel.objectName() == "QHQGANReader"
     names = {w.objectName() for w in panel.findChildren(QtCore.QObject)}
     used = {n.attr for n in ast.walk(ast.parse(MODULE.read_text())) if isinstance(n, ast.Attribute)
             and isinstance(n.value, ast.Attribute) and n.value.attr == "ui"}
@@ -175,19 +166,12 @@ def render_reader_panel(path: Path, width: int = 380) -> Path:
     ``QT_QPA_PLATFORM=offscreen python Testing/test_reader_module.py`` writes Resources/Images/reader-panel.png.
     """
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-    from test_slicer_module import STAND_INS, app
-    from PySide6 import QtCore, QtUiTools, QtWidgets
+    from test_slicer_module import load_panel
+    from PySide6 import QtWidgets
 
     from QHQGANLib.tasks.reader_study import questions_for
 
-    app()
-    loader = QtUiTools.QUiLoader()
-    for cls in STAND_INS:
-        loader.registerCustomWidget(cls)
-    ui_file = QtCore.QFile(str(UI))
-    ui_file.open(QtCore.QFile.ReadOnly)
-    panel = loader.load(ui_file)
-    ui_file.close()
+    panel = load_panel(UI)
     panel.findChild(QtWidgets.QLineEdit, "readerIdLineEdit").setText("reader-01")
     panel.findChild(QtWidgets.QLabel, "itemLabel").setText("Case 03 / image B")
     panel.findChild(QtWidgets.QLabel, "progressLabel").setText("Item 4 of 12 (answers are locked once saved)")

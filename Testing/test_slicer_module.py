@@ -71,12 +71,13 @@ def app():
     return _APP
 
 
-def load_panel():
+def load_panel(ui: Path = UI):
+    """The widget tree of a module's .ui (QHQGAN's by default), built offscreen with the stand-ins."""
     app()
     loader = QtUiTools.QUiLoader()
     for cls in STAND_INS:
         loader.registerCustomWidget(cls)
-    ui_file = QtCore.QFile(str(UI))
+    ui_file = QtCore.QFile(str(ui))
     assert ui_file.open(QtCore.QFile.ReadOnly)
     try:
         widget = loader.load(ui_file)
