@@ -30,7 +30,7 @@ if (_SOURCE_ROOT / "QHQGANLib" / "__init__.py").is_file() and str(_SOURCE_ROOT) 
     sys.path.append(str(_SOURCE_ROOT))
 
 # the option schema: cheap to import (no torch), the same ranges and defaults as the CLI and the runner
-from QHQGANLib.core.options import option_default, option_range  # noqa: E402
+from QHQGANLib.core.options import FINE_TUNE_DEFAULT_STEPS, option_default, option_range  # noqa: E402
 
 CUSTOM_WEIGHTS = _("Custom weights file…")
 #: Packages of Slicer itself that QHQGAN's requirements must never replace.
@@ -43,6 +43,12 @@ SPIN_BOX_OPTIONS = {"tileSizeSpinBox": "tile_size", "overlapSpinBox": "overlap",
 #: the model chosen for each task ("Model.<task>") and the custom weights file.
 MODEL_PARAMETER = "Model."
 CUSTOM_WEIGHTS_PARAMETER = "CustomWeights"
+#: "Super-resolve" modes of the panel: (axis, scale, label). "Slices": super-resolve slices, thick to thin
+#: (through-plane, QHQGANLib.tasks.through_plane); the choice and the fine-tune check box are stored raw.
+SUPER_RESOLVE_MODES = (("in-plane", 2, _("Pixels (in-plane) x2")), ("z", 2, _("Slices x2 (thick to thin slices)")),
+                       ("z", 3, _("Slices x3 (thick to thin slices)")), ("z", 4, _("Slices x4 (thick to thin slices)")))
+SUPER_RESOLVE_MODE_PARAMETER = "SuperResolveMode"
+FINE_TUNE_PARAMETER = "FineTune"
 #: The property that binds a widget of the .ui to a parameter (slicer.parameterNodeWrapper).
 PARAMETER_NAME_PROPERTY = "SlicerParameterName"
 
@@ -55,7 +61,8 @@ class QHQGAN(ScriptedLoadableModule):
         self.parent.dependencies = []
         self.parent.contributors = ["QHQGAN developers"]
         self.parent.helpText = _("""
-Enhance low-dose CT, super-resolve CT in-plane x2, synthesize CT slices, or simulate a lower dose.
+Enhance low-dose CT, super-resolve CT in-plane x2 or its slices (thick to 2-4x thinner slices),
+synthesize CT slices, or simulate a lower dose.
 The method is a hybrid quantum-classical generative adversarial network (HQGAN): a classical
 convolutional encoder and decoder with a small variational quantum circuit (simulated) in the
 bottleneck, trained adversarially against a classical discriminator.
@@ -161,6 +168,10 @@ class QHQGANWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.compareButton.connect("clicked(bool)", self.onCompareButton)
         self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelChanged)
         self.ui.customWeightsPathLineEdit.connect("currentPathChanged(QString)", self.onCustomWeightsChanged)
+        for _axis, _scale, label in SUPER_RESOLVE_MODES:
+            self.ui.superResolveModeComboBox.addItem(label)
+        self.ui.superResolveModeComboBox.connect("currentIndexChanged(int)", self.onSuperResolveModeChanged)
+        self.ui.fineTuneCheckBox.connect("toggled(bool)", self.onFineTuneToggled)
         self.ui.progressBar.setVisible(False)
         for widgetName, optionName in SPIN_BOX_OPTIONS.items():  # the schema's ranges, whatever the .ui says
             getattr(self.ui, widgetName).setRange(*option_range(optionName))
@@ -206,30 +217,47 @@ class QHQGANWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNodeGuiTag = connectParameterNodeGui(self._parameterNode, self.ui)
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateGui)
             self.ui.customWeightsPathLineEdit.currentPath = self.logic.customWeights(self._parameterNode)
+            self.ui.superResolveModeComboBox.setCurrentIndex(self.logic.superResolveMode(self._parameterNode))
+            self.ui.fineTuneCheckBox.checked = self.logic.fineTune(self._parameterNode)
             self._fillModels()
             self._updateGui()
 
+    def _modelKey(self):
+        """The task, and for super-resolution its axis ("super-resolve", "super-resolve:z"): models differ."""
+        task = self._parameterNode.task.value
+        axis = SUPER_RESOLVE_MODES[self.ui.superResolveModeComboBox.currentIndex][0]
+        return f"{task}:z" if task == "super-resolve" and axis == "z" else task
+
     def _fillModels(self):
         """The models of the task, the stored choice selected (the task's default first otherwise)."""
-        task = self._parameterNode.task.value
+        key = self._modelKey()
+        task, _sep, axis = key.partition(":")
         self._fillingModels = True
         try:
             self.ui.modelComboBox.clear()
-            for name in self.logic.modelNames(task):
+            for name in self.logic.modelNames(task, axis or None):
                 self.ui.modelComboBox.addItem(name)
             self.ui.modelComboBox.addItem(CUSTOM_WEIGHTS)
-            chosen = self.logic.modelChoice(self._parameterNode, task)
+            chosen = self.logic.modelChoice(self._parameterNode, key)
             index = self.ui.modelComboBox.findText(chosen) if chosen else -1
             self.ui.modelComboBox.setCurrentIndex(max(index, 0))
-            self.ui.modelComboBox.setProperty("task", task)
+            self.ui.modelComboBox.setProperty("task", key)
         finally:
             self._fillingModels = False
 
     def onModelChanged(self, index=None):
         if self._parameterNode is not None and not self._fillingModels:
-            self.logic.setModelChoice(self._parameterNode, self._parameterNode.task.value,
-                                      self.ui.modelComboBox.currentText)
+            self.logic.setModelChoice(self._parameterNode, self._modelKey(), self.ui.modelComboBox.currentText)
         self._updateGui()
+
+    def onSuperResolveModeChanged(self, index=None):
+        if self._parameterNode is not None:
+            self.logic.setSuperResolveMode(self._parameterNode, self.ui.superResolveModeComboBox.currentIndex)
+            self._updateGui()
+
+    def onFineTuneToggled(self, checked=None):
+        if self._parameterNode is not None:
+            self.logic.setFineTune(self._parameterNode, self.ui.fineTuneCheckBox.checked)
 
     def onCustomWeightsChanged(self, path):
         if self._parameterNode is not None:
@@ -240,8 +268,11 @@ class QHQGANWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if p is None:
             return
         task = p.task
-        if self.ui.modelComboBox.property("task") != task.value:
+        if self.ui.modelComboBox.property("task") != self._modelKey():
             self._fillModels()
+        axis = SUPER_RESOLVE_MODES[self.ui.superResolveModeComboBox.currentIndex][0]
+        self.ui.superResolveModeComboBox.setEnabled(task is Task.SUPER_RESOLVE)
+        self.ui.fineTuneCheckBox.setEnabled(task is Task.SUPER_RESOLVE and axis == "z")
         usesModel = task is not Task.SIMULATE_LOW_DOSE
         self.ui.modelCollapsibleButton.setEnabled(usesModel)
         self.ui.customWeightsPathLineEdit.setEnabled(self.ui.modelComboBox.currentText == CUSTOM_WEIGHTS)
@@ -266,9 +297,12 @@ class QHQGANWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if model == CUSTOM_WEIGHTS:
             model = self.logic.customWeights(p) or None
         backend = "torch" if p.quantumBackend is QuantumBackend.BUILTIN else f"pennylane:{p.pennylaneDevice.strip()}"
+        axis, scale, _label = SUPER_RESOLVE_MODES[self.ui.superResolveModeComboBox.currentIndex]
+        fineTune = axis == "z" and self.ui.fineTuneCheckBox.checked
         return dict(model=model or None, quantum_backend=backend, device=p.computeDevice.value,
                     tile_size=p.tileSize, overlap=p.overlap, tile_batch=p.tileBatch, n_samples=p.nSamples,
-                    seed=p.seed, dose=p.doseFraction, strength=p.strength)
+                    seed=p.seed, dose=p.doseFraction, strength=p.strength, axis=axis, scale=scale,
+                    fine_tune_steps=FINE_TUNE_DEFAULT_STEPS if fineTune else 0)
 
     def onApplyButton(self):
         if self._job is not None:
@@ -339,9 +373,12 @@ class QHQGANLogic(ScriptedLoadableModuleLogic):
     def getParameterNode(self):
         return QHQGANParameterNode(super().getParameterNode())
 
-    def modelNames(self, task):
+    def modelNames(self, task, axis=None):
+        """Shipped models of ``task`` (super-resolution: of ``axis``, "in-plane" or "z"), default first."""
         from QHQGANLib.core.kinds import models_for_task
-        return [card["name"] for card in models_for_task(task)]
+        if task == "super-resolve":
+            axis = axis or "in-plane"
+        return [card["name"] for card in models_for_task(task, axis=axis)]
 
     # --- choices kept in the parameter node (saved with the scene), beside the wrapper's fields
     @staticmethod
@@ -354,6 +391,20 @@ class QHQGANLogic(ScriptedLoadableModuleLogic):
 
     def setModelChoice(self, parameterNode, task, name):
         self._rawNode(parameterNode).SetParameter(MODEL_PARAMETER + task, name or "")
+
+    def superResolveMode(self, parameterNode):
+        """The index in SUPER_RESOLVE_MODES last chosen (0: pixels x2)."""
+        text = self._rawNode(parameterNode).GetParameter(SUPER_RESOLVE_MODE_PARAMETER) or "0"
+        return int(text) if text.isdigit() and int(text) < len(SUPER_RESOLVE_MODES) else 0
+
+    def setSuperResolveMode(self, parameterNode, index):
+        self._rawNode(parameterNode).SetParameter(SUPER_RESOLVE_MODE_PARAMETER, str(max(int(index), 0)))
+
+    def fineTune(self, parameterNode):
+        return self._rawNode(parameterNode).GetParameter(FINE_TUNE_PARAMETER) == "true"
+
+    def setFineTune(self, parameterNode, checked):
+        self._rawNode(parameterNode).SetParameter(FINE_TUNE_PARAMETER, "true" if checked else "false")
 
     def customWeights(self, parameterNode):
         """The custom weights file, "" when none (never ".", what an empty pathlib.Path prints)."""
@@ -510,13 +561,20 @@ class QHQGANTest(ScriptedLoadableModuleTest):
                 source = out
             ran.append(task)
             self.delayDisplay(f"{task}: OK ({out.GetName()})")
+        from QHQGANLib.core.kinds import models_for_task
+        if "super-resolve" in ran and models_for_task("super-resolve", axis="z"):  # super-resolve slices x2
+            out = logic.process(source, task="super-resolve", axis="z", scale=2, device="cpu", tile_size=64)
+            self._checkGrid(source, out, 2, axis="z")
+            ran.append("super-resolve slices")
+            self.delayDisplay(f"super-resolve slices: OK ({out.GetName()})")
         self.delayDisplay(f"QHQGAN self-test passed ({', '.join(ran) or 'no task could run here'})")
         return ran
 
-    def _checkGrid(self, reference, node, scale):
+    def _checkGrid(self, reference, node, scale, axis="in-plane"):
         import numpy as np
         spacing, refSpacing = np.array(node.GetSpacing()), np.array(reference.GetSpacing())
-        np.testing.assert_allclose(spacing[:2] * scale, refSpacing[:2], rtol=1e-4)
-        np.testing.assert_allclose(spacing[2], refSpacing[2], rtol=1e-4)
+        refined = np.array([False, False, True]) if axis == "z" else np.array([True, True, False])
+        np.testing.assert_allclose(spacing[refined] * scale, refSpacing[refined], rtol=1e-4)
+        np.testing.assert_allclose(spacing[~refined], refSpacing[~refined], rtol=1e-4)
         refDims, dims = np.array(reference.GetImageData().GetDimensions()), np.array(node.GetImageData().GetDimensions())
         np.testing.assert_allclose(dims * spacing, refDims * refSpacing, rtol=1e-4)  # same physical extent

@@ -48,8 +48,10 @@ def test_build_command_for_each_task():
 
     argv = build_command(TaskRequest("super-resolve", device="cuda"), "in.nrrd", "out.nrrd", PY)
     assert argv == head + ["super-resolve", "in.nrrd", "out.nrrd", "--device", "cuda", "--quantum-backend",
-                           "torch", "--scale", "2", "--tile-size", "512", "--overlap", "0.0", "--tile-batch", "4",
-                           "--progress", "lines"]
+                           "torch", "--axis", "in-plane", "--scale", "2", "--fine-tune-steps", "0", "--tile-size",
+                           "512", "--overlap", "0.0", "--tile-batch", "4", "--progress", "lines"]
+    argv = build_command(TaskRequest("super-resolve", axis="z", scale=3), "in.nrrd", "out.nrrd", PY)
+    assert argv[argv.index("--axis") + 1] == "z" and argv[argv.index("--scale") + 1] == "3"
 
     argv = build_command(TaskRequest("synthesize", model="/w/gen.safetensors", n_samples=4, seed=7),
                          None, "out.nrrd", PY)
@@ -62,7 +64,7 @@ def test_requests_are_checked():
                        (dict(quantum_backend="qiskit"), "quantum_backend"),
                        (dict(quantum_backend="pennylane:"), "quantum_backend"), (dict(dose=0.0), "dose must be in"),
                        (dict(overlap=1.0), "overlap must be in"), (dict(n_samples=0), "n_samples must be in"),
-                       (dict(scale=4), "scale must be 2"), (dict(tile_size=8), "tile_size must be in"),
+                       (dict(task="super-resolve", scale=4), "scale must be 2 for in-plane"), (dict(tile_size=8), "tile_size must be in"),
                        (dict(tile_batch=0), "tile_batch must be in"), (dict(seed=-1), "seed must be in"),
                        (dict(tile_size=256.0), "tile_size must be an integer")):
         with pytest.raises(ValueError, match=re.escape(words)):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import shared_path
 
-from QHQGANLib import read_volume
+from QHQGANLib import read_volume, write_volume
 from QHQGANLib.apps.cli import main
 from QHQGANLib.nn.weights import list_models, load_model, sha256_of
 from QHQGANLib.core.resources import models_dir
@@ -47,6 +47,16 @@ def test_runs_from_the_cli(card, tmp_path, ct_small_path):
         assert result.shape == (4, 64, 64) and result.metadata.get("synthetic")
         return
     out = tmp_path / "out.nrrd"
+    if card.get("axis") == "z":  # through-plane: a stack of contiguous slices, thinner slices out
+        ct = read_volume(shared_path("abdomen-ct-totalseg/example_ct_sm.nii.gz"))
+        crop = ct.with_geometry(ct.array[10:16, 20:84, 30:94].copy(), ct.spacing, ct.index_to_physical((30, 20, 10)))
+        write_volume(crop, tmp_path / "thick.nrrd")
+        assert main(["super-resolve", str(tmp_path / "thick.nrrd"), str(out), "--axis", "z", "--scale",
+                     str(card["scale"]), "--model", card["name"], "--quiet"]) == 0
+        result = read_volume(out)
+        assert result.shape == (6 * card["scale"], 64, 64) and np.isfinite(result.array).all()
+        assert result.spacing[2] == pytest.approx(crop.spacing[2] / card["scale"])
+        return
     command = "enhance" if task == "enhance" else "super-resolve"
     assert main([command, str(ct_small_path), str(out), "--model", card["name"], "--quiet"]) == 0
     source, result = read_volume(ct_small_path), read_volume(out)

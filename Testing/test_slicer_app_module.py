@@ -130,6 +130,10 @@ class FakeCombo(FakeWidget):
     def currentText(self):
         return self.items[self.index] if 0 <= self.index < len(self.items) else ""
 
+    @property
+    def currentIndex(self):
+        return self.index
+
 
 class Wrapper58:
     """The parameter-node wrapper as Slicer 5.8 has it, over a real vtkMRMLScriptedModuleNode."""
@@ -170,6 +174,9 @@ def fake_ui():
     ui.taskComboBox = FakeCombo("task")
     ui.inputSelector = FakeWidget("inputVolume")
     ui.modelComboBox = FakeCombo()
+    ui.superResolveModeComboBox = FakeCombo()
+    ui.fineTuneCheckBox = FakeWidget()
+    ui.fineTuneCheckBox.checked = False
     return ui
 
 
@@ -323,7 +330,7 @@ def test_blocking_process_keeps_slicer_responsive(module, ct_small_path, monkeyp
 def test_self_test_runs_on_a_small_phantom_without_download(module):
     test = module.QHQGANTest()
     ran = test.test_QHQGAN_tasks_on_a_small_phantom()
-    assert ran == ["simulate-low-dose", "enhance", "super-resolve", "synthesize"], test.messages
+    assert ran == ["simulate-low-dose", "enhance", "super-resolve", "synthesize", "super-resolve slices"], test.messages
     assert "SampleData" not in MODULE.read_text() and "downloadSample" not in MODULE.read_text()
 
 

@@ -216,7 +216,8 @@ def test_fid_inception_is_never_downloaded(abdomen):
 def test_evaluate_synthetic_report(abdomen):
     train, heldout = abdomen
     samples = np.concatenate([train[:4], heldout[:12] + np.random.default_rng(6).normal(scale=20, size=(12, 64, 64))])
-    report = sm.evaluate_synthetic(samples, heldout, train, seed=0, kid_subsets=10, n_pairs=20)
+    report = sm.evaluate_synthetic(samples, heldout, train, seed=0, kid_subsets=10, n_pairs=20,
+                                   c2st_options={"epochs": 2, "min_steps": 10})  # a cheap C2ST: keys only
     json.dumps(report)  # JSON-friendly
     for key in ("frd", "kid_mean", "kid_std", "precision", "recall", "density", "coverage", "hu_wasserstein",
                 "diversity_samples", "diversity_real"):
@@ -228,7 +229,16 @@ def test_evaluate_synthetic_report(abdomen):
     assert 0 <= report["memorization_heldout_reference"]["max"] <= 1
     assert report["fid_inception"] is None or report["fid_inception"] >= 0
     assert "scikit-image" in report["settings"]["features"]
-    assert sm.evaluate_synthetic(samples, heldout, seed=0, kid_subsets=2, n_pairs=5)["memorization"] is None
+    # the classifier two-sample test: 16 samples vs 16 of the 48 held-out slices, 24 vs 24 halves for the reference
+    assert 0.0 <= report["c2st_accuracy"] <= 1.0 and 0.0 <= report["c2st_reference"] <= 1.0
+    assert report["c2st"]["n_per_class"] == 16 and report["c2st"]["reference"]["n_per_class"] == 24
+    assert report["c2st_reason"] is None
+    without = sm.evaluate_synthetic(samples, heldout, seed=0, kid_subsets=2, n_pairs=5, c2st=False)
+    assert without["memorization"] is None
+    assert without["c2st_accuracy"] is None and without["c2st_reference"] is None and without["c2st"] is None
+    # too few slices for 5 folds: no C2ST, and the reason
+    few = sm.evaluate_synthetic(samples[:4], heldout, seed=0, kid_subsets=2, n_pairs=5)
+    assert few["c2st_accuracy"] is None and "at least 5 slices" in few["c2st_reason"]
 
 
 def test_feature_scaler_from_all_real_slices_keeps_one_feature_from_dominating(abdomen, abdomen_features):
@@ -247,10 +257,10 @@ def test_feature_scaler_from_all_real_slices_keeps_one_feature_from_dominating(a
 
 def test_evaluate_synthetic_reports_the_real_to_real_reference(abdomen):
     train, heldout = abdomen
-    copies = sm.evaluate_synthetic(train, heldout, train, seed=0, kid_subsets=5, n_pairs=10)
+    copies = sm.evaluate_synthetic(train, heldout, train, seed=0, kid_subsets=5, n_pairs=10, c2st=False)
     # samples that are the training slices score exactly the real-to-real reference
     assert copies["frd"] == pytest.approx(copies["frd_real_reference"])
     noisy = train + np.random.default_rng(1).normal(scale=60, size=train.shape)
-    worse = sm.evaluate_synthetic(noisy, heldout, train, seed=0, kid_subsets=5, n_pairs=10)
+    worse = sm.evaluate_synthetic(noisy, heldout, train, seed=0, kid_subsets=5, n_pairs=10, c2st=False)
     assert worse["frd"] > 3 * copies["frd_real_reference"]
     assert worse["frd_real_reference"] == pytest.approx(copies["frd_real_reference"])

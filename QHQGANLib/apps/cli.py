@@ -27,7 +27,7 @@ from typing import List, Optional
 from ..core.constants import __version__
 from ..core.devices import DEVICES
 from ..core.kinds import ENHANCE_ARCHS, SYNTH_METHODS, TRAINABLE_IMAGE_TASKS, default_model, preferred_models
-from ..core.options import add_option_argument, add_task_arguments
+from ..core.options import add_option_argument, add_task_arguments, check_task_values
 from . import commands
 from .reader_cli import add_reader_study_commands
 
@@ -37,10 +37,26 @@ EXPECTED_ERRORS = (ValueError, OSError, ImportError)
 #: One line of help per task command.
 TASK_HELP = {
     "enhance": "denoise a low-dose CT with an enhancement model",
-    "super-resolve": "x2 in-plane super-resolution of a CT",
+    "super-resolve": "x2 in-plane super-resolution of a CT, or thick slices to thin ones (--axis z --scale 2|3|4)",
     "synthesize": "generate synthetic CT slices (marked synthetic in names, headers and DICOM)",
     "simulate-low-dose": "simulate a lower-dose acquisition of a CT (physics-based noise insertion)",
 }
+
+
+class TaskArgumentParser(argparse.ArgumentParser):
+    """An ArgumentParser that also refuses task options that do not go together
+    (:func:`QHQGANLib.core.options.check_task_values`, e.g. ``super-resolve --scale 4`` without ``--axis z``)."""
+
+    qhqgan_task: Optional[str] = None
+
+    def parse_known_args(self, args=None, namespace=None):
+        namespace, rest = super().parse_known_args(args, namespace)
+        if self.qhqgan_task:
+            try:
+                check_task_values(self.qhqgan_task, vars(namespace))
+            except ValueError as exc:
+                self.error(str(exc))
+        return namespace, rest
 
 
 def positive_int(text: str) -> int:
@@ -72,6 +88,7 @@ def _add_task_commands(sub, common: argparse.ArgumentParser) -> None:
         if default_model(task):
             help_text += f" (default model {default_model(task)})"
         p = sub.add_parser(task, parents=[common], help=help_text)
+        p.qhqgan_task = task
         if task == "synthesize":
             p.add_argument("output", help="OUT_synthetic.nrrd (or a folder with --dicom); the name must say "
                                           "'synthetic'")
@@ -179,6 +196,9 @@ def _add_evaluation_commands(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--real", action="append", required=True, help="held-out real CT (repeatable)")
     p.add_argument("--train", action="append", help="the training CT, for the memorization check")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--c2st", action=argparse.BooleanOptionalAction, default=True,
+                   help="classifier two-sample test: 5-fold accuracy of a small CNN telling samples from "
+                        "the real slices, and real half vs real half (~0.5); seconds on a CPU (default: on)")
     p.add_argument("--json", help="also write the full result to this JSON file")
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=commands.cmd_evaluate_synth)
@@ -205,7 +225,7 @@ def _global_options(suppress: bool) -> argparse.ArgumentParser:
 
 def build_parser() -> argparse.ArgumentParser:
     common = _global_options(suppress=True)
-    parser = argparse.ArgumentParser(
+    parser = TaskArgumentParser(
         prog="qhqgan", parents=[_global_options(suppress=False)],
         description="Hybrid quantum-classical GAN tools for CT: low-dose simulation, enhancement, synthesis.")
     parser.add_argument("--version", action="version", version=f"qhqgan {__version__}")

@@ -158,7 +158,10 @@ def _run_model_command(args: argparse.Namespace, task: str) -> int:
     from ..core.io import read_volume, write_volume
     from ..tasks.enhance import enhance, super_resolve
 
-    model = args.model or (default_model(task) if task == "enhance" else default_model(task, args.scale))
+    through_plane = task == "super-resolve" and getattr(args, "axis", "in-plane") == "z"
+    # through-plane: None lets super_resolve name the default model, or say none is installed and what to do
+    model = args.model or (None if through_plane else
+                           default_model(task) if task == "enhance" else default_model(task, args.scale))
     _check_model_task(model, task)
     with _prepare_output(args):
         volume = read_volume(args.input, force=args.force, series_uid=args.series_uid,
@@ -172,7 +175,8 @@ def _run_model_command(args: argparse.Namespace, task: str) -> int:
             else:
                 with warnings.catch_warnings():  # said once, below, as one line
                     warnings.simplefilter("ignore", UserWarning)
-                    result = super_resolve(volume, scale=args.scale, model=model, progress=progress, **options)
+                    result = super_resolve(volume, scale=args.scale, model=model, progress=progress,
+                                           axis=args.axis, fine_tune_steps=args.fine_tune_steps, **options)
         write_volume(result, args.output, overwrite=args.overwrite)
     for note in result.metadata.get("warnings", []):
         print(f"qhqgan: warning: {note}", file=sys.stderr)
@@ -308,13 +312,23 @@ def cmd_evaluate_synth(args: argparse.Namespace) -> int:
     size = samples.shape[-1]
     real = training_slices([read_volume(p, force=args.force) for p in args.real], size)
     train = training_slices([read_volume(p, force=args.force) for p in args.train], size) if args.train else None
-    result = evaluate_synthetic(samples, real, train, seed=args.seed)
+    result = evaluate_synthetic(samples, real, train, seed=args.seed, c2st=getattr(args, "c2st", True))
     for key, value in result.items():
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             print(f"{key:<28} {value:.4g}")
     if isinstance(result.get("memorization"), dict):
         mem = result["memorization"]
         print(f"{'memorization max SSIM':<28} {mem['max']:.4g}  (share > 0.9: {mem['fraction_above_0.9']:.3g})")
+    c2st = result.get("c2st")
+    if isinstance(c2st, dict):
+        low, high = c2st["ci95"]
+        print(f"{'C2ST real vs synthetic':<28} {c2st['accuracy']:.3f}  (95 % CI {low:.3f}-{high:.3f}, "
+              f"{c2st['n_per_class']} per class, {len(c2st['fold_accuracies'])} folds; 0.5 = indistinguishable)")
+        ref = c2st["reference"]
+        print(f"{'C2ST real vs real':<28} {ref['accuracy']:.3f}  (two halves of the real slices, "
+              f"{ref['n_per_class']} each)")
+    elif result.get("c2st_reason"):
+        print(f"{'C2ST':<28} skipped: {result['c2st_reason']}")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2, default=str))
     return 0

@@ -22,7 +22,7 @@ from typing import Any, Dict, List, Optional, Union
 
 from ..core.kinds import MODEL_TASKS, TASKS, default_model, models_for_task, task_kind
 from ..core.naming import output_name, output_suffix, synthetic_attributes
-from ..core.options import option_default, task_argv, validate
+from ..core.options import check_task_values, option_default, task_argv, validate
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -44,7 +44,9 @@ class TaskRequest:
     tile_size: int = option_default("tile_size")
     overlap: float = option_default("overlap")
     tile_batch: int = option_default("tile_batch")
+    axis: str = option_default("axis")
     scale: int = option_default("scale")
+    fine_tune_steps: int = option_default("fine_tune_steps")
     n_samples: int = option_default("n_samples")
     seed: int = option_default("seed")
     dose: float = option_default("dose")
@@ -58,6 +60,7 @@ class TaskRequest:
         for field in dataclasses.fields(self):
             if field.name != "task":
                 setattr(self, field.name, validate(field.name, getattr(self, field.name)))
+        check_task_values(self.task, self.options())  # options that depend on each other (scale and axis)
 
     @property
     def needs_input(self) -> bool:
@@ -69,11 +72,13 @@ class TaskRequest:
 
     def model_name(self) -> Optional[str]:
         """The model that will run: the one asked for, else the task's default (None without a model)."""
+        if self.task == "super-resolve":
+            return self.model or default_model(self.task, scale=self.scale, axis=self.axis)
         return self.model or default_model(self.task, scale=self.scale)
 
     def output_suffix(self) -> str:
         """The suffix naming the output after the input, e.g. ``CTChest_enhanced`` (:mod:`QHQGANLib.core.naming`)."""
-        return output_suffix(self.task, scale=self.scale, dose=self.dose)
+        return output_suffix(self.task, scale=self.scale, dose=self.dose, axis=self.axis)
 
     def attributes(self) -> Dict[str, Any]:
         """The options worth recording on the output node (``QHQGAN.<key>`` attributes)."""
@@ -89,7 +94,9 @@ class TaskRequest:
         else:
             attributes.update(tile_size=self.tile_size, overlap=self.overlap)
         if self.task == "super-resolve":
-            attributes["scale"] = self.scale
+            attributes.update(scale=self.scale, axis=self.axis)
+            if self.axis == "z":
+                attributes["fine_tune_steps"] = self.fine_tune_steps
         return attributes
 
 
@@ -153,7 +160,8 @@ def default_output_name(request: TaskRequest, input_node=None) -> str:
     whatever the input (:func:`QHQGANLib.core.naming.output_name`)."""
     base = input_node.GetName() if input_node is not None else None
     return output_name(request.task, base, scale=request.scale, dose=request.dose,
-                       model=request.model_name() if request.task == "synthesize" else None, seed=request.seed)
+                       model=request.model_name() if request.task == "synthesize" else None, seed=request.seed,
+                       axis=request.axis)
 
 
 def task_unavailable_reason(task: str) -> Optional[str]:

@@ -163,15 +163,18 @@ def enhance_node(input_node, model=default_model("enhance"), name: Optional[str]
 
 def super_resolve_node(input_node, scale: int = 2, model=None, name: Optional[str] = None, progress=None,
                        cancel=None, **options):
-    """A new node: ``input_node`` super-resolved x``scale`` in-plane (spacing / scale, same region)."""
+    """A new node: ``input_node`` super-resolved x``scale`` in-plane (spacing / scale, same region), or
+    along the slices with ``axis="z"`` (thinner slices, same region; named ``<input>_SRz<scale>``)."""
     from ..tasks.enhance import super_resolve
 
+    axis = options.get("axis", "in-plane")
     volume = volume_from_node(input_node)
     out = super_resolve(volume, scale, model=model, progress=progress, cancel=cancel, **options)
-    attributes = {"task": "super-resolve", "scale": scale, "model": _model_label(model or default_model("super-resolve", scale)),
+    label = model or default_model("super-resolve", scale, axis=axis)
+    attributes = {"task": "super-resolve", "scale": scale, "model": _model_label(label),
                   "source_node": input_node.GetID(), **{k: v for k, v in options.items() if v is not None}}
     return node_from_volume(out, input_node.GetScene(),
-                            name or _output_name(input_node, "super-resolve", scale=scale),
+                            name or _output_name(input_node, "super-resolve", scale=scale, axis=axis),
                             reference_node=input_node, attributes=attributes)
 
 

@@ -11,6 +11,8 @@ Console usage::
     >>> from QHQGANLib.core.kinds import TASKS, default_model, models_for_task
     >>> default_model("super-resolve", scale=2)
     'hqgan-sr2'
+    >>> default_model("super-resolve", scale=3, axis="z")      # through-plane (thick -> thin slices)
+    'hqgan-srz3'
     >>> [card["name"] for card in models_for_task("enhance")]   # shipped, default first
     ['hqgan-enhance', 'ablation-enhance', 'redcnn-enhance']
 """
@@ -66,6 +68,12 @@ KINDS: Dict[str, TaskKind] = {k.name: k for k in (
     TaskKind("simulate-low-dose", True),
 )}
 
+#: Super-resolution axes (option ``axis``): in-plane pixels, or slices (through-plane, along z).
+SR_AXES: Tuple[str, ...] = ("in-plane", "z")
+#: The model through-plane super-resolution uses when none is named (one per scale; a missing one
+#: is an error that says to fine-tune on the volume or train one: QHQGANLib.tasks.through_plane).
+Z_DEFAULT_MODEL = "hqgan-srz{scale}"
+
 TASKS: Tuple[str, ...] = tuple(KINDS)
 #: Tasks that read an input volume (synthesis makes new images from noise).
 INPUT_TASKS: Tuple[str, ...] = tuple(k.name for k in KINDS.values() if k.needs_input)
@@ -83,9 +91,14 @@ def task_kind(task: str) -> TaskKind:
         raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}") from None
 
 
-def default_model(task: str, scale: int = 2) -> Optional[str]:
-    """The model ``task`` uses when none is named (None for a task without a model)."""
+def default_model(task: str, scale: int = 2, axis: str = "in-plane") -> Optional[str]:
+    """The model ``task`` uses when none is named (None for a task without a model); ``axis="z"``:
+    through-plane super-resolution."""
     name = task_kind(task).default_model
+    if task == "super-resolve" and axis != "in-plane":
+        if axis not in SR_AXES:
+            raise ValueError(f"axis must be one of {', '.join(SR_AXES)}, got {axis!r}")
+        return Z_DEFAULT_MODEL.format(scale=scale)
     return None if name is None else name.format(scale=scale)
 
 
@@ -102,11 +115,18 @@ def card_tasks(card: Dict) -> Optional[List[str]]:
     return [tasks] if isinstance(tasks, str) else list(tasks)
 
 
-def models_for_task(task: str) -> List[Dict]:
+def card_axis(card: Dict) -> str:
+    """The super-resolution axis a model card serves (``"in-plane"`` unless it says ``"z"``)."""
+    return str(card.get("axis", "in-plane"))
+
+
+def models_for_task(task: str, axis: Optional[str] = None) -> List[Dict]:
     """Shipped model cards usable for ``task`` (a card declaring no task fits all), the task's
-    default model first, then by name."""
+    default model first, then by name. ``axis`` (super-resolution): only the cards of that axis."""
     from .resources import model_cards
 
-    default = default_model(task) if task in KINDS else None
+    default = default_model(task, axis=axis or "in-plane") if task in KINDS else None
     fitting = [card for card in model_cards() if card_tasks(card) is None or task in card_tasks(card)]
+    if axis is not None and task == "super-resolve":
+        fitting = [card for card in fitting if card_axis(card) == axis]
     return sorted(fitting, key=lambda card: (card["name"] != default, card["name"]))

@@ -10,6 +10,7 @@ task                      node name                                   temporary 
 ========================  ==========================================  ==================
 enhance                   ``<input>_enhanced``                        ``output.nrrd``
 super-resolve             ``<input>_SRx2``                            ``output.nrrd``
+super-resolve, axis z     ``<input>_SRz2`` (x3: ``_SRz3``, ...)       ``output.nrrd``
 simulate-low-dose         ``<input>_dose25pct``                       ``output.nrrd``
 degrade-resolution        ``<input>_lowres2x``                        --
 synthesize                ``SYNTHETIC_<model>_seed<seed>``            ``output_synthetic.nrrd``
@@ -43,12 +44,13 @@ SYNTHETIC_WORD = "synthetic"
 NAME_BASE = "QHQGAN"
 
 
-def output_suffix(task: str, scale: int = 2, dose: float = 0.25) -> str:
-    """The suffix naming an output after its input, e.g. ``enhanced``, ``SRx2``, ``dose25pct``."""
+def output_suffix(task: str, scale: int = 2, dose: float = 0.25, axis: str = "in-plane") -> str:
+    """The suffix naming an output after its input, e.g. ``enhanced``, ``SRx2``, ``SRz3`` (through-plane),
+    ``dose25pct``."""
     if task == "simulate-low-dose":
         return f"dose{int(round(float(dose) * 100))}pct"
     if task == "super-resolve":
-        return f"SRx{int(scale)}"
+        return f"SR{'z' if axis == 'z' else 'x'}{int(scale)}"
     if task == "degrade-resolution":
         return f"lowres{int(scale)}x"
     if task == "enhance":
@@ -65,7 +67,7 @@ def model_label(model: str) -> str:
 
 
 def output_name(task: str, input_name: Optional[str] = None, scale: int = 2, dose: float = 0.25,
-                model: Optional[str] = None, seed: Optional[int] = None) -> str:
+                model: Optional[str] = None, seed: Optional[int] = None, axis: str = "in-plane") -> str:
     """The name of a new output node.
 
     Synthesis ignores ``input_name``: synthetic slices are not of the input's patient, so
@@ -81,7 +83,7 @@ def output_name(task: str, input_name: Optional[str] = None, scale: int = 2, dos
         if seed is not None:
             name += f"_seed{int(seed)}"
         return name
-    return f"{input_name or NAME_BASE}_{output_suffix(task, scale, dose)}"
+    return f"{input_name or NAME_BASE}_{output_suffix(task, scale, dose, axis)}"
 
 
 def output_file_name(task: str, extension: str = ".nrrd") -> str:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from .devices import DEVICES
+from .kinds import SR_AXES
 
 
 def check_quantum_backend(value: str) -> None:
@@ -134,7 +135,15 @@ OPTIONS: Dict[str, Option] = {o.name: o for o in (
     Option("device", str, "auto", choices=DEVICES, help="compute device (auto: CUDA when available)"),
     Option("quantum_backend", str, "torch", check=check_quantum_backend,
            help="torch (fast built-in simulator) or pennylane:DEVICE, e.g. pennylane:lightning.qubit"),
-    Option("scale", int, 2, choices=(2,), help="in-plane super-resolution factor"),
+    Option("axis", str, "in-plane", choices=SR_AXES,
+           help="super-resolution axis: in-plane (pixels, x2) or z (thick slices to thin slices, x2, x3 or x4; "
+                "through-plane)"),
+    Option("scale", int, 2, choices=(2, 3, 4),
+           help="super-resolution factor: 2 in-plane; 2, 3 or 4 along z (--axis z)"),
+    Option("fine_tune_steps", int, 0, check=lambda v: _check_between("fine_tune_steps", v, 0, 5000),
+           help="through-plane (--axis z): first train the model this many steps on the input's own in-plane "
+                "data with its slice profile, in [0, 5000] (0: apply the shipped model as it is; about 200 "
+                "steps take minutes on a CPU; with no shipped model for the scale, a fresh one is trained)"),
     Option("tile_size", int, 512, minimum=32, maximum=2048,
            help="largest tile (output pixels) computed at once; smaller saves memory"),
     Option("overlap", float, 0.0, minimum=0.0, maximum=0.75,
@@ -166,10 +175,35 @@ OPTIONS: Dict[str, Option] = {o.name: o for o in (
 TASK_OPTIONS: Dict[str, Tuple[str, ...]] = {
     "enhance": ("model", "device", "quantum_backend", "tile_size", "overlap", "tile_batch", "strength",
                 "target_noise_hu"),
-    "super-resolve": ("model", "device", "quantum_backend", "scale", "tile_size", "overlap", "tile_batch"),
+    "super-resolve": ("model", "device", "quantum_backend", "axis", "scale", "fine_tune_steps", "tile_size", "overlap",
+                      "tile_batch"),
     "synthesize": ("model", "device", "quantum_backend", "n_samples", "seed"),
     "simulate-low-dose": ("dose", "seed", "reference_noise_hu", "photons"),
 }
+
+
+#: ``fine_tune_steps`` when the Slicer panel's "Fine-tune on this volume" box is ticked (minutes on a CPU).
+FINE_TUNE_DEFAULT_STEPS = 200
+#: Super-resolution factors per axis (``scale`` allows their union; :func:`check_task_values` the pair).
+SCALES_BY_AXIS: Dict[str, Tuple[int, ...]] = {"in-plane": (2,), "z": (2, 3, 4)}
+
+
+def check_task_values(task: str, values: Mapping[str, Any]) -> None:
+    """The checks between options of one task (each option alone is checked by :func:`validate`):
+    super-resolution's ``scale`` must suit its ``axis``, and ``fine_tune_steps`` needs ``axis="z"``.
+    A one-line ValueError otherwise."""
+    if task != "super-resolve":
+        return
+    axis = values.get("axis", OPTIONS["axis"].default)
+    scale = values.get("scale", OPTIONS["scale"].default)
+    allowed = SCALES_BY_AXIS.get(axis, ())
+    if scale not in allowed:
+        if axis == "in-plane":
+            raise ValueError(f"scale must be 2 for in-plane super-resolution, got {scale} "
+                             "(2, 3 or 4 with axis z: thick slices to thin slices)")
+        raise ValueError(f"scale must be {', '.join(map(str, allowed))} along {axis}, got {scale}")
+    if axis != "z" and values.get("fine_tune_steps", 0):
+        raise ValueError("fine_tune_steps is for through-plane super-resolution (axis z) only")
 
 
 def option(name: str) -> Option:

@@ -17,6 +17,10 @@ Every function takes stacks of 2D slices in Hounsfield units, shape ``(n, H, W)`
   (lower = more diverse; compare it with the value among real slices).
 * **Memorization**: :func:`memorization`, for every sample the SSIM to its nearest
   training slice.
+* **Classifier two-sample test**: :func:`~QHQGANLib.metrics.c2st.c2st_accuracy`, the
+  cross-validated accuracy of a small CNN telling samples from real slices (0.5 =
+  indistinguishable, 1.0 = always told apart), with the same test between two halves of the real
+  slices as reference (:mod:`QHQGANLib.metrics.c2st`).
 * :func:`fid_inception`: FID with InceptionV3, only when torchvision and the Inception
   weights are already on disk (nothing is downloaded); otherwise ``None`` and the reason.
 * :func:`evaluate_synthetic`: all of the above in one JSON-friendly dict.
@@ -29,6 +33,8 @@ Console usage::
     >>> from QHQGANLib.metrics.synthetic import evaluate_synthetic
     >>> report = evaluate_synthetic(samples, real_heldout, training_slices, seed=0)
     >>> report["frd"], report["kid_mean"], report["memorization"]["max"]
+    >>> report["c2st_accuracy"], report["c2st_reference"]     # e.g. 0.89 and 0.47
+    >>> evaluate_synthetic(samples, real_heldout, c2st=False)  # skip the CNN (a few seconds)
 """
 from __future__ import annotations
 
@@ -37,6 +43,7 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 
+from .c2st import c2st_accuracy
 from .distances import (density_coverage, frechet_distance, hu_histogram_wasserstein, kid,  # noqa: F401
                         precision_recall)
 from .features import (FEATURE_NAMES, GLCM_DISTANCES, GLCM_LEVELS, WINDOW, SlicesLike, _as_slices,  # noqa: F401
@@ -51,7 +58,8 @@ from .similarity import MS_SSIM_KERNEL, diversity_ms_ssim, memorization, ms_ssim
 def evaluate_synthetic(samples: SlicesLike, real_heldout: SlicesLike,
                        training_slices: Optional[SlicesLike] = None, seed: int = 0, *, k: int = 5,
                        kid_subset_size: int = 100, kid_subsets: int = 100, n_pairs: int = 200,
-                       mask: Optional[np.ndarray] = None) -> Dict[str, Any]:
+                       mask: Optional[np.ndarray] = None, c2st: bool = True,
+                       c2st_options: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """All metrics of synthetic slices against held-out real slices, as a JSON-friendly dict.
 
     Keys: ``frd``, ``kid_mean``, ``kid_std``, ``precision``, ``recall``, ``density``,
@@ -66,6 +74,14 @@ def evaluate_synthetic(samples: SlicesLike, real_heldout: SlicesLike,
     level a generator that copies nothing can expect),
     ``fid_inception`` (value or None, with ``fid_inception_reason``), ``n_samples``,
     ``n_real``, ``settings``. ``k`` is capped below the smaller set size.
+
+    With ``c2st`` (default): ``c2st_accuracy`` (cross-validated accuracy of a small CNN telling the
+    samples from the held-out real slices; 0.5 = indistinguishable), ``c2st_reference`` (the same
+    test between two random halves of the held-out real slices, ~0.5) and ``c2st`` (the full
+    result of :func:`~QHQGANLib.metrics.c2st.c2st_accuracy`: per-fold accuracies, 95 % interval,
+    p-value, AUC, settings). ``c2st_options`` go to ``c2st_accuracy`` (``folds``, ``epochs``,
+    ``device``, ...). Without ``c2st``, or when the sets are too small for it, the three are None
+    and ``c2st_reason`` says why.
     """
     s = _as_slices(samples, "samples")
     r = _as_slices(real_heldout, "real_heldout")
@@ -108,6 +124,18 @@ def evaluate_synthetic(samples: SlicesLike, real_heldout: SlicesLike,
                                                     if not isinstance(value, np.ndarray)}
     else:
         report["memorization"] = report["memorization_heldout_reference"] = None
+    report["c2st_accuracy"] = report["c2st_reference"] = report["c2st"] = None
+    report["c2st_reason"] = "not asked for (c2st=False)"
+    if c2st:
+        try:
+            result = c2st_accuracy(s, r, seed=seed, reference=True, **dict(c2st_options or {}))
+        except ValueError as exc:  # too few slices for the folds
+            report["c2st_reason"] = str(exc)
+        else:
+            report["c2st_accuracy"] = result["accuracy"]
+            report["c2st_reference"] = result["reference"]["accuracy"]
+            report["c2st"] = result
+            report["c2st_reason"] = None
     fid = fid_inception(s, r)
     report["fid_inception"] = fid["fid"]
     report["fid_inception_reason"] = fid["reason"]
@@ -130,4 +158,4 @@ def evaluate_synthetic(samples: SlicesLike, real_heldout: SlicesLike,
 
 __all__ = ["FEATURE_NAMES", "WINDOW", "radiomic_features", "feature_scaler", "frechet_distance", "kid", "precision_recall",
            "density_coverage", "hu_histogram_wasserstein", "diversity_ms_ssim", "ms_ssim_scales",
-           "memorization", "find_inception_weights", "fid_inception", "evaluate_synthetic"]
+           "memorization", "find_inception_weights", "fid_inception", "c2st_accuracy", "evaluate_synthetic"]

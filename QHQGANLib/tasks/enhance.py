@@ -21,6 +21,7 @@ Console usage::
     >>> low = q.read_volume("low_dose_series/")
     >>> better = q.enhance(low, model="hqgan-enhance")           # same grid, HU
     >>> sharper = q.super_resolve(low, scale=2)                   # 2x finer in-plane
+    >>> thin = q.super_resolve(thick, scale=3, axis="z")          # 3x thinner slices (through-plane)
 """
 from __future__ import annotations
 
@@ -120,17 +121,34 @@ def strength_for_noise(volume: Volume, enhanced: np.ndarray, target_hu: float, s
 def super_resolve(volume: Volume, scale: int = 2, model: Union[str, object, None] = None,
                   device: Optional[str] = None, progress: Optional[Callable[[float, str], None]] = None,
                   cancel=None, tile_size: int = DEFAULT_TILE, overlap: float = DEFAULT_OVERLAP,
-                  tile_batch: int = DEFAULT_TILE_BATCH, quantum_backend: Optional[str] = None) -> Volume:
-    """In-plane super-resolution by ``scale``; a new Volume covering the same physical region.
+                  tile_batch: int = DEFAULT_TILE_BATCH, quantum_backend: Optional[str] = None,
+                  axis: str = "in-plane", fine_tune_steps: int = 0) -> Volume:
+    """Super-resolution by ``scale``; a new Volume covering the same physical region.
 
-    A model sees inputs at the pixel size it was trained on (its card's ``input_spacing_mm``;
-    the shipped x2 models: about 1.4-2.0 mm, normal CT degraded by 2). Far from it the output
-    overshoots (bright rims, lifted table): a ``UserWarning`` says so, the output's metadata
-    keeps the warning, and values stay within the CT range.
+    ``axis="in-plane"`` (default): x2 in-plane. A model sees inputs at the pixel size it was trained
+    on (its card's ``input_spacing_mm``; the shipped x2 models: about 1.4-2.0 mm, normal CT degraded
+    by 2). Far from it the output overshoots (bright rims, lifted table): a ``UserWarning`` says so,
+    the output's metadata keeps the warning, and values stay within the CT range.
+
+    ``axis="z"``: through-plane, thick slices to ``scale`` (2, 3, 4) times thinner ones, optionally
+    after ``fine_tune_steps`` updates on the volume itself (:mod:`QHQGANLib.tasks.through_plane`).
     """
+    if axis == "z":
+        from .through_plane import super_resolve_z
+
+        return super_resolve_z(volume, scale, model=model, device=device, progress=progress, cancel=cancel,
+                               tile_size=tile_size, overlap=overlap, tile_batch=tile_batch,
+                               quantum_backend=quantum_backend, fine_tune_steps=fine_tune_steps)
+    if axis != "in-plane":
+        raise ValueError(f"axis must be 'in-plane' or 'z', got {axis!r}")
+    if fine_tune_steps:
+        raise ValueError("fine_tune_steps is for through-plane super-resolution (axis='z') only")
     if model is None:
         model = default_model("super-resolve", scale=scale)
     net_name = model if isinstance(model, str) else type(model).__name__
+    if _model_card(model).get("axis") == "z":
+        raise ValueError(f"{net_name} is a through-plane (thick -> thin slice) model: use axis='z' "
+                         "(qhqgan super-resolve --axis z)")
     note = spacing_warning(volume, _input_spacing_range(model, scale))
     if note:
         warnings.warn(note, UserWarning, stacklevel=2)
@@ -154,13 +172,18 @@ TRAINING_PIXEL_MM = (0.70, 0.98)
 SPACING_TOLERANCE_FACTOR = 1.35
 
 
-def _input_spacing_range(model, scale: int) -> Tuple[float, float]:
+def _model_card(model) -> dict:
+    """The card of a loaded model or of a shipped model's name ({} when there is none)."""
     card = getattr(model, "card", None)
     if card is None and isinstance(model, str):
         from ..core.resources import model_cards
 
         card = next((c for c in model_cards() if c.get("name") == model), None)
-    given = (card or {}).get("input_spacing_mm")
+    return card or {}
+
+
+def _input_spacing_range(model, scale: int) -> Tuple[float, float]:
+    given = _model_card(model).get("input_spacing_mm")
     if given and len(given) == 2:
         return float(given[0]), float(given[1])
     return TRAINING_PIXEL_MM[0] * scale, TRAINING_PIXEL_MM[1] * scale

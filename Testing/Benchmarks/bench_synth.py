@@ -137,7 +137,7 @@ def main() -> None:
             values = np.array([r.get(key, np.nan) for r in rows])
             cells.append(f"{np.mean(values):.4g} +- {np.std(values):.2g} ({np.median(values):.4g})")
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    reference = evaluate_synthetic(data[args.split], data[args.split], data["train"], seed=0)
+    reference = evaluate_synthetic(data[args.split], data[args.split], data["train"], seed=0, c2st=False)
     lines += ["", f"Reference (real against real): the training slices scored as if they were samples give "
               f"FRD {reference['frd_real_reference']:.4g} and KID {reference['kid_real_reference']:.4g} "
               f"against the {args.split} slices, the level of a generator as good as the data. "
