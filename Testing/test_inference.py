@@ -198,3 +198,21 @@ def test_cuda_matches_cpu(ct3):
         default = synthesize(name, n=8, seed=2).array  # CUDA by default when there is one
         np.testing.assert_allclose(default, gpu, rtol=0, atol=1e-3)
         assert np.abs(gpu - cpu).max() < 1.0, name  # HU, float rounding only: samples span ~2000 HU
+
+
+def test_channels_last_and_circuit_worker_threads_keep_the_result(ct3, enhancer, monkeypatch):
+    """A model loaded by name runs channels-last (weights and inputs) and the circuit's chunks run on
+    worker threads under inference mode: the same result as the plain model on one thread."""
+    from QHQGANLib.quantum import fused
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        plain = run_model(ct3, enhancer, device="cpu", tile_size=64)
+        monkeypatch.setattr(fused, "_CPU_CHUNK_ELEMS", 2**14)  # 16 samples per chunk at 8 qubits: many chunks
+        torch.set_num_threads(2)
+        by_name = run_model(ct3, "hqgan-enhance", device="cpu", tile_size=64)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+    np.testing.assert_allclose(by_name, plain, rtol=0, atol=SAME_HU)

@@ -254,3 +254,96 @@ def test_simulation_tables_built_under_inference_mode_serve_training(monkeypatch
     loss = layer(torch.rand(4, 5)).sum()
     loss.backward()
     assert torch.isfinite(layer.weights.grad).all()
+
+
+# --------------------------------------------------------------------------------------------
+# The fused function (quantum/fused.py): chunked forward, adjoint backward, worker threads
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("n_layers", [2, 4])
+@pytest.mark.parametrize("reupload", [True, False])
+def test_shipped_size_agrees_with_pennylane(n_layers, reupload):
+    """The shipped circuits (8 qubits, 2 layers for enhancement, 4 for synthesis), float32 and float64."""
+    _compare(8, n_layers, reupload, "expval", torch.float32, batch=12, tol=1e-5, seed=n_layers)
+    _compare(8, n_layers, reupload, "expval", torch.float64, batch=5, tol=1e-10, seed=n_layers)
+
+
+@pytest.mark.parametrize("outputs", ["expval", "probs"])
+def test_shipped_size_probs_and_odd_register(outputs):
+    _compare(8, 3, True, outputs, torch.float64, batch=4, tol=1e-10, seed=11)
+    _compare(7, 2, True, outputs, torch.float64, batch=4, tol=1e-10, seed=12)  # unequal half registers
+
+
+def _fused_vs_autograd(n, n_layers, reupload, outputs, batch, dtype=torch.float64, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    x = (torch.rand(batch, n, generator=gen, dtype=dtype) * 2 - 1) * math.pi
+    w = torch.rand(n_layers, n, 2, generator=gen, dtype=dtype) * 2 * math.pi
+    results = []
+    for method in ("layers", "autograd"):
+        xx, ww = x.clone().requires_grad_(True), w.clone().requires_grad_(True)
+        out = simulate_torch(xx, ww, n, n_layers, reupload, outputs, method)
+        coef = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=dtype)
+        (out * coef).sum().backward()
+        results.append((out.detach(), xx.grad, ww.grad))
+    return results
+
+
+@pytest.mark.parametrize("keep", [True, False])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_fused_chunks_threads_and_recompute_match_autograd(monkeypatch, keep, threads):
+    """Many chunks, on worker threads or not, states kept or recomputed: the same numbers as the
+    differentiable operations, and torch's thread count is what it was."""
+    from QHQGANLib.quantum import fused
+
+    monkeypatch.setattr(fused, "_CPU_CHUNK_ELEMS", 7 * 2**9)  # 7 samples per chunk at n = 8
+    if not keep:
+        monkeypatch.setattr(fused, "_KEEP_BYTES", 0)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for n, n_layers, reupload, outputs in [(8, 2, True, "expval"), (8, 4, False, "expval"),
+                                               (5, 3, True, "probs"), (1, 2, True, "expval")]:
+            fast, ref = _fused_vs_autograd(n, n_layers, reupload, outputs, batch=61)
+            for name, a, b in zip(("outputs", "d/dx", "d/dw"), fast, ref):
+                assert (a - b).abs().max().item() < 1e-12, (n, n_layers, reupload, outputs, name)
+        assert torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_fused_retain_graph_and_partial_gradients():
+    torch.manual_seed(9)
+    x = torch.rand(40, 8, dtype=torch.float64)
+    layer = QuantumLayer(8, 2).double()
+    out = layer(x)  # inputs without gradient: only the weights'
+    out.sum().backward(retain_graph=True)
+    first = layer.weights.grad.clone()
+    out.sum().backward()  # the kept states serve a second backward pass
+    assert torch.allclose(layer.weights.grad, 2 * first, atol=1e-12)
+    xx = x.clone().requires_grad_(True)
+    with torch.no_grad():
+        reference = simulate_torch(x, layer.weights, 8, 2, method="autograd")
+    frozen = simulate_torch(xx, layer.weights.detach(), 8, 2)  # gradient for the inputs only
+    assert torch.allclose(frozen.detach(), reference, atol=1e-12)
+    frozen.sum().backward()
+    assert xx.grad is not None and torch.isfinite(xx.grad).all()
+
+
+def test_shipped_enhancer_unchanged_by_the_fused_function(monkeypatch):
+    """The shipped hqgan-enhance on a real slice: the fused function gives what the layer-by-layer
+    differentiable simulation (the previous implementation) gave, to 1e-4 of the HU range."""
+    from pydicom.data import get_testdata_file
+
+    from QHQGANLib import read_volume
+    from QHQGANLib.core.constants import HU_MAX, HU_MIN
+    from QHQGANLib.nn.weights import load_model
+    from QHQGANLib.quantum import simulator
+
+    net = load_model("hqgan-enhance", device="cpu")
+    ct = read_volume(get_testdata_file("CT_small.dcm")).array.astype("float32")  # (1, 128, 128) HU
+    stack = torch.from_numpy(ct[:, 32:96, 32:96]).expand(1, net.in_slices, 64, 64).contiguous()
+    with torch.no_grad():
+        fused_out = net(stack)
+        monkeypatch.setattr(simulator, "run_fused", lambda x, w, plan, reupload, outputs, differentiable: differentiable(x, w))
+        layered_out = net(stack)
+    assert (fused_out - layered_out).abs().max().item() < 1e-4 * (HU_MAX - HU_MIN)
+    assert (fused_out - stack[:, 1:2]).abs().max().item() > 1.0  # the network does change the slice

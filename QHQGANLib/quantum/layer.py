@@ -42,8 +42,15 @@ of basis states. The simulation
 * builds the first layer's state directly as a product state (no gates applied to ``|0...0>``),
 * keeps a batch of states as real tensors (B, 2^h, 2, 2^(n-h)) (wires 0..h-1, real/imaginary part,
   wires h..n-1; h = n // 2) and applies the real RY Kronecker product of a layer as two batched
-  matrix products with the half-register blocks, ``A @ Psi`` and ``Psi @ C^T``, with custom
-  backward passes (autograd through the Kronecker construction is several times slower),
+  matrix products with the half-register blocks, ``A @ Psi @ C^T`` (A and C built from the
+  product-state amplitudes of the angles with one product by a fixed sign table),
+* runs the layers as one autograd function (:mod:`QHQGANLib.quantum.fused`): the batch goes in
+  chunks that stay in the CPU's cache, on as many worker threads as torch has (each single-
+  threaded, so no OpenMP barrier per small operation), and the backward pass is the hand-written
+  adjoint of every gate (angle gradients ``<G, J_q Y> / 2`` from the layer's output, no
+  differentiation of the Kronecker construction); in training it reuses the chunks' states when
+  they fit a memory budget and recomputes them otherwise (equal to the differentiable operations,
+  ``method="autograd"``, to float rounding; a differentiated backward pass uses those),
 * without re-uploading (where the cost model measured here says it pays: batch >= 2^n and n <= 6,
   n = 7-8 from L = 3, n = 9 from L = 6, n = 10 from L = 8), builds the data-independent part of the circuit once per call as a 2^n x 2^n
   unitary (by running the layers on the basis states) and applies it to the real encoded states
@@ -216,7 +223,8 @@ class QuantumLayer(nn.Module):
             flat = flat.float()
         # outside autocast: the simulation's custom backward passes mix real and imaginary parts
         # and must see the dtypes they were given (mixed-precision training runs the circuit in float32)
-        with torch.autocast(device_type="cuda" if flat.is_cuda else "cpu", enabled=False):
+        with torch.autocast(device_type="cuda" if flat.is_cuda else "cpu", enabled=False), \
+                torch.profiler.record_function("qhqgan.circuit"):  # a label for profiles (free otherwise)
             if self.backend == "torch":
                 out = simulate_torch(flat, self.weights, self.n_qubits, self.n_layers, self.reupload, self.outputs)
             else:

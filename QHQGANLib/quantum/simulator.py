@@ -1,7 +1,8 @@
 """Exact, batched state-vector simulation in plain torch of :func:`~QHQGANLib.quantum.circuit.circuit_ops`.
 
-How it is fast is described in :mod:`QHQGANLib.quantum.layer`'s docstring; the measured
-speed is in BENCHMARKS.md (section "quantum").
+How it is fast is described in :mod:`QHQGANLib.quantum.layer`'s docstring; the layer-by-layer
+method runs as one autograd function (:mod:`QHQGANLib.quantum.fused`). The measured speed is in
+BENCHMARKS.md (sections "quantum" and "profile").
 
 Console usage::
 
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 
 from .circuit import ring_pairs
+from .fused import run_fused
 
 __all__ = ["simulate_torch", "MAX_TORCH_QUBITS"]
 
@@ -38,6 +40,18 @@ def _ring_map(n_qubits: int) -> np.ndarray:
     for w in range(n_qubits):
         out |= bits[w] << (n_qubits - 1 - w)
     return out
+
+
+def _j_table(k: int) -> np.ndarray:
+    """(4^k, k) table T with sum_{a,b} M[a, b] T[a * 2^k + b, q] = sum_a s_q(a) M[a, a xor bit q],
+    s_q(a) = +1 where bit q of a is set, else -1: <g, J_q y> = M . T for M = g y^T on k qubits."""
+    m = 2**k
+    table = np.zeros((m * m, k))
+    for q in range(k):
+        mask = 1 << (k - 1 - q)
+        for a in range(m):
+            table[a * m + (a ^ mask), q] = 1.0 if a & mask else -1.0
+    return table
 
 
 class _Plan:
@@ -72,6 +86,10 @@ class _Plan:
         self.zsign = as_t(zsign, dtype)  # Z eigenvalues, (2^n, n)
         self.zsign_after_ring = as_t(zsign[f], dtype)  # <Z> after the ring from probs before it
         self.phase_src = self.zsign[s]  # (2 * 2^n, n): z of the source state of every position
+        # for the fused function (quantum/fused.py): <Z> after the ring at every layout position and
+        # the sign tables of the angle gradients
+        self.zsign_layout = self.zsign_after_ring[as_t(tgt_j)]
+        self.flip_hi, self.flip_lo = as_t(_j_table(self.h), dtype), as_t(_j_table(self.lo), dtype)
 
 
 _PLANS: dict = {}
@@ -281,11 +299,16 @@ def simulate_torch(x: torch.Tensor, weights: torch.Tensor, n_qubits: int, n_laye
     """Batched exact simulation of :func:`circuit_ops`. x: (B, n) real; weights: (L, n, 2).
 
     ``method``: "auto", "dense" (the data-independent part as one unitary per call; needs
-    ``reupload=False`` or ``n_layers <= 1``) or "layers". Returns (B, n) expectations or
-    (B, 2**n) probabilities in x's dtype (float32 or float64; real arithmetic throughout).
+    ``reupload=False`` or ``n_layers <= 1``), "layers" (layer by layer, as one autograd function
+    with a chunked forward and an adjoint backward: :mod:`QHQGANLib.quantum.fused`) or
+    "autograd" (layer by layer out of differentiable torch operations: the reference the fused
+    function falls back on for higher derivatives). Returns (B, n) expectations or (B, 2**n)
+    probabilities in x's dtype (float32 or float64; real arithmetic throughout).
     """
     if x.dtype not in (torch.float32, torch.float64):  # half precision: compute in float32
         return simulate_torch(x.float(), weights, n_qubits, n_layers, reupload, outputs, method).to(x.dtype)
+    if method not in ("auto", "dense", "layers", "autograd"):
+        raise ValueError(f"method must be 'auto', 'dense', 'layers' or 'autograd', got {method!r}")
     dtype = x.dtype
     w = weights.to(dtype)
     batch, dim = x.shape[0], 2**n_qubits
@@ -308,6 +331,10 @@ def simulate_torch(x: torch.Tensor, weights: torch.Tensor, n_qubits: int, n_laye
                              and dim <= factor * per_layer) else "layers"
     if method == "dense" and not single:
         raise ValueError("method='dense' needs reupload=False (or n_layers <= 1)")
+    if method == "layers" and n_layers > 1 and batch > 0:
+        def differentiable(xx, ww):
+            return simulate_torch(xx, ww, n_qubits, n_layers, reupload, outputs, "autograd")
+        return run_fused(x, w, plan, reupload, outputs, differentiable)
 
     amp = _ry_product_state(theta0)  # (B, 2^n) real
     if n_layers == 1:  # RZ does not change probabilities; the ring is applied below

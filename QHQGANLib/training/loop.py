@@ -142,9 +142,10 @@ def run_loop(task: TrainStep, steps: int, *, start: int = 0, output_dir: Optiona
             done = step + 1
             if log is not None:
                 log.write(json.dumps({"step": done, **stats}) + "\n")
+            rate = (done - start) / max(time.time() - t0, 1e-9)  # updates per second of this run
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix({k: f"{v:.4g}" for k, v in stats.items()}, refresh=False)
+                bar.set_postfix({**{k: f"{v:.4g}" for k, v in stats.items()}, "upd/s": f"{rate:.3g}"}, refresh=False)
             report(progress, lo + (hi - lo) * done / steps, f"step {done}/{steps}")
             if output_dir and (done == steps or (checkpoint_every > 0 and done % checkpoint_every == 0)):
                 check_cancel(cancel)

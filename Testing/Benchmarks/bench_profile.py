@@ -1,0 +1,410 @@
+"""Where the time goes: the circuit, inference and one training update, previous vs current circuit code.
+
+Measured in one run, in a plain process (no allocator or OpenMP environment variables), with
+torch's default thread count:
+
+1. The quantum layer (8 qubits, the shipped re-uploading circuits): circuit evaluations per second,
+   forward and forward+backward, for the previous implementation (the layer-by-layer
+   differentiable operations, still in the library as ``simulate_torch(method="autograd")``), the
+   current one (the fused function of ``QHQGANLib/quantum/fused.py``) and PennyLane
+   ``default.qubit`` with parameter broadcasting.
+2. ``enhance`` through the public API on 512x512 slices with ``hqgan-enhance`` (previous vs
+   current circuit) and ``redcnn-enhance``; the network's FLOPs per slice and this machine's
+   float32 matrix-multiply rate measured in the same run give the floor.
+3. One training update (enhancement, batch 16 of 64x64 patches, critic and gradient penalty
+   included) of HQGAN (previous vs current circuit) and RED-CNN, and the synthesis generator's
+   forward+backward.
+4. torch.profiler breakdowns (current code) of one 512x512 slice of inference and of one
+   training update: circuit, convolutions, tiling, conversions, data loading.
+
+Every figure is the median of ``--repeats`` runs after a warm-up, the variants interleaved so
+that load from other processes hits them alike. Run::
+
+    python Testing/Benchmarks/bench_profile.py             # writes the 'profile' section of BENCHMARKS.md
+    python Testing/Benchmarks/bench_profile.py --quick     # fewer repeats, prints only
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import gc
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from QHQGANLib.quantum import simulator  # noqa: E402
+from QHQGANLib.quantum.layer import QuantumLayer  # noqa: E402
+
+
+@contextlib.contextmanager
+def circuit_code(which: str):
+    """"current": the fused function and channels-last inference inputs; "previous": the layer-by-layer
+    differentiable operations and NCHW inference inputs, as before."""
+    if which == "current":
+        yield
+        return
+    from QHQGANLib.tasks import inference
+
+    fused, layout = simulator.run_fused, inference._channels_last
+    simulator.run_fused = lambda x, w, plan, reupload, outputs, differentiable: differentiable(x, w)
+    inference._channels_last = lambda device: False
+    try:
+        yield
+    finally:
+        simulator.run_fused, inference._channels_last = fused, layout
+
+
+def interleaved(fns: dict, repeats: int) -> dict:
+    """Median seconds of each callable, the variants run in turn after one warm-up each."""
+    times = {name: [] for name in fns}
+    for name, (code, fn) in fns.items():
+        with circuit_code(code):
+            fn()
+    for _ in range(repeats):
+        for name, (code, fn) in fns.items():
+            gc.collect()
+            with circuit_code(code):
+                t0 = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(v) for name, v in times.items()}
+
+
+def _fmt_rate(rate: float) -> str:
+    return f"{rate / 1e3:.0f}k" if rate >= 1e4 else (f"{rate / 1e3:.1f}k" if rate >= 1e3 else f"{rate:.0f}")
+
+
+# --------------------------------------------------------------------------------------------
+# 1. the quantum layer
+# --------------------------------------------------------------------------------------------
+def bench_circuit(repeats: int, log) -> list:
+    rows = []
+    for n_layers, batch, with_pl in ((2, 4096, True), (4, 4096, True), (2, 24336, False)):
+        torch.manual_seed(0)
+        layer = QuantumLayer(8, n_layers)
+        x = torch.rand(batch, 8) * 3.1
+        pl = QuantumLayer(8, n_layers, backend="pennylane")
+        pl.load_state_dict(layer.state_dict())
+
+        def fwd(net):
+            def run():
+                with torch.no_grad():
+                    net(x)
+            return run
+
+        def fwd_bwd(net):
+            def run():
+                net.zero_grad(set_to_none=True)
+                net(x.clone().requires_grad_(True)).sum().backward()
+            return run
+
+        fns = {"previous fwd": ("previous", fwd(layer)), "current fwd": ("current", fwd(layer)),
+               "previous fwd+bwd": ("previous", fwd_bwd(layer)), "current fwd+bwd": ("current", fwd_bwd(layer))}
+        if with_pl:
+            fns.update({"default.qubit fwd": ("current", fwd(pl)), "default.qubit fwd+bwd": ("current", fwd_bwd(pl))})
+        t = interleaved(fns, repeats)
+        rate = {k: batch / v for k, v in t.items()}
+        row = {"L": n_layers, "batch": batch, **rate}
+        rows.append(row)
+        log(f"circuit L={n_layers} batch={batch}: " + ", ".join(f"{k} {_fmt_rate(v)}/s" for k, v in rate.items()))
+    return rows
+
+
+# --------------------------------------------------------------------------------------------
+# 2. inference
+# --------------------------------------------------------------------------------------------
+def real_volume(n_slices: int = 4):
+    """A real 512x512 abdomen slice (PANCREAS_0001 from ../shared/data) and shifted copies
+    (neighbours that differ); pydicom's 128x128 CT_small tiled to 512x512 if the data are absent."""
+    from protocol import data_root
+
+    from QHQGANLib import Volume, read_volume
+
+    path = data_root() / "abdomen-ct-pancreas" / "PANCREAS_0001.dcm"
+    if path.exists():
+        ct, what = read_volume(path), "PANCREAS_0001 (512x512)"
+    else:
+        from pydicom.data import get_testdata_file
+
+        ct = read_volume(get_testdata_file("CT_small.dcm"))
+        ct = Volume(np.tile(ct.array, (1, 4, 4)), ct.spacing, ct.origin, ct.direction)
+        what = "CT_small tiled to 512x512"
+    array = np.concatenate([np.roll(ct.array, 7 * k, axis=2) for k in range(n_slices)])
+    return Volume(array, ct.spacing, ct.origin, ct.direction), what
+
+
+def matmul_rate(repeats: int) -> float:
+    a, b = torch.rand(2048, 2048), torch.rand(2048, 2048)
+    t = interleaved({"mm": ("current", lambda: a @ b)}, max(repeats, 5))["mm"]
+    return 2 * 2048**3 / t
+
+
+def network_flops(net, window: int) -> float:
+    """FLOPs of one forward pass on a (1, slices, window, window) input (matrix products and
+    convolutions, as torch's FlopCounterMode counts them; the circuit run on the calling thread)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the circuit's chunks then run on this thread, where the counter sees them
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            net(torch.zeros(1, getattr(net, "in_slices", 1), window, window))
+    finally:
+        torch.set_num_threads(threads)
+    return float(counter.get_total_flops())
+
+
+def bench_inference(volume, repeats: int, log) -> dict:
+    from QHQGANLib.nn.weights import load_model
+    from QHQGANLib.tasks.enhance import enhance
+    from QHQGANLib.tasks.inference import receptive_radius
+
+    # loaded once (enhance("name") loads the model on every call); the current code's weights
+    # channels-last, as run_model converts a model it loads by name
+    nets = {name: load_model(name, device="cpu") for name in ("hqgan-enhance", "redcnn-enhance")}
+    fast = {name: copy.deepcopy(net).to(memory_format=torch.channels_last) for name, net in nets.items()}
+    nz = volume.shape[0]
+    fns = {"hqgan previous": ("previous", lambda: enhance(volume, nets["hqgan-enhance"])),
+           "hqgan current": ("current", lambda: enhance(volume, fast["hqgan-enhance"])),
+           "redcnn previous": ("previous", lambda: enhance(volume, nets["redcnn-enhance"])),
+           "redcnn": ("current", lambda: enhance(volume, fast["redcnn-enhance"]))}
+    per_slice = {k: v / nz for k, v in interleaved(fns, repeats).items()}
+    rate = matmul_rate(repeats)
+    info = {"per_slice": per_slice, "gflops_mm": rate / 1e9, "slices": nz}
+    for name, net in nets.items():
+        margin = -(-receptive_radius(net) // 4) * 4
+        window = 512 + 2 * margin
+        info[name] = {"window": window, "gflop": network_flops(net, window) / 1e9}
+    log(f"inference per slice: " + ", ".join(f"{k} {v:.3f} s" for k, v in per_slice.items())
+        + f"; matmul {rate / 1e9:.0f} GFLOP/s; " + ", ".join(f"{k} {v['gflop']:.2f} GFLOP" for k, v in info.items()
+                                                            if isinstance(v, dict) and "gflop" in v))
+    return info
+
+
+# --------------------------------------------------------------------------------------------
+# 3. training
+# --------------------------------------------------------------------------------------------
+def enhancer_step(arch: str, volume):
+    from QHQGANLib.nn.critics import PatchCritic
+    from QHQGANLib.training.enhancement import EnhancerStep, TrainConfig, build_model, model_context
+    from QHQGANLib.training.pairs import PairPool
+
+    cfg = TrainConfig(arch=arch, pool_size=1, refresh_every=0, redcnn_width=32)
+    torch.manual_seed(0)
+    model, critic = build_model(cfg), PatchCritic()
+    pool = PairPool([volume], cfg, model_context(model), [0, 0])
+    step = EnhancerStep(cfg, model, critic, pool, np.random.default_rng(0), torch.device("cpu"))
+    batch = pool.batch
+
+    def labelled(n):
+        with torch.profiler.record_function("qhqgan.data"):
+            return batch(n)
+    pool.batch = labelled
+    return step
+
+
+def synth_update(repeats: int) -> dict:
+    from QHQGANLib.nn.synthesis import SynthGenerator
+
+    torch.manual_seed(0)
+    gen = SynthGenerator(method="hqgan", n_qubits=8, n_layers=4, n_circuits=4)
+    z = gen.sample_latent(32, torch.Generator().manual_seed(0))
+
+    def run():
+        gen.zero_grad(set_to_none=True)
+        gen(z).mean().backward()
+    return interleaved({"previous": ("previous", run), "current": ("current", run)}, repeats)
+
+
+def bench_training(volume, repeats: int, log) -> dict:
+    steps = {"hqgan": enhancer_step("hqgan", volume), "redcnn": enhancer_step("redcnn", volume)}
+    counter = {"k": 0}
+
+    def update(name):
+        def run():
+            steps[name].train_step(counter["k"])
+            counter["k"] += 1
+        return run
+    # single updates interleaved, 4x the repeats: an update takes about a second and the load
+    # from other processes changes faster than that
+    t = interleaved({"hqgan previous": ("previous", update("hqgan")), "hqgan current": ("current", update("hqgan")),
+                     "redcnn": ("current", update("redcnn"))}, 4 * repeats)
+    ups = {k: 1 / v for k, v in t.items()}
+    try:
+        synth = synth_update(4 * repeats)
+        ups.update({f"synthesis generator {k}": 1 / v for k, v in synth.items()})
+    except Exception as err:  # noqa: BLE001  (an optional row)
+        log(f"synthesis generator not measured: {err}")
+    log("training updates/s: " + ", ".join(f"{k} {v:.2f}" for k, v in ups.items()))
+    return {"ups": ups, "steps": steps}
+
+
+# --------------------------------------------------------------------------------------------
+# 4. profiles
+# --------------------------------------------------------------------------------------------
+def _sum(events, names) -> float:
+    return sum(e.cpu_time_total for e in events if e.name in names) / 1e6  # seconds
+
+
+def profile_breakdown(fn, total_label: str) -> dict:
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()  # warm
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        t0 = time.perf_counter()
+        fn()
+        wall = time.perf_counter() - t0
+    ev = [e for e in prof.events() if e.thread == prof.events()[0].thread] if prof.events() else []
+    out = {
+        "circuit forward": _sum(ev, {"qhqgan.circuit"}),
+        "circuit backward": _sum(ev, {"_FusedCircuitBackward"}),
+        "convolutions forward": _sum(ev, {"aten::conv2d", "aten::conv_transpose2d"}),
+        "convolutions backward": _sum(ev, {"ConvolutionBackward0"}),
+        "tiling (windows, padding, batch buffer)": _sum(ev, {"qhqgan.tiles"}),
+        "output (to numpy, scatter)": _sum(ev, {"qhqgan.output"}),
+        "dtype/device conversions (aten::to, outside the circuit)": _sum(ev, {"aten::to"}),
+        "data loading (training patches)": _sum(ev, {"qhqgan.data"}),
+        "optimizer steps": sum(e.cpu_time_total for e in ev if e.name.startswith("Optimizer.step")) / 1e6,
+    }
+    out = {k: v for k, v in out.items() if v > 0}
+    out[total_label] = wall
+    return out
+
+
+def breakdown_table(parts: dict, total_label: str) -> str:
+    total = parts[total_label]
+    lines = ["| part | s | share |", "|---|---|---|"]
+    named = 0.0
+    for k, v in parts.items():
+        if k == total_label:
+            continue
+        if not k.startswith("dtype"):
+            named += v
+        lines.append(f"| {k} | {v:.3f} | {100 * v / total:.0f} % |")
+    lines.append(f"| everything else (activations, additions, resampling, Python, ...) | {max(total - named, 0):.3f} | "
+                 f"{100 * max(total - named, 0) / total:.0f} % |")
+    lines.append(f"| **{total_label}** | **{total:.3f}** | 100 % |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--quick", action="store_true", help="3 repeats, print only")
+    ap.add_argument("--no-write", action="store_true")
+    args = ap.parse_args(argv)
+    repeats = 3 if args.quick else args.repeats
+    log = lambda s: print(s, flush=True)  # noqa: E731
+    load0, t_start = os.getloadavg()[0], time.perf_counter()
+    volume, what = real_volume()
+    circ = bench_circuit(repeats, log)
+    inf = bench_inference(volume, repeats, log)
+    train = bench_training(volume, repeats, log)
+    from QHQGANLib.nn.weights import load_model
+    from QHQGANLib.tasks.enhance import enhance
+
+    net = load_model("hqgan-enhance", device="cpu").to(memory_format=torch.channels_last)
+    one = type(volume)(volume.array[:1], volume.spacing, volume.origin, volume.direction)
+    prof_inf = profile_breakdown(lambda: enhance(one, net), "one 512x512 slice, enhance() wall time")
+    step = train["steps"]["hqgan"]
+    prof_train = profile_breakdown(lambda: step.train_step(10_000), "one HQGAN training update, wall time")
+    load1, minutes = os.getloadavg()[0], (time.perf_counter() - t_start) / 60
+    print(prof_inf, prof_train)
+
+    ps = inf["per_slice"]
+    floor = inf["hqgan-enhance"]["gflop"] / inf["gflops_mm"]
+    circuit_rows = ["| L | batch | code | fwd /s | fwd+bwd /s |", "|---|---|---|---|---|"]
+    for r in circ:
+        for code in ("previous", "current", "default.qubit"):
+            if f"{code} fwd" in r:
+                circuit_rows.append(f"| {r['L']} | {r['batch']:,} | {code} | {_fmt_rate(r[f'{code} fwd'])} | "
+                                    f"{_fmt_rate(r[f'{code} fwd+bwd'])} |")
+    ratio_rows = ["| L | batch | current / previous fwd | fwd+bwd | current / default.qubit fwd | fwd+bwd |",
+                  "|---|---|---|---|---|---|"]
+    for r in circ:
+        pl = (f"{r['current fwd'] / r['default.qubit fwd']:.1f}x | {r['current fwd+bwd'] / r['default.qubit fwd+bwd']:.1f}x"
+              if "default.qubit fwd" in r else "not run | not run")
+        ratio_rows.append(f"| {r['L']} | {r['batch']:,} | {r['current fwd'] / r['previous fwd']:.2f}x | "
+                          f"{r['current fwd+bwd'] / r['previous fwd+bwd']:.2f}x | {pl} |")
+    ups = train["ups"]
+    train_rows = ["| model | updates/s | vs previous circuit code |", "|---|---|---|",
+                  f"| HQGAN enhancement, previous circuit code | {ups['hqgan previous']:.2f} | |",
+                  f"| HQGAN enhancement, current | {ups['hqgan current']:.2f} | "
+                  f"{ups['hqgan current'] / ups['hqgan previous']:.2f}x |",
+                  f"| RED-CNN (width 32, 1 slice) | {ups['redcnn']:.2f} | |"]
+    if "synthesis generator current" in ups:
+        train_rows += [f"| synthesis generator fwd+bwd (hqgan, batch 32 x 4 circuits), previous | "
+                       f"{ups['synthesis generator previous']:.1f} | |",
+                       f"| synthesis generator fwd+bwd, current | {ups['synthesis generator current']:.1f} | "
+                       f"{ups['synthesis generator current'] / ups['synthesis generator previous']:.2f}x |"]
+    body = "\n".join([
+        "## Profile: circuit, inference and training, previous vs current circuit code",
+        "",
+        f"Command: `python Testing/Benchmarks/bench_profile.py` (plain process, no environment variables, "
+        f"torch threads {torch.get_num_threads()}). Medians of {repeats} runs after a warm-up, variants "
+        f"interleaved. **The machine was loaded**: 1-min load average {load0:.1f} at the start and {load1:.1f} "
+        f"at the end on {os.cpu_count()} vCPUs (other jobs, including two long training runs, shared the cores), "
+        f"so absolute times are slower and noisier than on an idle machine; compare rows of this run only. "
+        f"The run took {minutes:.1f} min. \"previous\" is the layer-by-layer differentiable simulation the torch "
+        "backend used before the fused function (still `simulate_torch(method=\"autograd\")`) and, for inference, "
+        "NCHW inputs and weights; \"current\" the fused function (`QHQGANLib/quantum/fused.py`) and channels-last "
+        "inference (`tasks/inference.py`). Both give the same numbers (circuit: 1e-12 in float64; enhance() with "
+        "the shipped weights: at most 2e-4 HU apart).",
+        "",
+        "### Quantum layer, 8 qubits, re-uploading (circuit evaluations per second)",
+        "",
+        "\n".join(circuit_rows),
+        "",
+        "\n".join(ratio_rows),
+        "",
+        f"### enhance() on 512x512 slices ({what}, {inf['slices']} slices, default tiles)",
+        "",
+        "| model | s per slice | GFLOP per slice (network) | x floor |",
+        "|---|---|---|---|",
+        f"| hqgan-enhance, previous circuit code | {ps['hqgan previous']:.3f} | {inf['hqgan-enhance']['gflop']:.1f} | "
+        f"{ps['hqgan previous'] / floor:.1f}x |",
+        f"| hqgan-enhance, current | {ps['hqgan current']:.3f} | {inf['hqgan-enhance']['gflop']:.1f} | "
+        f"{ps['hqgan current'] / floor:.1f}x |",
+        f"| redcnn-enhance, previous (NCHW) | {ps['redcnn previous']:.3f} | {inf['redcnn-enhance']['gflop']:.1f} | "
+        f"{ps['redcnn previous'] / (inf['redcnn-enhance']['gflop'] / inf['gflops_mm']):.1f}x |",
+        f"| redcnn-enhance, current (channels-last) | {ps['redcnn']:.3f} | {inf['redcnn-enhance']['gflop']:.1f} | "
+        f"{ps['redcnn'] / (inf['redcnn-enhance']['gflop'] / inf['gflops_mm']):.1f}x |",
+        "",
+        f"Floor = the network's FLOPs (convolutions and matrix products, torch's FlopCounterMode, on the "
+        f"{inf['hqgan-enhance']['window']}x{inf['hqgan-enhance']['window']} window of one tile) / the float32 "
+        f"matrix-multiply rate measured in this run ({inf['gflops_mm']:.0f} GFLOP/s, 2048x2048). "
+        f"hqgan-enhance current / previous: {ps['hqgan previous'] / ps['hqgan current']:.2f}x faster.",
+        "",
+        f"### Training (enhancement: batch 16 of 64x64 patches, one critic step with gradient penalty; medians of "
+        f"{4 * repeats} single updates)",
+        "",
+        "\n".join(train_rows),
+        "",
+        "### torch.profiler breakdown, current code",
+        "",
+        "CPU time of the labelled regions and operators on the calling thread (the circuit's worker threads "
+        "are inside \"circuit\"); conversions overlap the other rows.",
+        "",
+        breakdown_table(prof_inf, "one 512x512 slice, enhance() wall time"),
+        "",
+        breakdown_table(prof_train, "one HQGAN training update, wall time"),
+    ])
+    print("\n" + body)
+    if not args.quick and not args.no_write:
+        from report import write_section
+
+        write_section("profile", body)
+        print("wrote the 'profile' section of BENCHMARKS.md")
+
+
+if __name__ == "__main__":
+    main()
