@@ -198,6 +198,7 @@ def test_cli_train_synth_records_its_settings_and_refuses_bad_options(ct_small_p
     assert str(ct_small_path) not in json.dumps(card) and "CT_small" not in json.dumps(card)
     assert card["training_data"]["n_volumes"] == 1 and len(card["training_data"]["voxel_sha256_16"][0]) == 16
     assert card["training"]["output_dir"] is None
+    assert card["speed"]["updates"] == 2 and card["speed"]["updates_per_second"] > 0  # #16: speed in the card
     # an existing model is refused before any training (#12), replaced only with --overwrite
     before = model_path.with_suffix(".safetensors").read_bytes()
     assert main(args[:6] + ["4"] + args[7:] + ["--resume", "--checkpoint-every", "1"]) == 2

@@ -63,6 +63,16 @@ def _training_data(volumes) -> dict:
     return {"n_volumes": len(volumes), "n_slices": int(sum(v.shape[0] for v in volumes)), "voxel_sha256_16": hashes}
 
 
+def _speed(model) -> dict:
+    """Updates per second of this training run (this process's updates: a resumed run counts its own)."""
+    seconds, updates = getattr(model, "training_seconds", None), getattr(model, "training_updates", None)
+    if not seconds or updates is None:
+        return {}
+    return {"speed": {"updates": int(updates), "seconds": round(float(seconds), 1),
+                      "updates_per_second": round(updates / seconds, 4), "machine": platform.processor() or
+                      platform.machine()}}
+
+
 def _check_model_task(model, task: str) -> None:
     """Refuse a shipped model made for another task before any work (not a tensor shape error later)."""
     from ..core.resources import model_cards
@@ -212,7 +222,7 @@ def cmd_train_enhance(args: argparse.Namespace) -> int:
         model = train_enhancer(cfg, volumes, progress=progress)
     if args.save_model and int(os.environ.get("RANK", "0")) == 0:
         card = save_model(model, args.save_model, {"task": args.task, "training": {**cfg.to_dict(), "output_dir": None},
-                                                   "training_data": _training_data(volumes)},
+                                                   "training_data": _training_data(volumes), **_speed(model)},
                           overwrite=args.overwrite)
         _say(args, f"saved {card['weights']} (sha256 {card['sha256'][:12]}...)")
     return 0
@@ -248,7 +258,7 @@ def cmd_train_synth(args: argparse.Namespace) -> int:
     with _progress(args, f"training {args.method} synthesis") as progress:
         model = train_synth(cfg, volumes, roi=roi, progress=progress)
     card = save_model(model, args.save_model, {"task": "synthesize", "training": {**cfg.to_dict(), "output_dir": None},
-                                                "training_data": _training_data(volumes),
+                                                "training_data": _training_data(volumes), **_speed(model),
                                                 "roi": f"{len(args.roi)} label volume(s)" if args.roi else None},
                       overwrite=args.overwrite)
     _say(args, f"saved {card['weights']} (sha256 {card['sha256'][:12]}...); generate with "

@@ -252,5 +252,7 @@ def train_enhancer(cfg: TrainConfig, volumes: Sequence[Volume],
     if rank == 0 and cfg.output_dir:
         (Path(cfg.output_dir) / "summary.json").write_text(json.dumps({
             "steps": cfg.steps, "seconds": seconds, "parameters": count_parameters(model),
-            "world_size": world, "device": str(device), "amp": cfg.amp}, indent=2))
+            "world_size": world, "device": str(device), "amp": cfg.amp,
+            "updates_per_second": (cfg.steps - start) / seconds if seconds > 0 else None}, indent=2))
+    model.training_seconds, model.training_updates = seconds, cfg.steps - start
     return model

@@ -259,5 +259,5 @@ def train_synth(cfg: SynthConfig, volumes: Optional[Sequence[Volume]] = None,
                        description=f"training {cfg.method} synthesis")
     result = gen if task.ema is None else task.ema
     result.eval()
-    result.training_seconds = seconds
+    result.training_seconds, result.training_updates = seconds, cfg.steps - start
     return result
