@@ -19,6 +19,7 @@ Console usage::
 from __future__ import annotations
 
 import bz2
+import gzip
 import math
 import os
 import stat
@@ -112,7 +113,7 @@ def data_files(path: Path) -> List[Path]:
 def _check_nifti(path: Path) -> None:
     gz = path.name.lower().endswith(".gz")
     try:
-        with (_gzip_reader(path) if gz else open(path, "rb")) as fh:
+        with (gzip.open(path, "rb") if gz else open(path, "rb")) as fh:
             head = fh.read(540)
     except (OSError, EOFError, zlib.error) as exc:
         raise VolumeReadError(f"{path}: not a readable NIfTI file ({exc})") from None
@@ -179,8 +180,7 @@ def _nrrd_header(path: Path) -> Tuple[Dict[str, str], int, List[Path]]:
     if name and not data:
         parts = name.split()
         if len(parts) >= 4 and "%" in parts[0]:  # "pattern min max step [subdim]"
-            lo, hi, step = (int(p) for p in parts[1:4])
-            data = [path.parent / (parts[0] % i) for i in range(lo, hi + (1 if step > 0 else -1), step or 1)]
+            data = _pattern_files(path, parts)
         else:
             data = [path.parent / name]
     return fields, length, data
@@ -246,9 +246,7 @@ def _metaimage_header(path: Path) -> Tuple[Dict[str, str], int, List[Path]]:
     elif name.upper().startswith("LIST"):
         data = [path.parent / n for n in rest]
     elif "%" in name and len(name.split()) >= 4:
-        parts = name.split()
-        lo, hi, step = (int(p) for p in parts[1:4])
-        data = [path.parent / (parts[0] % i) for i in range(lo, hi + 1, step or 1)]
+        data = _pattern_files(path, name.split())
     else:
         data = [path.parent / name]
     return fields, length, data
@@ -301,19 +299,11 @@ def _check_length(path: Path, actual: int, expected: int, dims) -> None:
             f"bytes, but the file holds {max(actual, 0):,}; refusing to fill the missing voxels with zeros")
 
 
-class _gzip_reader:
-    """A context manager over ``gzip.open`` (kept tiny: only what _check_nifti needs)."""
-
-    def __init__(self, path: Path):
-        import gzip
-
-        self._fh = gzip.open(path, "rb")
-
-    def __enter__(self):
-        return self._fh
-
-    def __exit__(self, *exc):
-        self._fh.close()
+def _pattern_files(header: Path, parts: List[str]) -> List[Path]:
+    """The data files of a ``"<printf pattern> min max step"`` data-file line (NRRD and MetaImage; max included)."""
+    lo, hi, step = (int(p) for p in parts[1:4])
+    step = step or 1
+    return [header.parent / (parts[0] % i) for i in range(lo, hi + (1 if step > 0 else -1), step)]
 
 
 def _decompressed_size(path: Path, expected: int, encoding: str = "gzip", offset: int = 0) -> int:

@@ -92,10 +92,11 @@ def blend(original: np.ndarray, enhanced: np.ndarray, strength: float) -> np.nda
 def strength_for_noise(volume: Volume, enhanced: np.ndarray, target_hu: float, steps: int = 12) -> dict:
     """The strength whose blend has ``target_hu`` of noise (bisection on the measured noise, which falls
     as the strength grows). A target above the input's noise gives 0; below the model's, 1."""
-    from ..physics.calibration import estimate_noise
+    from ..physics.calibration import estimate_noise, sample_slices
 
     pixel = 0.5 * (volume.spacing[0] + volume.spacing[1])
-    chosen = estimate_noise(volume).slices  # the same slices for every measurement
+    nz, ny, nx = volume.shape
+    chosen = sample_slices(nz, ny * nx)  # the same slices for every measurement
 
     def noise(s: float) -> float:
         return estimate_noise(blend(volume.array, enhanced, s), pixel_mm=pixel, slices=chosen).noise_hu
