@@ -11,6 +11,7 @@ end at any time), so the queue spans sessions:
     nohup python Testing/Benchmarks/evidence_train.py train > runs/evidence/train.log 2>&1 &   # one per free core
     python Testing/Benchmarks/evidence_train.py status
     python Testing/Benchmarks/evidence_train.py snapshot   # tuning results into evidence_tuning.json, to commit
+    python Testing/Benchmarks/evidence_train.py ship       # after evidence_eval.py: seed 0 into Resources/Models
 
 The runs go to ``$QHQGAN_EVIDENCE_RUNS`` (default ``runs/evidence`` in the checkout; point it outside
 the checkout, e.g. ``~/qhqgan-runs/evidence``, when the checkout may be laid anew between sessions).
@@ -57,7 +58,10 @@ COMMON = dict(task="enhance", batch_size=16, patch_size=64, dose_range=(0.05, 0.
               checkpoint_every=100, threads=1)
 LR_CANDIDATES = (3e-3, 1e-3, 3e-4, 1e-4)
 TUNE_STEPS = 300
-TRAIN_STEPS = 3000
+#: 1,000 updates per run: 18 runs (6 methods x 3 seeds) at ~0.6-1.3 s per update on one core fit one
+#: 3-hour CPU session on this 2-core machine (runs do not survive between sessions here); 3.3x the
+#: tuning length. The same for every method.
+TRAIN_STEPS = 1000
 SEEDS = (0, 1, 2)
 TUNE_DOSES = (0.25, 0.1)
 #: The tuning results so far, committed: a fresh machine (no runs folder) continues from them.
@@ -173,6 +177,55 @@ def train(methods: List[str], seeds: List[int], steps: int) -> None:
             print(f"{method} seed {seed}: trained ({time.time() - t0:.0f} s this session)", flush=True)
 
 
+#: The seed-0 run of these methods ships (``ship``): the names the panel and the CLI offer.
+#: RED-CNN ships as its published recipe (one slice, MSE; width cut to 32), the baseline users know.
+SHIPPED = {"hqgan": "hqgan-enhance", "mlp-control": "mlp-control-enhance", "no-circuit": "no-circuit-enhance",
+           "redcnn-mse": "redcnn-enhance"}
+DESCRIPTIONS = {
+    "hqgan": "hybrid quantum-classical generator: classical encoder/decoder, an 8-qubit, 2-layer variational circuit "
+             "(exact torch simulation of the PennyLane circuit) at every position of the 1/4-resolution feature "
+             "map; L1 + SSIM + WGAN-GP patch critic",
+    "mlp-control": "the HQGAN generator with its circuit replaced by a classical MLP of at least the circuit's "
+                   "width and parameters (the fair classical control of issue #9)",
+    "no-circuit": "the HQGAN generator with the quantum block removed (the second control of issue #9)",
+    "redcnn-mse": "RED-CNN (Chen et al. 2017) with its published recipe: one slice in, MSE loss; width 32 "
+                  "(published 96: ~6.6 s per update on this 2-core CPU)",
+}
+
+
+def ship(out: Path) -> None:
+    """Write the seed-0 model of each ``SHIPPED`` method, with its card, into ``out`` (Resources/Models)."""
+    from QHQGANLib.apps.commands import _training_data
+    from QHQGANLib.nn.weights import load_model
+
+    tuning = _load_json(RUNS / "tuning.json")
+    evaluation = _load_json(RUNS / "evaluation.json").get("rows", {})
+    volumes = load_split("train")
+    for method, name in SHIPPED.items():
+        run = RUNS / method / "seed0"
+        trained = json.loads((run / "model.json").read_text())
+        model = load_model(str(run / "model.safetensors"), device="cpu")
+        summary = {cond: {"psnr_abdomen_input": round(float(sum(r["input"]) / len(r["input"])), 3),
+                          "psnr_abdomen_model": round(float(sum(r[f"{method} seed0"]) / len(r["input"])), 3)}
+                   for cond, r in evaluation.items() if f"{method} seed0" in r}
+        card = {
+            "name": name, "task": "enhance", "arch": METHODS[method]["arch"], "description": DESCRIPTIONS[method],
+            "training_data": {"description": "the training patients of Testing/Benchmarks/protocol.json",
+                              **_training_data(volumes)},
+            "tuning_data": "the tuning patient of protocol.json (learning rate only)",
+            "validation_data": "the evaluation patients of protocol.json, never trained or tuned on",
+            "dose_range": list(COMMON["dose_range"]),
+            "training": {**trained.get("training", {}), "seconds_this_session": trained.get("seconds_this_session")},
+            "lr_sweep_tuning_psnr_abdomen": tuning.get(method, {}).get("scores"),
+            "evaluation_patients_psnr_abdomen": summary,  # this seed; BENCHMARKS.md "evidence" has all seeds
+            "intended_use": "research on low-dose CT enhancement; not for diagnosis",
+            "limitations": "trained for 1,000 updates on three patients' CT (a CPU budget); simulated low dose "
+                           "(calibrated parallel-beam noise insertion), not real low-dose scans",
+        }
+        saved = save_model(model, out / name, card, overwrite=True)
+        print(f"{name}: from {run} ({saved['sha256'][:12]})", flush=True)
+
+
 def snapshot() -> None:
     """Copy the tuning results into the repository (``evidence_tuning.json``), to commit."""
     _save_json(TUNING_SNAPSHOT, _load_json(RUNS / "tuning.json"))
@@ -196,7 +249,7 @@ def status() -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("command", choices=("tune", "train", "status", "snapshot"))
+    ap.add_argument("command", choices=("tune", "train", "status", "snapshot", "ship"))
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--seeds", default=",".join(map(str, SEEDS)))
     ap.add_argument("--steps", type=int, default=TRAIN_STEPS)
@@ -213,6 +266,10 @@ def main() -> None:
         train(methods, [int(s) for s in args.seeds.split(",")], args.steps)
     elif args.command == "snapshot":
         snapshot()
+    elif args.command == "ship":
+        from QHQGANLib.core.resources import models_dir
+
+        ship(models_dir())
     else:
         status()
 
