@@ -358,7 +358,7 @@ def cmd_list_models(args: argparse.Namespace) -> int:
 
 def validation_summary(card: dict) -> str:
     """One line of a model card's held-out validation: PSNR of the model (and of its input) per
-    dose or scale for enhancement / SR cards (a list of rows), the headline numbers of a
+    dose, scale or noise condition for enhancement / SR cards (a list of rows), the headline numbers of a
     synthesis card (a dict), or the card's scalar metrics."""
     validation = card.get("validation")
     if isinstance(validation, list):
@@ -367,10 +367,12 @@ def validation_summary(card: dict) -> str:
         for row in rows:
             if row.get("method") != "model" or "psnr_abdomen" not in row:
                 continue
-            setting = "dose" if "dose" in row else "scale"
+            setting = next((k for k in ("dose", "scale", "condition") if k in row), "scale")
             baseline = next((r for r in rows if r is not row and r.get(setting) == row.get(setting)
                              and "psnr_abdomen" in r), None)
-            text = f"{setting} {row.get(setting):g}: PSNR {row['psnr_abdomen']:.2f} dB"
+            value = row.get(setting)
+            value = f"{value:g}" if isinstance(value, (int, float)) else str(value)
+            text = f"{setting} {value}: PSNR {row['psnr_abdomen']:.2f} dB"
             if baseline is not None:
                 text += f" ({baseline.get('method', 'input')} {baseline['psnr_abdomen']:.2f})"
             parts.append(text)

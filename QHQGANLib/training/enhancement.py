@@ -152,19 +152,20 @@ class EnhancerStep:
         x, y = (t.to(self.device, non_blocking=True) for t in self.pool.batch(cfg.batch_size))
         stats: Dict[str, float] = {}
         adversarial = cfg.loss != "mse" and cfg.adv_weight > 0  # "mse": no critic is trained
+        # One generator forward serves the critic and the generator update: the critic steps change
+        # only the critic, so the generator's output is the same for all of them (issue #16).
+        with amp.autocast():
+            out = self.gen_train(x)
+        out = out.float()
         if adversarial:
+            fake = out.detach()
             for _ in range(cfg.critic_steps):
-                with torch.no_grad(), amp.autocast():
-                    fake = self.gen_train(x).float()
                 with amp.autocast():
                     loss_c = self.critic_train(fake).float().mean() - self.critic_train(y).float().mean()
                 gp = gradient_penalty(self.critic_train, y, fake, generator=self.device_rng)
                 amp.step(loss_c + cfg.gp_weight * gp, self.opt_c, self.scaler_c)
             stats["critic"] = float(loss_c.detach())
             stats["gp"] = float(gp.detach())
-        with amp.autocast():
-            out = self.gen_train(x)
-        out = out.float()
         l1 = F.l1_loss(out, y) / 1000.0  # in units of 1000 HU
         if cfg.loss == "mse":  # RED-CNN's published loss: MSE alone
             loss = F.mse_loss(out / 1000.0, y / 1000.0)
