@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from evidence_train import METHODS, RUNS, SEEDS  # noqa: E402
+from evidence_train import COMMON, METHODS, RUNS, SEEDS, TRAIN_STEPS, tuned_rates  # noqa: E402
 from protocol import load_split  # noqa: E402
 from report import write_section  # noqa: E402
 
@@ -148,12 +148,23 @@ def markdown(result: Dict) -> str:
     patients = sorted({label.split("[")[0] for r in rows.values() for label in r["labels"]})
     out = ["Evaluation patients only (never trained or tuned on): " + ", ".join(patients) + ". PSNR (dB) in the soft-tissue "
            "window [-160, 240] HU against the normal-dose slice, mean over slices; trained methods: mean over "
-           "seeds (n seeds in brackets). Conditions: the calibrated simulator (25 %, 10 % dose) and an independent "
+           "seeds (in brackets: seeds; parameters). Conditions: the calibrated simulator (25 %, 10 % dose) and an independent "
            "image-domain ramp-spectrum noise model at fixed std (20 / 40 / 80 HU).", "",
-           "| method | " + " | ".join(rows) + " |", "|---|" + "---|" * len(rows)]
+           "Training (`evidence_train.py`): every method the same training patients, calibrated simulated dose "
+           f"drawn from {COMMON['dose_range'][0]:.0%}-{COMMON['dose_range'][1]:.0%}, {TRAIN_STEPS:,} updates of "
+           f"{COMMON['batch_size']} patches of {COMMON['patch_size']}x{COMMON['patch_size']}, its learning rate "
+           "from the same sweep on the tuning patient (" + ", ".join(
+               f"{m} {lr:g}" for m, lr in tuned_rates().items()) + "). `hqgan`: the 8-qubit circuit; `mlp-control`: "
+           "the circuit replaced by an MLP of at least its width and parameters; `no-circuit`: the block removed; "
+           "`redcnn-3slice`: RED-CNN (width 32) with HQGAN's 3-slice input and loss; `redcnn-1slice`: its published "
+           "1-slice input, HQGAN's loss; `redcnn-mse`: its published recipe (1 slice, MSE), width cut from 96 to 32.",
+           "", "| method | " + " | ".join(rows) + " |", "|---|" + "---|" * len(rows)]
     for m in methods:
-        n_seeds = len(result["models"].get(m, [])) if m in METHODS else None
-        label = f"{m} ({n_seeds})" if n_seeds else m
+        paths = result["models"].get(m, []) if m in METHODS else []
+        label = m
+        if paths:
+            n_parameters = json.loads(Path(paths[0]).with_suffix(".json").read_text()).get("n_parameters")
+            label = f"{m} ({len(paths)}; {n_parameters:,} parameters)"
         out.append(f"| {label} | " + " | ".join(f"{np.mean(r[m]):.2f}" if m in r else "-" for r in rows.values()) + " |")
     out += ["", "Gain over the degraded input (PSNR, dB), mean and bootstrap 95 % interval over the evaluation "
                 "slices (the issue's goal for HQGAN at 20 / 40 / 80 HU: +2.0 / +4.5 / +5.0 dB):", "",

@@ -91,6 +91,11 @@ def _save_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
+def tuned_rates() -> Dict[str, float]:
+    """Each tuned method's learning rate (the runs folder's tuning.json, else the committed snapshot)."""
+    return {m: t["lr"] for m, t in _load_json(RUNS / "tuning.json").items() if "lr" in t}
+
+
 def _update_tuning(path: Path, method: str, entry: dict) -> None:
     """Write one method's tuning result, keeping what other (parallel) tuning processes wrote."""
     results = _load_json(path)
