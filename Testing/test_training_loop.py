@@ -324,3 +324,37 @@ def test_ddp_with_two_gloo_processes_keeps_the_ranks_identical_and_resumes_exact
     assert not torch.equal(synth_checkpoint["torch_gen"][0], synth_checkpoint["torch_gen"][1])
     # only rank 0 writes: one loss log line per step
     assert [r["step"] for r in read_log(tmp_path / "enhance")] == [1, 2, 3]
+
+
+# ---------------------------------------------------------------------------
+# the SSIM loss: torchmetrics' SSIM, computed with a separable window (issue #16)
+# ---------------------------------------------------------------------------
+def test_ssim_equals_torchmetrics_on_ct_patches_values_and_gradients():
+    """On real CT patches and their simulated low-dose copies (and on unrelated patches, where SSIM is
+    near 0), the separable SSIM equals torchmetrics' to float32 rounding, and so do its gradients."""
+    from pydicom.data import get_testdata_file
+    from torchmetrics.functional.image import structural_similarity_index_measure as reference
+
+    from QHQGANLib.core.constants import HU_MAX, HU_MIN
+    from QHQGANLib.physics.lowdose import simulate_low_dose
+    from QHQGANLib.training.losses import ssim, ssim_loss
+
+    normal = read_volume(get_testdata_file("CT_small.dcm"))
+    low = simulate_low_dose(normal, 0.1, seed=0)
+    scale = lambda v: (torch.from_numpy(v.array[0]).clamp(HU_MIN, HU_MAX) - HU_MIN) / (HU_MAX - HU_MIN)
+    a_img, b_img = scale(low), scale(normal)
+    corners = [(0, 0), (0, 64), (64, 0), (64, 64), (32, 32)]
+    a = torch.stack([a_img[y:y + 64, x:x + 64] for y, x in corners])[:, None].double()
+    b = torch.stack([b_img[y:y + 64, x:x + 64] for y, x in corners])[:, None].double()
+    for pred, target in ((a, b), (a, b.flip(0)), (b, b)):
+        pred = pred.clone().requires_grad_(True)
+        mine, theirs = ssim(pred, target), reference(pred, target, data_range=1.0)
+        assert abs(float(mine) - float(theirs)) < 1e-9, (float(mine), float(theirs))
+        g_mine, = torch.autograd.grad(mine, pred)
+        g_theirs, = torch.autograd.grad(theirs, pred)
+        assert torch.allclose(g_mine, g_theirs, rtol=1e-6, atol=1e-12)
+    assert float(ssim(b, b)) == pytest.approx(1.0, abs=1e-12)
+    # the loss in HU, float32 as in training: a low-dose patch is further from normal dose than itself
+    hu_low, hu_normal = (torch.from_numpy(v.array[:, :64, :64]).float()[None] for v in (low, normal))
+    assert float(ssim_loss(hu_normal, hu_normal)) == pytest.approx(0.0, abs=1e-6)
+    assert float(ssim_loss(hu_low, hu_normal)) > 1e-3

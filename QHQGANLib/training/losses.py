@@ -11,18 +11,50 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..core.constants import HU_MAX, HU_MIN
 
 
-def ssim_loss(a_hu: torch.Tensor, b_hu: torch.Tensor) -> torch.Tensor:
-    """1 - SSIM (torchmetrics, Gaussian window) on [-1024, 3071] HU scaled to [0, 1]."""
-    from torchmetrics.functional.image import structural_similarity_index_measure as ssim_fn
+#: SSIM's window: a Gaussian of sigma 1.5 on 11 taps, and its constants (Wang et al. 2004; torchmetrics' defaults).
+SSIM_SIGMA, SSIM_TAPS, SSIM_K1, SSIM_K2 = 1.5, 11, 0.01, 0.03
 
+
+def _gaussian_taps(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    d = torch.arange(SSIM_TAPS, dtype=torch.float64) - (SSIM_TAPS - 1) / 2
+    g = torch.exp(-0.5 * (d / SSIM_SIGMA) ** 2)
+    return (g / g.sum()).to(dtype=dtype, device=device)
+
+
+def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
+    """Mean SSIM of two (B, C, H, W) batches: a Gaussian window, reflect padding, the map averaged over
+    the whole image, variances clamped at 0; the definition of torchmetrics' SSIM (its defaults).
+
+    The window is applied as two 1-D convolutions (the Gaussian is separable) instead of one 11x11
+    2-D convolution: equal to torchmetrics within float32 rounding (Testing/test_training_loop.py),
+    and about 25x faster forward + backward on a CPU, where torchmetrics' SSIM took ~40 % of an
+    enhancement training update (issue #16). H and W must exceed 5 (the reflect padding).
+    """
+    c1, c2 = (SSIM_K1 * data_range) ** 2, (SSIM_K2 * data_range) ** 2
+    n = a.shape[1]
+    pad = (SSIM_TAPS - 1) // 2
+    stack = F.pad(torch.cat([a, b, a * a, b * b, a * b], 1), (pad, pad, pad, pad), mode="reflect")
+    taps = _gaussian_taps(stack.dtype, stack.device)
+    stack = F.conv2d(stack, taps.view(1, 1, 1, -1).expand(5 * n, 1, 1, SSIM_TAPS), groups=5 * n)
+    stack = F.conv2d(stack, taps.view(1, 1, -1, 1).expand(5 * n, 1, SSIM_TAPS, 1), groups=5 * n)
+    mu_a, mu_b, e_aa, e_bb, e_ab = stack.split(n, 1)
+    var_a, var_b = (e_aa - mu_a * mu_a).clamp(min=0.0), (e_bb - mu_b * mu_b).clamp(min=0.0)
+    cov = e_ab - mu_a * mu_b
+    index = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a * mu_a + mu_b * mu_b + c1) * (var_a + var_b + c2))
+    return index.mean()
+
+
+def ssim_loss(a_hu: torch.Tensor, b_hu: torch.Tensor) -> torch.Tensor:
+    """1 - SSIM (:func:`ssim`, Gaussian window) on [-1024, 3071] HU scaled to [0, 1]."""
     a = (a_hu.clamp(HU_MIN, HU_MAX) - HU_MIN) / (HU_MAX - HU_MIN)
     b = (b_hu.clamp(HU_MIN, HU_MAX) - HU_MIN) / (HU_MAX - HU_MIN)
-    return 1.0 - ssim_fn(a, b, data_range=1.0)
+    return 1.0 - ssim(a, b, data_range=1.0)
 
 
 def gradient_penalty(critic: nn.Module, real: torch.Tensor, fake: torch.Tensor,
