@@ -53,14 +53,41 @@ def circuit_code(which: str):
         yield
         return
     from QHQGANLib.tasks import inference
+    from QHQGANLib.training import enhancement
 
-    fused, layout = simulator.run_fused, inference._channels_last
+    fused, layout, ssim_loss = simulator.run_fused, inference._channels_last, enhancement.ssim_loss
     simulator.run_fused = lambda x, w, plan, reupload, outputs, differentiable: differentiable(x, w)
     inference._channels_last = lambda device: False
+    enhancement.ssim_loss = torchmetrics_ssim_loss
     try:
         yield
     finally:
-        simulator.run_fused, inference._channels_last = fused, layout
+        simulator.run_fused, inference._channels_last, enhancement.ssim_loss = fused, layout, ssim_loss
+
+
+def torchmetrics_ssim_loss(a_hu, b_hu):
+    """The SSIM loss as it was: torchmetrics' SSIM (one 11x11 2-D window), same values."""
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
+    from QHQGANLib.core.constants import HU_MAX, HU_MIN
+
+    a, b = ((t.clamp(HU_MIN, HU_MAX) - HU_MIN) / (HU_MAX - HU_MIN) for t in (a_hu, b_hu))
+    return 1.0 - structural_similarity_index_measure(a, b, data_range=1.0)
+
+
+class ExtraForward(torch.nn.Module):
+    """The generator as the earlier update used it: one more forward (no gradient) for the critic's
+    fake batch before the forward that the generator's loss uses (same output, one forward's cost)."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        if torch.is_grad_enabled():
+            with torch.no_grad():
+                self.net(x)
+        return self.net(x)
 
 
 def interleaved(fns: dict, repeats: int) -> dict:
@@ -227,6 +254,10 @@ def synth_update(repeats: int) -> dict:
 
 def bench_training(volume, repeats: int, log) -> dict:
     steps = {"hqgan": enhancer_step("hqgan", volume), "redcnn": enhancer_step("redcnn", volume)}
+    steps["hqgan previous"] = enhancer_step("hqgan", volume)
+    steps["hqgan previous"].gen_train = ExtraForward(steps["hqgan previous"].gen_train)
+    steps["redcnn previous"] = enhancer_step("redcnn", volume)
+    steps["redcnn previous"].gen_train = ExtraForward(steps["redcnn previous"].gen_train)
     counter = {"k": 0}
 
     def update(name):
@@ -236,7 +267,8 @@ def bench_training(volume, repeats: int, log) -> dict:
         return run
     # single updates interleaved, 4x the repeats: an update takes about a second and the load
     # from other processes changes faster than that
-    t = interleaved({"hqgan previous": ("previous", update("hqgan")), "hqgan current": ("current", update("hqgan")),
+    t = interleaved({"hqgan previous": ("previous", update("hqgan previous")), "hqgan current": ("current", update("hqgan")),
+                     "redcnn previous": ("previous", update("redcnn previous")),
                      "redcnn": ("current", update("redcnn"))}, 4 * repeats)
     ups = {k: 1 / v for k, v in t.items()}
     try:
@@ -336,11 +368,13 @@ def main(argv=None):
         ratio_rows.append(f"| {r['L']} | {r['batch']:,} | {r['current fwd'] / r['previous fwd']:.2f}x | "
                           f"{r['current fwd+bwd'] / r['previous fwd+bwd']:.2f}x | {pl} |")
     ups = train["ups"]
-    train_rows = ["| model | updates/s | vs previous circuit code |", "|---|---|---|",
-                  f"| HQGAN enhancement, previous circuit code | {ups['hqgan previous']:.2f} | |",
+    train_rows = ["| model | updates/s | vs previous code |", "|---|---|---|",
+                  f"| HQGAN enhancement, previous code | {ups['hqgan previous']:.2f} | |",
                   f"| HQGAN enhancement, current | {ups['hqgan current']:.2f} | "
                   f"{ups['hqgan current'] / ups['hqgan previous']:.2f}x |",
-                  f"| RED-CNN (width 32, 1 slice) | {ups['redcnn']:.2f} | |"]
+                  f"| RED-CNN (width 32, 1 slice), previous code | {ups['redcnn previous']:.2f} | |",
+                  f"| RED-CNN (width 32, 1 slice), current | {ups['redcnn']:.2f} | "
+                  f"{ups['redcnn'] / ups['redcnn previous']:.2f}x |"]
     if "synthesis generator current" in ups:
         train_rows += [f"| synthesis generator fwd+bwd (hqgan, batch 32 x 4 circuits), previous | "
                        f"{ups['synthesis generator previous']:.1f} | |",
@@ -351,14 +385,17 @@ def main(argv=None):
         "",
         f"Command: `python Testing/Benchmarks/bench_profile.py` (plain process, no environment variables, "
         f"torch threads {torch.get_num_threads()}). Medians of {repeats} runs after a warm-up, variants "
-        f"interleaved. **The machine was loaded**: 1-min load average {load0:.1f} at the start and {load1:.1f} "
-        f"at the end on {os.cpu_count()} vCPUs (other jobs, including two long training runs, shared the cores), "
-        f"so absolute times are slower and noisier than on an idle machine; compare rows of this run only. "
+        f"interleaved. 1-min load average {load0:.1f} at the start and {load1:.1f} at the end on {os.cpu_count()} "
+        f"vCPUs" + (" (**loaded**: other jobs shared the cores, so absolute times are slower and noisier than on "
+                    "an idle machine; compare rows of this run only)" if max(load0, load1) > 1.5 else "") + ". "
         f"The run took {minutes:.1f} min. \"previous\" is the layer-by-layer differentiable simulation the torch "
         "backend used before the fused function (still `simulate_torch(method=\"autograd\")`) and, for inference, "
         "NCHW inputs and weights; \"current\" the fused function (`QHQGANLib/quantum/fused.py`) and channels-last "
         "inference (`tasks/inference.py`). Both give the same numbers (circuit: 1e-12 in float64; enhance() with "
-        "the shipped weights: at most 2e-4 HU apart).",
+        "the shipped weights: at most 2e-4 HU apart). For training, \"previous\" also has the update as it was "
+        "before issue #16's training work: torchmetrics' SSIM (an 11x11 2-D window; now two 1-D passes, equal to "
+        "1e-9) and a separate generator forward for the critic's fake batch (now one forward serves both, "
+        "bit-identical weights).",
         "",
         "### Quantum layer, 8 qubits, re-uploading (circuit evaluations per second)",
         "",
