@@ -211,7 +211,7 @@ def bench_inference(volume, repeats: int, log) -> dict:
         margin = -(-receptive_radius(net) // 4) * 4
         window = 512 + 2 * margin
         info[name] = {"window": window, "gflop": network_flops(net, window) / 1e9}
-    log(f"inference per slice: " + ", ".join(f"{k} {v:.3f} s" for k, v in per_slice.items())
+    log("inference per slice: " + ", ".join(f"{k} {v:.3f} s" for k, v in per_slice.items())
         + f"; matmul {rate / 1e9:.0f} GFLOP/s; " + ", ".join(f"{k} {v['gflop']:.2f} GFLOP" for k, v in info.items()
                                                             if isinstance(v, dict) and "gflop" in v))
     return info
