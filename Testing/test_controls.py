@@ -211,17 +211,13 @@ def test_synthesis_controls_round_trip(tmp_path, method):
     same_outputs(model, reloaded, model.sample_latent(3, torch.Generator().manual_seed(1)))
 
 
-@pytest.mark.parametrize("name, legacy", [("ablation-enhance", {"arch": "ablation", "mixer": "classical"}),
-                                          ("ablation-synth", {"arch": "ablation-synth", "method": "ablation"}),
+@pytest.mark.parametrize("name, legacy", [("ablation-synth", {"arch": "ablation-synth", "method": "ablation"}),
                                           ("redcnn-enhance", {"arch": "redcnn"})])
 def test_shipped_legacy_cards_build_the_same_network(name, legacy):
     card = json.loads((models_dir() / f"{name}.json").read_text())
     assert {k: card["config"].get(k) for k in legacy} == legacy and "mlp_hidden" not in card["config"]
     shipped = load_model(name)  # weights loaded strictly into the rebuilt network
-    if name == "ablation-enhance":
-        fresh = HQGANGenerator(mixer="bottleneck", n_qubits=8, n_layers=2)
-        assert shipped.config.mixer == "bottleneck" and shipped.mix.mixer.hidden == 1
-    elif name == "ablation-synth":
+    if name == "ablation-synth":
         fresh = SynthGenerator("bottleneck-ablation", n_qubits=8, n_layers=4)
         assert shipped.method == "bottleneck-ablation" and shipped.mixer.hidden == 3
     else:

@@ -14,7 +14,7 @@ from QHQGANLib.nn.weights import list_models, load_model, sha256_of
 from QHQGANLib.core.resources import models_dir
 
 CARDS = list_models()
-REQUIRED = {"enhance": {"hqgan-enhance", "ablation-enhance", "redcnn-enhance"}, "super-resolve": {"hqgan-sr2"},
+REQUIRED = {"enhance": {"hqgan-enhance", "mlp-control-enhance", "no-circuit-enhance", "redcnn-enhance"}, "super-resolve": {"hqgan-sr2"},
             "synthesize": {"hqgan-synth", "ablation-synth", "wgangp-synth", "dcgan-synth"}}
 SYNTH_CARDS = [c for c in CARDS if c["task"] == "synthesize"]
 
@@ -99,10 +99,16 @@ def test_shipped_synthesis_models_make_body_slices(card, tmp_path):
 #: evaluation-only patients (../shared/data/README.md), two scanners: one slice each
 UNSEEN_SLICES = ("chest-ct-lctsc/LCTSC-Test-S1-101.dcm", "abdomen-ct-pancreas/PANCREAS_0001.dcm")
 
-#: Smallest PSNR gain (abdomen window, dB) over the simulated quarter-dose input on either slice.
-#: Measured (seed 0; seed 1 within 0.15 dB): hqgan-enhance +2.29 / +1.77 dB (LCTSC / Pancreas),
-#: ablation-enhance +2.14 / +1.45, redcnn-enhance +1.97 / +0.85; set at about half the worst slice.
-MIN_PSNR_GAIN_DB = {"hqgan-enhance": 0.9, "ablation-enhance": 0.7, "redcnn-enhance": 0.4}
+#: Smallest PSNR gain (abdomen window, dB) over the calibrated simulated quarter-dose input on either
+#: slice. Measured with the models of the patient protocol (issue #9; seed 0 of 1,000 updates):
+#: hqgan-enhance +1.82 / +2.43 dB (LCTSC / Pancreas), mlp-control-enhance +1.67 / +2.23,
+#: no-circuit-enhance +1.42 / +2.11, redcnn-enhance +2.20 / +1.57; set at about half the worst slice.
+MIN_PSNR_GAIN_DB = {"hqgan-enhance": 0.9, "mlp-control-enhance": 0.8, "no-circuit-enhance": 0.7,
+                    "redcnn-enhance": 0.75}
+#: Largest shift of the mean HU of uniform soft tissue. Measured: -3.1 / -1.9 HU (hqgan), -2.0 / -0.9
+#: (mlp-control), -1.7 / -0.3 (no-circuit); RED-CNN's published recipe (MSE, lr 1e-4) at this budget
+#: keeps a bias of -6.1 / -5.1 HU, said in its card's limitations and in BENCHMARKS.md.
+MAX_MEAN_SHIFT_HU = {"redcnn-enhance": 8.0}
 
 
 @pytest.fixture(scope="module")
@@ -131,19 +137,21 @@ def test_shipped_enhancers_improve_a_quarter_dose_scan(name, quarter_dose_pairs)
         out = enhance(low, model, device="cpu")
         before, after = psnr(low, normal, window="abdomen"), psnr(out, normal, window="abdomen")
         assert after > before + MIN_PSNR_GAIN_DB[name], (where, before, after)
-        # noise in HU: measured quarter dose 21.1 / 18.0 (normal dose 14.4 / 12.5); the
-        # enhancers leave 12.0-13.5 / 8.7-9.6, at most 0.64 of the input's
+        # noise in HU: measured quarter dose 30.1 / 25.5 (calibrated to each scan's own noise); the
+        # enhancers leave 20.8-24.2 / 13.8-16.5, at most 0.81 of the input's
         noise_low, noise_out = noise_in_uniform_regions(low.array, mask), noise_in_uniform_regions(out.array, mask)
-        assert noise_out < 0.8 * noise_low, (where, noise_low, noise_out)
-        # a denoiser, not a shift: the mean HU of uniform tissue stays (measured within 1.9 HU)
-        assert abs(float(out.array[mask].mean() - normal.array[mask].mean())) < 5.0, where
+        assert noise_out < 0.9 * noise_low, (where, noise_low, noise_out)
+        # a denoiser, not a shift: the mean HU of uniform tissue stays
+        shift = float(out.array[mask].mean() - normal.array[mask].mean())
+        assert abs(shift) < MAX_MEAN_SHIFT_HU.get(name, 5.0), (where, shift)
 
 
 def test_shipped_super_resolution_beats_bicubic():
     """hqgan-sr2 on a 2x coarser copy of unseen real slices recovers the original better than bicubic.
 
-    Measured PSNR, model vs bicubic: abdomen window 33.65 vs 29.39 dB (LCTSC), 34.43 vs 26.53 dB
-    (Pancreas); full range 50.14 vs 44.62, 49.71 vs 42.56 dB."""
+    Measured PSNR, model vs bicubic: abdomen window 33.59 vs 29.39 dB (LCTSC), 34.55 vs 26.53 dB
+    (Pancreas); full range 50.31 vs 44.62, 49.70 vs 42.56 dB (the model retrained under the patient
+    protocol, issue #9)."""
     from QHQGANLib.metrics.image import psnr
     from QHQGANLib.physics.resolution import degrade_resolution
     from QHQGANLib.tasks.classical import bicubic_upsample

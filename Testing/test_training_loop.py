@@ -349,7 +349,7 @@ def test_ssim_equals_torchmetrics_on_ct_patches_values_and_gradients():
     for pred, target in ((a, b), (a, b.flip(0)), (b, b)):
         pred = pred.clone().requires_grad_(True)
         mine, theirs = ssim(pred, target), reference(pred, target, data_range=1.0)
-        assert abs(float(mine) - float(theirs)) < 1e-9, (float(mine), float(theirs))
+        assert abs(mine.item() - theirs.item()) < 1e-9, (mine.item(), theirs.item())
         g_mine, = torch.autograd.grad(mine, pred)
         g_theirs, = torch.autograd.grad(theirs, pred)
         assert torch.allclose(g_mine, g_theirs, rtol=1e-6, atol=1e-12)

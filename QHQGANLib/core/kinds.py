@@ -14,7 +14,7 @@ Console usage::
     >>> default_model("super-resolve", scale=3, axis="z")      # through-plane (thick -> thin slices)
     'hqgan-srz3'
     >>> [card["name"] for card in models_for_task("enhance")]   # shipped, default first
-    ['hqgan-enhance', 'ablation-enhance', 'redcnn-enhance']
+    ['hqgan-enhance', 'mlp-control-enhance', 'no-circuit-enhance', 'redcnn-enhance']
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ ENHANCE_ARCHS: Tuple[str, ...] = ("hqgan", "mlp-control", "no-circuit", "bottlen
 #: ``train-synth --method``: the synthesis methods (QHQGANLib.nn.synthesis.METHODS), the same controls.
 SYNTH_METHODS: Tuple[str, ...] = ("hqgan", "mlp-control", "no-circuit", "bottleneck-ablation", "wgan-gp", "dcgan")
 #: Names of earlier versions, still accepted by ``TrainConfig.arch`` / ``SynthConfig.method`` and
-#: stored in the shipped ``ablation-*`` cards: "ablation" is the legacy bottleneck.
+#: stored in the shipped ``ablation-synth`` card: "ablation" is the legacy bottleneck.
 LEGACY_NAMES: Dict[str, str] = {"ablation": "bottleneck-ablation"}
 #: ``config["arch"]`` of enhancement cards: the architectures and the legacy name.
 _ENHANCE_CARD_ARCHS: Tuple[str, ...] = ENHANCE_ARCHS + ("ablation",)
@@ -58,7 +58,8 @@ class TaskKind:
 
 #: The tasks, by their CLI command name, in the order the panel lists them.
 KINDS: Dict[str, TaskKind] = {k.name: k for k in (
-    TaskKind("enhance", True, "hqgan-enhance", ("hqgan-enhance", "ablation-enhance", "redcnn-enhance"),
+    TaskKind("enhance", True, "hqgan-enhance", ("hqgan-enhance", "mlp-control-enhance", "no-circuit-enhance",
+                                                "redcnn-enhance"),
              architectures=_ENHANCE_CARD_ARCHS, methods=ENHANCE_ARCHS),
     TaskKind("super-resolve", True, "hqgan-sr{scale}", ("hqgan-sr{scale}",),
              architectures=_ENHANCE_CARD_ARCHS, methods=ENHANCE_ARCHS),

@@ -15,7 +15,7 @@
   circuit's parameters); ``"none"`` (arch ``no-circuit``) removes the whole block, leaving the
   residual path alone (the network has exactly the :class:`PixelwiseMixer`'s parameters fewer);
   ``"bottleneck"`` (arch ``bottleneck-ablation``) is the legacy 8 -> 1 -> 8 bottleneck, not a
-  fair control, kept so the shipped ``ablation-enhance`` weights load.
+  fair control, kept so weights trained with it (the earlier ``ablation-enhance``) still load.
 * RED-CNN is :mod:`QHQGANLib.nn.baselines`; the patch critic :mod:`QHQGANLib.nn.critics`.
 
 All networks take and return HU; internally they work on ``HU / 1000`` (water 0,

@@ -5,7 +5,7 @@ Pairs are made from normal-dose CT with the physics simulator (:mod:`QHQGANLib.t
 Architectures (``arch``, ``ARCHS``): ``hqgan``; its controls ``mlp-control`` (the circuit
 replaced by a fair classical MLP), ``no-circuit`` (the quantum block removed) and
 ``bottleneck-ablation`` (the legacy 8 -> 1 -> 8 MLP, not a fair control; ``"ablation"`` is
-still accepted for it, the name the shipped ``ablation-enhance`` was trained under); and
+still accepted for it, the name the earlier ``ablation-enhance`` was trained under); and
 ``redcnn`` (``redcnn_context`` 0: one slice, as published; 1: the 3 slices HQGAN sees).
 
 Loss (``loss``): ``"l1-ssim-adv"`` (default) = L1 + ``ssim_weight`` x (1 - SSIM) +

@@ -29,7 +29,7 @@ from QHQGANLib.physics.lowdose import simulate_low_dose  # noqa: E402
 from QHQGANLib.nn.weights import list_models, load_model  # noqa: E402
 
 FIGURE = HERE.parents[1] / "Resources" / "Images" / "benchmark-enhance.png"
-ENHANCERS = ["hqgan-enhance", "ablation-enhance", "redcnn-enhance"]
+ENHANCERS = ["hqgan-enhance", "mlp-control-enhance", "no-circuit-enhance", "redcnn-enhance"]
 SR_MODELS = ["hqgan-sr2", "ablation-sr2"]
 
 TIMING_SNIPPET = r"""
