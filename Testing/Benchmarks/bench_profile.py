@@ -53,26 +53,18 @@ def circuit_code(which: str):
         yield
         return
     from QHQGANLib.tasks import inference
-    from QHQGANLib.training import enhancement
+    from torchmetrics.functional.image import structural_similarity_index_measure
 
-    fused, layout, ssim_loss = simulator.run_fused, inference._channels_last, enhancement.ssim_loss
+    from QHQGANLib.training import losses
+
+    fused, layout, ssim = simulator.run_fused, inference._channels_last, losses.ssim
     simulator.run_fused = lambda x, w, plan, reupload, outputs, differentiable: differentiable(x, w)
     inference._channels_last = lambda device: False
-    enhancement.ssim_loss = torchmetrics_ssim_loss
+    losses.ssim = structural_similarity_index_measure  # the SSIM loss as it was: one 11x11 2-D window
     try:
         yield
     finally:
-        simulator.run_fused, inference._channels_last, enhancement.ssim_loss = fused, layout, ssim_loss
-
-
-def torchmetrics_ssim_loss(a_hu, b_hu):
-    """The SSIM loss as it was: torchmetrics' SSIM (one 11x11 2-D window), same values."""
-    from torchmetrics.functional.image import structural_similarity_index_measure
-
-    from QHQGANLib.core.constants import HU_MAX, HU_MIN
-
-    a, b = ((t.clamp(HU_MIN, HU_MAX) - HU_MIN) / (HU_MAX - HU_MIN) for t in (a_hu, b_hu))
-    return 1.0 - structural_similarity_index_measure(a, b, data_range=1.0)
+        simulator.run_fused, inference._channels_last, losses.ssim = fused, layout, ssim
 
 
 class ExtraForward(torch.nn.Module):

@@ -100,6 +100,12 @@ def evaluate(seed: int = 2026, conditions=None, bm3d: bool = True, cache_path: P
     labels = [f"{v.metadata['protocol']['patient']}[{k}]" for v in evaluation for k in range(v.shape[0])]
     rows: Dict[str, Dict[str, List[float]]] = {}  # condition -> method (or "method seedK") -> per-slice scores
     seconds: Dict[str, float] = {}
+    loaded: Dict[Path, object] = {}  # each model read once, and only if some score of it is missing
+
+    def model_at(path: Path):
+        if path not in loaded:
+            loaded[path] = load_model(str(path), device="cpu")
+        return loaded[path]
 
     def scores_of(key: str, lows: List[Volume], run: Callable[[Volume], Volume]) -> List[float]:
         if key not in cache:
@@ -119,21 +125,19 @@ def evaluate(seed: int = 2026, conditions=None, bm3d: bool = True, cache_path: P
         lows = [degrade(v, seed + i) for i, v in enumerate(evaluation)]
         table: Dict[str, List[float]] = {"input": [p for low, v in zip(lows, evaluation) for p in per_slice_psnr(low, v)]}
         if bm3d:
+            psd: List[np.ndarray] = []  # BM3D's noise spectrum: the tuning patient's residuals of this condition
+
             def run_bm3d(low: Volume, _degrade=degrade) -> Volume:
-                # BM3D's noise spectrum from the tuning patient's residuals of this very condition
-                if "psd" not in psd_of:
-                    tune = load_split("tune")
-                    residuals = np.concatenate([_degrade(v, seed + 100 + i).array - v.array for i, v in enumerate(tune)])
-                    psd_of["psd"] = estimate_noise_psd(residuals)
-                return bm3d_denoise(low, psd=psd_of["psd"])
-            psd_of: Dict[str, np.ndarray] = {}
+                if not psd:
+                    residuals = [_degrade(v, seed + 100 + i).array - v.array for i, v in enumerate(load_split("tune"))]
+                    psd.append(estimate_noise_psd(np.concatenate(residuals)))
+                return bm3d_denoise(low, psd=psd[0])
             table["bm3d (PSD)"] = scores_of(f"{name}|bm3d (PSD)|{seed}", lows, run_bm3d)
         for method, paths in models.items():
             per_seed = []
             for path in paths:
                 key = f"{name}|{method}|{path.parent.name}|{_model_sha(path)}|{seed}"
-                model = None if key in cache else load_model(str(path), device="cpu")
-                per_seed.append(scores_of(key, lows, lambda low, m=model: enhance(low, model=m, device="cpu")))
+                per_seed.append(scores_of(key, lows, lambda low, p=path: enhance(low, model=model_at(p), device="cpu")))
                 table[f"{method} {path.parent.name}"] = per_seed[-1]
             if per_seed:
                 table[method] = np.mean(per_seed, axis=0).tolist()

@@ -31,7 +31,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 
@@ -103,6 +103,17 @@ def _update_tuning(path: Path, method: str, entry: dict) -> None:
     _save_json(path, results)
 
 
+def widened_lr(scores: Dict[float, float]) -> Optional[float]:
+    """The next learning rate to try when the best of ``scores`` sits at an edge of the sweep (one step of
+    sqrt(10) beyond it, within [1e-5, 1e-2]); None when the best is interior (issue #9)."""
+    best, ordered = max(scores, key=scores.get), sorted(scores)
+    if best == ordered[-1] and best < 1e-2:
+        return best * math.sqrt(10)
+    if best == ordered[0] and best > 1e-5:
+        return best / math.sqrt(10)
+    return None
+
+
 def tune(methods: List[str]) -> None:
     """Learning-rate sweeps; several processes may tune different methods at once (one method each)."""
     split = {"train": load_split("train"), "tune": load_split("tune")}
@@ -121,14 +132,10 @@ def tune(methods: List[str]) -> None:
                 scores[lr] = _tuning_score(model, split["tune"])
                 print(f"{method} lr {lr:g}: tuning PSNR {scores[lr]:.3f} dB ({time.time() - t0:.0f} s)", flush=True)
                 _update_tuning(path, method, {"scores": {str(k): v for k, v in sorted(scores.items())}})
-            best = max(scores, key=scores.get)
-            ordered = sorted(scores)
-            if best == ordered[-1] and best < 1e-2:  # best at the upper edge: one more value above
-                candidates = [best * math.sqrt(10)]
-            elif best == ordered[0] and best > 1e-5:  # best at the lower edge: one more below
-                candidates = [best / math.sqrt(10)]
-            else:
+            best, more = max(scores, key=scores.get), widened_lr(scores)
+            if more is None:
                 break
+            candidates = [more]
         _update_tuning(path, method, {"scores": {str(k): v for k, v in sorted(scores.items())}, "lr": best})
         print(f"{method}: learning rate {best:g}", flush=True)
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from enhance_data import DATA_DESCRIPTION, load_split  # noqa: E402
+from evidence_train import widened_lr  # noqa: E402
 
 from QHQGANLib.tasks.evaluate import evaluate_enhancement, evaluate_super_resolution  # noqa: E402
 from QHQGANLib.nn.weights import save_model  # noqa: E402
@@ -61,14 +61,9 @@ def tune_lr(spec, split, sweep_steps: int, batch: int, seed: int) -> tuple:
 
     for lr in LR_CANDIDATES[spec["arch"]]:
         score(lr)
-    while True:
-        best, ordered = max(scores, key=scores.get), sorted(scores)
-        if best == ordered[-1] and best < 3e-2:
-            score(best * math.sqrt(10))
-        elif best == ordered[0] and best > 1e-5:
-            score(best / math.sqrt(10))
-        else:
-            return best, scores
+    while (more := widened_lr(scores)) is not None:
+        score(more)
+    return max(scores, key=scores.get), scores
 
 
 def main() -> None:
