@@ -1,0 +1,278 @@
+"""Synthesis benchmark under the patient protocol (issue #10): tune, train, score once, report, ship.
+
+Every compared method (``COMPARED``: HQGAN, its fair classical control, WGAN-GP, DCGAN) gets the
+same training slices (``synth_data.py``: the training patients' abdomen volumes), the same tuning
+budget and the same training budget:
+
+1. ``tune``: every method trains the same ``GRID`` of designs (decoder stages, learning-rate scale)
+   for ``--steps`` updates on seed 0; each is scored by its FRD against the **tuning patient**'s
+   slices (never the evaluation patients); the lowest wins (``tuning.json``).
+2. ``train``: every method trains its chosen design for ``--steps`` updates on each seed, with
+   checkpoints and exact resume (a session may end at any time: run it again to continue); then
+   200 samples are scored once on the **evaluation patients'** abdomen slices with
+   ``evaluate_synthetic`` and, for a test with power, a C2ST against the training slices
+   (``c2st_train``; read with the memorization check: copies would score low).
+3. ``report``: the "synth" section of BENCHMARKS.md and its figure; ``ship``: seed 0 of every
+   method into Resources/Models with its card.
+
+The runs are a queue that several processes can share (one per free core)::
+
+    nohup python Testing/Benchmarks/synth_protocol.py tune  > runs/synth/tune-1.log 2>&1 &
+    nohup python Testing/Benchmarks/synth_protocol.py train > runs/synth/train-1.log 2>&1 &
+    python Testing/Benchmarks/synth_protocol.py status
+    python Testing/Benchmarks/synth_protocol.py report
+    python Testing/Benchmarks/synth_protocol.py ship
+
+Runs go to ``$QHQGAN_SYNTH_RUNS`` (default ``runs/synth`` in the checkout).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from bench_synth import KEYS, _stack_rows, flat, ship  # noqa: E402
+from evidence_train import _claim  # noqa: E402
+from report import write_section  # noqa: E402
+from synth_data import DESCRIPTION, load_slices  # noqa: E402
+
+from QHQGANLib.core.figures import save_panels_png  # noqa: E402
+from QHQGANLib.metrics.c2st import c2st_accuracy  # noqa: E402
+from QHQGANLib.metrics.synthetic import evaluate_synthetic  # noqa: E402
+from QHQGANLib.nn.weights import load_model, save_model  # noqa: E402
+from QHQGANLib.tasks.synthesize import synthesize  # noqa: E402
+from QHQGANLib.training.synthesis import SynthConfig, _default_lrs, train_synth  # noqa: E402
+
+RUNS = Path(os.environ.get("QHQGAN_SYNTH_RUNS", HERE.parents[1] / "runs" / "synth"))
+COMPARED = ("hqgan", "mlp-control", "wgan-gp", "dcgan")
+#: the designs every method is tuned over (same candidates, same length): decoder stages and a
+#: scale on the method's published/default learning rates (generator and critic alike)
+GRID: Dict[str, dict] = {
+    "plain-lr1": dict(blocks="plain", lr_scale=1.0),
+    "residual-lr1": dict(blocks="residual", lr_scale=1.0),
+    "residual-lr2": dict(blocks="residual", lr_scale=2.0),
+}
+N_SAMPLES = 200
+FIGURE = HERE.parents[1] / "Resources" / "Images" / "benchmark-synth.png"
+
+
+def config(method: str, design: str, **changes) -> SynthConfig:
+    """The SynthConfig of ``method`` under the design ``GRID[design]`` (4 circuit runs for slot methods)."""
+    spec = GRID[design]
+    lr_g, lr_d, _ = _default_lrs(method)
+    return SynthConfig(method=method, blocks=spec["blocks"], lr_g=lr_g * spec["lr_scale"],
+                       lr_d=lr_d * spec["lr_scale"], n_circuits=4 if method in ("hqgan", "mlp-control") else 1,
+                       **changes)
+
+
+def _load(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _save(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
+
+
+def _train_run(run: Path, cfg: SynthConfig, train: np.ndarray):
+    """Train (resuming from ``run``'s checkpoint) and keep the model; None when another process holds it."""
+    if (run / "model.safetensors").exists():
+        return load_model(run / "model.safetensors")
+    if not _claim(run):
+        return None
+    cfg.output_dir, cfg.resume, cfg.checkpoint_every = str(run), (run / "checkpoint.pt").exists(), 200
+    t0 = time.time()
+    model = train_synth(cfg, slices=train, show_progress=False)
+    card = {"name": run.name, "task": "synthesize", "training": {**cfg.to_dict(), "output_dir": None},
+            "seconds_last_session": round(time.time() - t0), "training_seconds": model.training_seconds}
+    save_model(model, run / "model", card)
+    (run / "worker.pid").unlink(missing_ok=True)
+    return model
+
+
+def tune(methods: List[str], steps: int) -> None:
+    data = load_slices(64)
+    for method in methods:
+        for design in GRID:
+            run = RUNS / "tune" / method / design
+            score_file = run / "score.json"
+            if score_file.exists():
+                continue
+            model = _train_run(run, config(method, design, steps=steps, seed=0), data["train"])
+            if model is None:
+                continue
+            samples = synthesize(model, N_SAMPLES, seed=999).array
+            metrics = evaluate_synthetic(samples, data["tune"], data["train"], seed=0, c2st=False)
+            _save(score_file, {"frd_tune": metrics["frd"], "kid_tune": metrics["kid_mean"], "steps": steps})
+            print(f"tune {method} {design}: FRD {metrics['frd']:.2f} on the tuning patient", flush=True)
+
+
+def chosen() -> Dict[str, str]:
+    """Each method's design with the lowest FRD on the tuning patient (only when its grid is complete)."""
+    out = {}
+    for method in COMPARED:
+        scores = {d: _load(RUNS / "tune" / method / d / "score.json").get("frd_tune") for d in GRID}
+        if all(v is not None for v in scores.values()):
+            out[method] = min(scores, key=scores.get)
+    return out
+
+
+def train(methods: List[str], seeds: List[int], steps: int) -> None:
+    data = load_slices(64)
+    designs = chosen()
+    for seed in seeds:  # seed-major: every method gets seed 0 before any gets seed 1
+        for method in methods:
+            while method not in designs:  # another process is still tuning it
+                print(f"{method}: waiting for its tuning runs", flush=True)
+                time.sleep(60)
+                designs = chosen()
+            run = RUNS / method / f"seed{seed}"
+            if (run / "metrics.json").exists():
+                continue
+            cfg = config(method, designs[method], steps=steps, seed=seed)
+            model = _train_run(run, cfg, data["train"])
+            if model is None:
+                continue
+            samples = synthesize(model, N_SAMPLES, seed=1000 + seed).array
+            metrics = evaluate_synthetic(samples, data["evaluation"], data["train"], seed=seed)
+            c2st = c2st_accuracy(samples, data["train"], seed=seed, reference=True)
+            row = {"method": method, "seed": seed, "design": designs[method],
+                   "seconds": float(getattr(model, "training_seconds", None) or model.card["training_seconds"]),
+                   **flat(metrics),
+                   "c2st_train": c2st["accuracy"], "c2st_train_ci95": c2st["ci95"],
+                   "c2st_train_reference": c2st["reference"]["accuracy"],
+                   "c2st_eval_reason": metrics.get("c2st_reason"),
+                   "memorization_heldout_max": metrics["memorization_heldout_reference"]["max"]}
+            np.savez_compressed(run / "samples.npz", samples=samples)
+            _save(run / "metrics.json", row)
+            print(f"{method} seed {seed}: FRD {row['frd']:.2f}, C2ST vs training {row['c2st_train']:.3f}", flush=True)
+
+
+def _rows() -> Dict[str, List[dict]]:
+    out: Dict[str, List[dict]] = {}
+    for method in COMPARED:
+        for path in sorted((RUNS / method).glob("seed*/metrics.json")):
+            out.setdefault(method, []).append(_load(path))
+    return out
+
+
+def status() -> None:
+    print("designs:", chosen())
+    for method, rows in _rows().items():
+        print(method, [(r["seed"], round(r["frd"], 2), round(r["c2st_train"], 3)) for r in rows])
+
+
+def _cell(values: List[float], digits: str = ".3g") -> str:
+    v = np.asarray(values, dtype=float)
+    return f"{np.mean(v):{digits}} +- {np.std(v, ddof=1) if len(v) > 1 else 0:.2g}"
+
+
+def report(steps: int) -> None:
+    data = load_slices(64)
+    rows, designs = _rows(), chosen()
+    tune_steps = _load(RUNS / "tune" / COMPARED[0] / next(iter(GRID)) / "score.json").get("steps")
+    tune_lines = ["| method | " + " | ".join(GRID) + " | chosen |", "|---|" + "---|" * (len(GRID) + 1)]
+    for method in COMPARED:
+        cells = [f"{_load(RUNS / 'tune' / method / d / 'score.json').get('frd_tune', float('nan')):.1f}" for d in GRID]
+        tune_lines.append(f"| {method} | " + " | ".join(cells) + f" | {designs.get(method, '-')} |")
+    keys = [("c2st_train", "C2ST vs training"), ("c2st_train_reference", "C2ST real vs real")] + KEYS
+    table = ["| method | seeds | train s | " + " | ".join(label for _, label in keys) + " |",
+             "|---|---|---|" + "---|" * len(keys)]
+    for method, rs in rows.items():
+        cells = [str(len(rs)), f"{np.mean([r['seconds'] for r in rs]):.0f}"]
+        cells += [_cell([r.get(k, np.nan) for r in rs]) for k, _ in keys]
+        table.append(f"| {method} | " + " | ".join(cells) + " |")
+    per_seed = ["| method | " + " | ".join(f"seed {s}" for s in (0, 1, 2)) + " |", "|---|---|---|---|"]
+    for method, rs in rows.items():
+        by_seed = {r["seed"]: r for r in rs}
+        per_seed.append(f"| {method} | " + " | ".join(
+            f"{by_seed[s]['c2st_train']:.3f} [{by_seed[s]['c2st_train_ci95'][0]:.2f}, "
+            f"{by_seed[s]['c2st_train_ci95'][1]:.2f}]" if s in by_seed else "-" for s in (0, 1, 2)) + " |")
+    reference = evaluate_synthetic(data["evaluation"], data["evaluation"], data["train"], seed=0, c2st=False)
+    lines = [
+        f"## Synthetic CT (64x64) under the patient protocol: {', '.join(COMPARED)}; {steps} updates, 3 seeds", "",
+        f"Data: {DESCRIPTION}; {len(data['train'])} training slices, {len(data['tune'])} tuning slices, "
+        f"{len(data['evaluation'])} evaluation slices. Every method: batch 32, {steps} generator updates per "
+        "run, left-right flips, DiffAugment (translation), samples from an EMA (0.99) of the weights; WGAN-GP loss "
+        "with 2 critic updates per generator update for all but DCGAN (BCE, 1 update, betas 0.5/0.999 as published). "
+        "hqgan: an 8-qubit, 4-layer circuit run on 4 independent noise vectors per sample; mlp-control: an MLP of "
+        "at least its width and parameters in its place; wgan-gp and dcgan: 100-d Gaussian noise.", "",
+        f"**Tuning (same grid and length for every method, seed 0, {tune_steps} updates, FRD against the tuning "
+        "patient's slices; lower is better):**", "", *tune_lines, "",
+        f"**Evaluation (once; mean +- sd over seeds; {N_SAMPLES} samples per run).** FRD, KID, precision/recall, "
+        "density/coverage and HU W1 against the evaluation patients' abdomen slices; memorization against the "
+        "training slices. C2ST vs training: cross-validated accuracy of a small CNN telling the samples from the "
+        f"{len(data['train'])} training slices (balanced, 5 folds; 0.5 = indistinguishable); its reference is the "
+        "same test between random halves of the training slices (neighbouring slices are near twins, so it "
+        "falls below 0.5). The C2ST against the evaluation slices themselves is not computed: 5 slices are too "
+        "few for its folds.", "", *table, "",
+        "C2ST vs training per seed (95 % Wilson interval):", "", *per_seed, "",
+        f"Reference: the evaluation slices scored as if they were samples give FRD "
+        f"{reference['frd_real_reference']:.4g} and KID {reference['kid_real_reference']:.4g} against the training "
+        f"slices; their max SSIM to a training slice is {reference['memorization_heldout_reference']['max']:.3f} "
+        "(a sample above that would be closer to a training slice than unseen real slices are).", ""]
+    _figure(data["evaluation"], rows)
+    lines += [f"![evaluation slices (first row) and seed-0 samples of each method]"
+              f"({FIGURE.relative_to(HERE.parents[1])})", ""]
+    write_section("synth", "\n".join(lines))
+    print("\n".join(lines))
+
+
+def _figure(real: np.ndarray, rows: Dict[str, List[dict]]) -> None:
+    png_rows = [[(f"real, evaluation {i}", real[i]) for i in range(min(5, len(real)))]]
+    for method in rows:
+        samples = np.load(RUNS / method / "seed0" / "samples.npz")["samples"]
+        png_rows.append([(f"{method} seed 0 #{i}", samples[i]) for i in range(5)])
+    paths = []
+    for index, row in enumerate(png_rows):
+        paths.append(FIGURE.with_name(f"{FIGURE.stem}-{index}.png"))
+        save_panels_png(row, paths[-1], window=(-160, 240), min_panel_size=192)
+    _stack_rows(paths, FIGURE)
+
+
+def ship_all(steps: int) -> None:
+    for method in COMPARED:
+        metrics = _load(RUNS / method / "seed0" / "metrics.json")
+        if not metrics:
+            print(f"{method}: seed 0 not evaluated; not shipped")
+            continue
+        model = load_model(RUNS / method / "seed0" / "model.safetensors")
+        cfg = config(method, metrics["design"], steps=steps, seed=0)
+        info = ship(model, method, cfg, metrics["seconds"], metrics)
+        print(method, "shipped", info if isinstance(info, (str, Path)) else "")
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("command", choices=("tune", "train", "status", "report", "ship"))
+    ap.add_argument("--methods", nargs="+", default=list(COMPARED), choices=COMPARED)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--steps", type=int, default=None, help="updates (tune: 400, train: 1000)")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.command == "tune":
+        tune(args.methods, args.steps or 400)
+    elif args.command == "train":
+        train(args.methods, args.seeds, args.steps or 1000)
+    elif args.command == "status":
+        status()
+    elif args.command == "report":
+        report(args.steps or 1000)
+    else:
+        ship_all(args.steps or 1000)
+
+
+if __name__ == "__main__":
+    main()
