@@ -149,7 +149,8 @@ class EnhancerStep:
         cfg, amp = self.cfg, self.amp
         if cfg.refresh_every and step > 0 and step % cfg.refresh_every == 0:
             self.pool.refresh(step)
-        x, y = (t.to(self.device, non_blocking=True) for t in self.pool.batch(cfg.batch_size))
+        x, y = (t.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+                for t in self.pool.batch(cfg.batch_size))
         stats: Dict[str, float] = {}
         adversarial = cfg.loss != "mse" and cfg.adv_weight > 0  # "mse": no critic is trained
         # One generator forward serves the critic and the generator update: the critic steps change
@@ -234,8 +235,10 @@ def train_enhancer(cfg: TrainConfig, volumes: Sequence[Volume],
     torch.use_deterministic_algorithms(True, warn_only=True)
     rng = np.random.default_rng([cfg.seed, rank])
 
-    model = build_model(cfg).to(device)
-    critic = PatchCritic().to(device)
+    # NHWC ("channels last"), oneDNN's native convolution layout: the same arithmetic, 7-15 % faster
+    # updates on the CPU (issue #16); the returned model is NCHW again
+    model = build_model(cfg).to(device).to(memory_format=torch.channels_last)
+    critic = PatchCritic().to(device).to(memory_format=torch.channels_last)
     state = (resume_state(cfg.output_dir, cfg, RESUME_KEYS, cfg.steps, world, missing_ok=True)
              if cfg.resume else None)
     start = int(state["step"]) if state is not None else 0
@@ -255,5 +258,6 @@ def train_enhancer(cfg: TrainConfig, volumes: Sequence[Volume],
             "steps": cfg.steps, "seconds": seconds, "parameters": count_parameters(model),
             "world_size": world, "device": str(device), "amp": cfg.amp,
             "updates_per_second": (cfg.steps - start) / seconds if seconds > 0 else None}, indent=2))
+    model = model.to(memory_format=torch.contiguous_format)
     model.training_seconds, model.training_updates = seconds, cfg.steps - start
     return model
