@@ -15,6 +15,10 @@ budget and the same training budget:
 3. ``report``: the "synth" section of BENCHMARKS.md and its figure; ``ship``: seed 0 of every
    method into Resources/Models with its card.
 
+``--size 128`` runs the same protocol at 128x128 (runs under ``size128/``, section "synth-128",
+models ``<name>-128``); without its own tuning runs it trains each method with the design chosen
+at 64x64 (a choice still made on the tuning patient only, said in the report).
+
 The runs are a queue that several processes can share (one per free core)::
 
     nohup python Testing/Benchmarks/synth_protocol.py tune  > runs/synth/tune-1.log 2>&1 &
@@ -22,6 +26,7 @@ The runs are a queue that several processes can share (one per free core)::
     python Testing/Benchmarks/synth_protocol.py status
     python Testing/Benchmarks/synth_protocol.py report
     python Testing/Benchmarks/synth_protocol.py ship
+    nohup python Testing/Benchmarks/synth_protocol.py train --size 128 > runs/synth/train128-1.log 2>&1 &
 
 Runs go to ``$QHQGAN_SYNTH_RUNS`` (default ``runs/synth`` in the checkout).
 """
@@ -62,7 +67,14 @@ GRID: Dict[str, dict] = {
     "residual-lr2": dict(blocks="residual", lr_scale=2.0),
 }
 N_SAMPLES = 200
-FIGURE = HERE.parents[1] / "Resources" / "Images" / "benchmark-synth.png"
+
+
+def runs_for(size: int) -> Path:
+    return RUNS if size == 64 else RUNS / f"size{size}"
+
+
+def figure_for(size: int) -> Path:
+    return HERE.parents[1] / "Resources" / "Images" / ("benchmark-synth.png" if size == 64 else f"benchmark-synth-{size}.png")
 
 
 def config(method: str, design: str, **changes) -> SynthConfig:
@@ -101,15 +113,15 @@ def _train_run(run: Path, cfg: SynthConfig, train: np.ndarray):
     return model
 
 
-def tune(methods: List[str], steps: int) -> None:
-    data = load_slices(64)
+def tune(methods: List[str], steps: int, size: int = 64) -> None:
+    data = load_slices(size)
     for method in methods:
         for design in GRID:
-            run = RUNS / "tune" / method / design
+            run = runs_for(size) / "tune" / method / design
             score_file = run / "score.json"
             if score_file.exists():
                 continue
-            model = _train_run(run, config(method, design, steps=steps, seed=0), data["train"])
+            model = _train_run(run, config(method, design, steps=steps, seed=0, size=size), data["train"])
             if model is None:
                 continue
             samples = synthesize(model, N_SAMPLES, seed=999).array
@@ -118,29 +130,35 @@ def tune(methods: List[str], steps: int) -> None:
             print(f"tune {method} {design}: FRD {metrics['frd']:.2f} on the tuning patient", flush=True)
 
 
-def chosen() -> Dict[str, str]:
+def tuning_root(size: int) -> Path:
+    """Where ``size``'s tuning runs are: its own, else those at 64x64."""
+    own = runs_for(size) / "tune"
+    return own if own.exists() or size == 64 else runs_for(64) / "tune"
+
+
+def chosen(size: int = 64) -> Dict[str, str]:
     """Each method's design with the lowest FRD on the tuning patient (only when its grid is complete)."""
     out = {}
     for method in COMPARED:
-        scores = {d: _load(RUNS / "tune" / method / d / "score.json").get("frd_tune") for d in GRID}
+        scores = {d: _load(tuning_root(size) / method / d / "score.json").get("frd_tune") for d in GRID}
         if all(v is not None for v in scores.values()):
             out[method] = min(scores, key=scores.get)
     return out
 
 
-def train(methods: List[str], seeds: List[int], steps: int) -> None:
-    data = load_slices(64)
-    designs = chosen()
+def train(methods: List[str], seeds: List[int], steps: int, size: int = 64) -> None:
+    data = load_slices(size)
+    designs = chosen(size)
     for seed in seeds:  # seed-major: every method gets seed 0 before any gets seed 1
         for method in methods:
             while method not in designs:  # another process is still tuning it
                 print(f"{method}: waiting for its tuning runs", flush=True)
                 time.sleep(60)
-                designs = chosen()
-            run = RUNS / method / f"seed{seed}"
+                designs = chosen(size)
+            run = runs_for(size) / method / f"seed{seed}"
             if (run / "metrics.json").exists():
                 continue
-            cfg = config(method, designs[method], steps=steps, seed=seed)
+            cfg = config(method, designs[method], steps=steps, seed=seed, size=size)
             model = _train_run(run, cfg, data["train"])
             if model is None:
                 continue
@@ -159,17 +177,17 @@ def train(methods: List[str], seeds: List[int], steps: int) -> None:
             print(f"{method} seed {seed}: FRD {row['frd']:.2f}, C2ST vs training {row['c2st_train']:.3f}", flush=True)
 
 
-def _rows() -> Dict[str, List[dict]]:
+def _rows(size: int = 64) -> Dict[str, List[dict]]:
     out: Dict[str, List[dict]] = {}
     for method in COMPARED:
-        for path in sorted((RUNS / method).glob("seed*/metrics.json")):
+        for path in sorted((runs_for(size) / method).glob("seed*/metrics.json")):
             out.setdefault(method, []).append(_load(path))
     return out
 
 
-def status() -> None:
-    print("designs:", chosen())
-    for method, rows in _rows().items():
+def status(size: int = 64) -> None:
+    print("designs:", chosen(size))
+    for method, rows in _rows(size).items():
         print(method, [(r["seed"], round(r["frd"], 2), round(r["c2st_train"], 3)) for r in rows])
 
 
@@ -178,13 +196,13 @@ def _cell(values: List[float], digits: str = ".3g") -> str:
     return f"{np.mean(v):{digits}} +- {np.std(v, ddof=1) if len(v) > 1 else 0:.2g}"
 
 
-def report(steps: int) -> None:
-    data = load_slices(64)
-    rows, designs = _rows(), chosen()
-    tune_steps = _load(RUNS / "tune" / COMPARED[0] / next(iter(GRID)) / "score.json").get("steps")
+def report(steps: int, size: int = 64) -> None:
+    data = load_slices(size)
+    rows, designs, tuning = _rows(size), chosen(size), tuning_root(size)
+    tune_steps = _load(tuning / COMPARED[0] / next(iter(GRID)) / "score.json").get("steps")
     tune_lines = ["| method | " + " | ".join(GRID) + " | chosen |", "|---|" + "---|" * (len(GRID) + 1)]
     for method in COMPARED:
-        cells = [f"{_load(RUNS / 'tune' / method / d / 'score.json').get('frd_tune', float('nan')):.1f}" for d in GRID]
+        cells = [f"{_load(tuning / method / d / 'score.json').get('frd_tune', float('nan')):.1f}" for d in GRID]
         tune_lines.append(f"| {method} | " + " | ".join(cells) + f" | {designs.get(method, '-')} |")
     keys = [("c2st_train", "C2ST vs training"), ("c2st_train_reference", "C2ST real vs real")] + KEYS
     table = ["| method | seeds | train s | " + " | ".join(label for _, label in keys) + " |",
@@ -201,7 +219,7 @@ def report(steps: int) -> None:
             f"{by_seed[s]['c2st_train_ci95'][1]:.2f}]" if s in by_seed else "-" for s in (0, 1, 2)) + " |")
     reference = evaluate_synthetic(data["evaluation"], data["evaluation"], data["train"], seed=0, c2st=False)
     lines = [
-        f"## Synthetic CT (64x64) under the patient protocol: {', '.join(COMPARED)}; {steps} updates, 3 seeds", "",
+        f"## Synthetic CT ({size}x{size}) under the patient protocol: {', '.join(COMPARED)}; {steps} updates, 3 seeds", "",
         f"Data: {DESCRIPTION}; {len(data['train'])} training slices, {len(data['tune'])} tuning slices, "
         f"{len(data['evaluation'])} evaluation slices. Every method: batch 32, {steps} generator updates per "
         "run, left-right flips, DiffAugment (translation), samples from an EMA (0.99) of the weights; WGAN-GP loss "
@@ -209,46 +227,50 @@ def report(steps: int) -> None:
         "hqgan: an 8-qubit, 4-layer circuit run on 4 independent noise vectors per sample; mlp-control: an MLP of "
         "at least its width and parameters in its place; wgan-gp and dcgan: 100-d Gaussian noise.", "",
         f"**Tuning (same grid and length for every method, seed 0, {tune_steps} updates, FRD against the tuning "
-        "patient's slices; lower is better):**", "", *tune_lines, "",
+        f"patient's slices; lower is better{'' if tuning.parent == runs_for(size) else '; run at 64x64, the designs carried to this size'}):**",
+        "", *tune_lines, "",
         f"**Evaluation (once; mean +- sd over seeds; {N_SAMPLES} samples per run).** FRD, KID, precision/recall, "
         "density/coverage and HU W1 against the evaluation patients' abdomen slices; memorization against the "
         "training slices. C2ST vs training: cross-validated accuracy of a small CNN telling the samples from the "
         f"{len(data['train'])} training slices (balanced, 5 folds; 0.5 = indistinguishable); its reference is the "
-        "same test between random halves of the training slices (neighbouring slices are near twins, so it "
-        "falls below 0.5). The C2ST against the evaluation slices themselves is not computed: 5 slices are too "
+        "same test between two random halves of the training slices. The C2ST against the evaluation slices themselves is not computed: 5 slices are too "
         "few for its folds.", "", *table, "",
         "C2ST vs training per seed (95 % Wilson interval):", "", *per_seed, "",
         f"Reference: the evaluation slices scored as if they were samples give FRD "
         f"{reference['frd_real_reference']:.4g} and KID {reference['kid_real_reference']:.4g} against the training "
         f"slices; their max SSIM to a training slice is {reference['memorization_heldout_reference']['max']:.3f} "
         "(a sample above that would be closer to a training slice than unseen real slices are).", ""]
-    _figure(data["evaluation"], rows)
-    lines += [f"![evaluation slices (first row) and seed-0 samples of each method]"
-              f"({FIGURE.relative_to(HERE.parents[1])})", ""]
-    write_section("synth", "\n".join(lines))
+    figure = _figure(data["evaluation"], rows, size)
+    lines += ["Figure: the evaluation slices (first row), then the first 5 samples of each method's seed-0 run "
+              "(one row per method, in the table's order), window [-160, 240] HU.", "",
+              f"![evaluation slices (first row) and seed-0 samples of each method]"
+              f"({figure.relative_to(HERE.parents[1])})", ""]
+    write_section("synth" if size == 64 else f"synth-{size}", "\n".join(lines))
     print("\n".join(lines))
 
 
-def _figure(real: np.ndarray, rows: Dict[str, List[dict]]) -> None:
-    png_rows = [[(f"real, evaluation {i}", real[i]) for i in range(min(5, len(real)))]]
+def _figure(real: np.ndarray, rows: Dict[str, List[dict]], size: int) -> Path:
+    figure = figure_for(size)
+    png_rows = [[(f"real {i + 1}", real[i]) for i in range(min(5, len(real)))]]
     for method in rows:
-        samples = np.load(RUNS / method / "seed0" / "samples.npz")["samples"]
-        png_rows.append([(f"{method} seed 0 #{i}", samples[i]) for i in range(5)])
+        samples = np.load(runs_for(size) / method / "seed0" / "samples.npz")["samples"]
+        png_rows.append([(f"{method} {i + 1}", samples[i]) for i in range(5)])
     paths = []
     for index, row in enumerate(png_rows):
-        paths.append(FIGURE.with_name(f"{FIGURE.stem}-{index}.png"))
-        save_panels_png(row, paths[-1], window=(-160, 240), min_panel_size=192)
-    _stack_rows(paths, FIGURE)
+        paths.append(figure.with_name(f"{figure.stem}-{index}.png"))
+        save_panels_png(row, paths[-1], window=(-160, 240), min_panel_size=256)
+    _stack_rows(paths, figure)
+    return figure
 
 
-def ship_all(steps: int) -> None:
+def ship_all(steps: int, size: int = 64) -> None:
     for method in COMPARED:
-        metrics = _load(RUNS / method / "seed0" / "metrics.json")
+        metrics = _load(runs_for(size) / method / "seed0" / "metrics.json")
         if not metrics:
             print(f"{method}: seed 0 not evaluated; not shipped")
             continue
-        model = load_model(RUNS / method / "seed0" / "model.safetensors")
-        cfg = config(method, metrics["design"], steps=steps, seed=0)
+        model = load_model(runs_for(size) / method / "seed0" / "model.safetensors")
+        cfg = config(method, metrics["design"], steps=steps, seed=0, size=size)
         info = ship(model, method, cfg, metrics["seconds"], metrics)
         print(method, "shipped", info if isinstance(info, (str, Path)) else "")
 
@@ -260,18 +282,19 @@ def main(argv: Optional[List[str]] = None) -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--steps", type=int, default=None, help="updates (tune: 400, train: 1000)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--size", type=int, default=64, choices=(64, 128))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.command == "tune":
-        tune(args.methods, args.steps or 400)
+        tune(args.methods, args.steps or 400, args.size)
     elif args.command == "train":
-        train(args.methods, args.seeds, args.steps or 1000)
+        train(args.methods, args.seeds, args.steps or 1000, args.size)
     elif args.command == "status":
-        status()
+        status(args.size)
     elif args.command == "report":
-        report(args.steps or 1000)
+        report(args.steps or 1000, args.size)
     else:
-        ship_all(args.steps or 1000)
+        ship_all(args.steps or 1000, args.size)
 
 
 if __name__ == "__main__":
