@@ -8,7 +8,8 @@ budget and the same training budget:
    for ``--steps`` updates on seed 0; each is scored by its FRD against the **tuning patient**'s
    slices (never the evaluation patients); the lowest wins (``tuning.json``).
 2. ``train``: every method trains its chosen design for ``--steps`` updates on each seed, with
-   checkpoints and exact resume (a session may end at any time: run it again to continue); then
+   checkpoints and exact resume (a session may end at any time: run it again to continue; a larger
+   ``--steps`` later extends the finished runs exactly, and each budget keeps its own scores); then
    200 samples are scored once on the **evaluation patients'** abdomen slices with
    ``evaluate_synthetic`` and, for a test with power, a C2ST against the training slices
    (``c2st_train``; read with the memorization check: copies would score low).
@@ -98,9 +99,15 @@ def _save(path: Path, data: dict) -> None:
 
 
 def _train_run(run: Path, cfg: SynthConfig, train: np.ndarray):
-    """Train (resuming from ``run``'s checkpoint) and keep the model; None when another process holds it."""
-    if (run / "model.safetensors").exists():
-        return load_model(run / "model.safetensors")
+    """Train to ``cfg.steps`` (resuming from ``run``'s checkpoint: a run trained for fewer updates is
+    extended exactly) and keep the model; None when another process holds the run."""
+    model_path = run / "model.safetensors"
+    if model_path.exists():
+        stored = json.loads(model_path.with_suffix(".json").read_text())["training"]["steps"]
+        if stored == cfg.steps:
+            return load_model(model_path)
+        if stored > cfg.steps:
+            raise ValueError(f"{run} holds a model of {stored} updates, more than the {cfg.steps} asked for")
     if not _claim(run):
         return None
     cfg.output_dir, cfg.resume, cfg.checkpoint_every = str(run), (run / "checkpoint.pt").exists(), 200
@@ -108,7 +115,7 @@ def _train_run(run: Path, cfg: SynthConfig, train: np.ndarray):
     model = train_synth(cfg, slices=train, show_progress=False)
     card = {"name": run.name, "task": "synthesize", "training": {**cfg.to_dict(), "output_dir": None},
             "seconds_last_session": round(time.time() - t0), "training_seconds": model.training_seconds}
-    save_model(model, run / "model", card)
+    save_model(model, run / "model", card, overwrite=True)
     (run / "worker.pid").unlink(missing_ok=True)
     return model
 
@@ -156,7 +163,7 @@ def train(methods: List[str], seeds: List[int], steps: int, size: int = 64) -> N
                 time.sleep(60)
                 designs = chosen(size)
             run = runs_for(size) / method / f"seed{seed}"
-            if (run / "metrics.json").exists():
+            if (run / f"metrics-{steps}.json").exists():
                 continue
             cfg = config(method, designs[method], steps=steps, seed=seed, size=size)
             model = _train_run(run, cfg, data["train"])
@@ -165,29 +172,29 @@ def train(methods: List[str], seeds: List[int], steps: int, size: int = 64) -> N
             samples = synthesize(model, N_SAMPLES, seed=1000 + seed).array
             metrics = evaluate_synthetic(samples, data["evaluation"], data["train"], seed=seed)
             c2st = c2st_accuracy(samples, data["train"], seed=seed, reference=True)
-            row = {"method": method, "seed": seed, "design": designs[method],
+            row = {"method": method, "seed": seed, "design": designs[method], "steps": steps,
                    "seconds": float(getattr(model, "training_seconds", None) or model.card["training_seconds"]),
                    **flat(metrics),
                    "c2st_train": c2st["accuracy"], "c2st_train_ci95": c2st["ci95"],
                    "c2st_train_reference": c2st["reference"]["accuracy"],
                    "c2st_eval_reason": metrics.get("c2st_reason"),
                    "memorization_heldout_max": metrics["memorization_heldout_reference"]["max"]}
-            np.savez_compressed(run / "samples.npz", samples=samples)
-            _save(run / "metrics.json", row)
+            np.savez_compressed(run / f"samples-{steps}.npz", samples=samples)
+            _save(run / f"metrics-{steps}.json", row)
             print(f"{method} seed {seed}: FRD {row['frd']:.2f}, C2ST vs training {row['c2st_train']:.3f}", flush=True)
 
 
-def _rows(size: int = 64) -> Dict[str, List[dict]]:
+def _rows(size: int = 64, steps: int = 1000) -> Dict[str, List[dict]]:
     out: Dict[str, List[dict]] = {}
     for method in COMPARED:
-        for path in sorted((runs_for(size) / method).glob("seed*/metrics.json")):
+        for path in sorted((runs_for(size) / method).glob(f"seed*/metrics-{steps}.json")):
             out.setdefault(method, []).append(_load(path))
     return out
 
 
-def status(size: int = 64) -> None:
+def status(size: int = 64, steps: int = 1000) -> None:
     print("designs:", chosen(size))
-    for method, rows in _rows(size).items():
+    for method, rows in _rows(size, steps).items():
         print(method, [(r["seed"], round(r["frd"], 2), round(r["c2st_train"], 3)) for r in rows])
 
 
@@ -198,7 +205,7 @@ def _cell(values: List[float], digits: str = ".3g") -> str:
 
 def report(steps: int, size: int = 64) -> None:
     data = load_slices(size)
-    rows, designs, tuning = _rows(size), chosen(size), tuning_root(size)
+    rows, designs, tuning = _rows(size, steps), chosen(size), tuning_root(size)
     tune_steps = _load(tuning / COMPARED[0] / next(iter(GRID)) / "score.json").get("steps")
     tune_lines = ["| method | " + " | ".join(GRID) + " | chosen |", "|---|" + "---|" * (len(GRID) + 1)]
     for method in COMPARED:
@@ -240,7 +247,7 @@ def report(steps: int, size: int = 64) -> None:
         f"{reference['frd_real_reference']:.4g} and KID {reference['kid_real_reference']:.4g} against the training "
         f"slices; their max SSIM to a training slice is {reference['memorization_heldout_reference']['max']:.3f} "
         "(a sample above that would be closer to a training slice than unseen real slices are).", ""]
-    figure = _figure(data["evaluation"], rows, size)
+    figure = _figure(data["evaluation"], rows, size, steps)
     lines += ["Figure: the evaluation slices (first row), then the first 5 samples of each method's seed-0 run "
               "(one row per method, in the table's order), window [-160, 240] HU.", "",
               f"![evaluation slices (first row) and seed-0 samples of each method]"
@@ -249,11 +256,11 @@ def report(steps: int, size: int = 64) -> None:
     print("\n".join(lines))
 
 
-def _figure(real: np.ndarray, rows: Dict[str, List[dict]], size: int) -> Path:
+def _figure(real: np.ndarray, rows: Dict[str, List[dict]], size: int, steps: int) -> Path:
     figure = figure_for(size)
     png_rows = [[(f"real {i + 1}", real[i]) for i in range(min(5, len(real)))]]
     for method in rows:
-        samples = np.load(runs_for(size) / method / "seed0" / "samples.npz")["samples"]
+        samples = np.load(runs_for(size) / method / "seed0" / f"samples-{steps}.npz")["samples"]
         png_rows.append([(f"{method} {i + 1}", samples[i]) for i in range(5)])
     paths = []
     for index, row in enumerate(png_rows):
@@ -265,7 +272,7 @@ def _figure(real: np.ndarray, rows: Dict[str, List[dict]], size: int) -> Path:
 
 def ship_all(steps: int, size: int = 64) -> None:
     for method in COMPARED:
-        metrics = _load(runs_for(size) / method / "seed0" / "metrics.json")
+        metrics = _load(runs_for(size) / method / "seed0" / f"metrics-{steps}.json")
         if not metrics:
             print(f"{method}: seed 0 not evaluated; not shipped")
             continue
@@ -290,7 +297,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     elif args.command == "train":
         train(args.methods, args.seeds, args.steps or 1000, args.size)
     elif args.command == "status":
-        status(args.size)
+        status(args.size, args.steps or 1000)
     elif args.command == "report":
         report(args.steps or 1000, args.size)
     else:
