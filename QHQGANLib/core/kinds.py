@@ -28,7 +28,7 @@ ENHANCE_ARCHS: Tuple[str, ...] = ("hqgan", "mlp-control", "no-circuit", "bottlen
 #: ``train-synth --method``: the synthesis methods (QHQGANLib.nn.synthesis.METHODS), the same controls.
 SYNTH_METHODS: Tuple[str, ...] = ("hqgan", "mlp-control", "no-circuit", "bottleneck-ablation", "wgan-gp", "dcgan")
 #: Names of earlier versions, still accepted by ``TrainConfig.arch`` / ``SynthConfig.method`` and
-#: stored in the shipped ``ablation-synth`` card: "ablation" is the legacy bottleneck.
+#: stored in the retired ``ablation-synth`` card: "ablation" is the legacy bottleneck.
 LEGACY_NAMES: Dict[str, str] = {"ablation": "bottleneck-ablation"}
 #: ``config["arch"]`` of enhancement cards: the architectures and the legacy name.
 _ENHANCE_CARD_ARCHS: Tuple[str, ...] = ENHANCE_ARCHS + ("ablation",)
@@ -63,7 +63,7 @@ KINDS: Dict[str, TaskKind] = {k.name: k for k in (
              architectures=_ENHANCE_CARD_ARCHS, methods=ENHANCE_ARCHS),
     TaskKind("super-resolve", True, "hqgan-sr{scale}", ("hqgan-sr{scale}",),
              architectures=_ENHANCE_CARD_ARCHS, methods=ENHANCE_ARCHS),
-    TaskKind("synthesize", False, "hqgan-synth", ("hqgan-synth", "ablation-synth", "wgangp-synth", "dcgan-synth"),
+    TaskKind("synthesize", False, "hqgan-synth", ("hqgan-synth", "mlp-control-synth", "wgangp-synth", "dcgan-synth"),
              architectures=("hqgan-synth", "mlp-control-synth", "no-circuit-synth", "bottleneck-ablation-synth",
                             "wgan-gp", "dcgan", "ablation-synth"), methods=SYNTH_METHODS),
     TaskKind("simulate-low-dose", True),

@@ -53,7 +53,7 @@ from ..nn.critics import PatchCritic
 from ..nn.build import LEGACY_ENHANCE_ARCHS
 from ..nn.enhancer import MIXER_OF_ARCH, HQGANGenerator
 from .distributed import gather_from_ranks, setup_distributed, unwrap, wrap_ddp
-from .loop import Precision, resume_state, run_loop
+from .loop import Precision, in_training_layout, resume_state, run_loop
 from .losses import gradient_penalty, ssim_loss
 from .pairs import PairPool
 
@@ -149,8 +149,7 @@ class EnhancerStep:
         cfg, amp = self.cfg, self.amp
         if cfg.refresh_every and step > 0 and step % cfg.refresh_every == 0:
             self.pool.refresh(step)
-        x, y = (t.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-                for t in self.pool.batch(cfg.batch_size))
+        x, y = (in_training_layout(t.to(self.device, non_blocking=True)) for t in self.pool.batch(cfg.batch_size))
         stats: Dict[str, float] = {}
         adversarial = cfg.loss != "mse" and cfg.adv_weight > 0  # "mse": no critic is trained
         # One generator forward serves the critic and the generator update: the critic steps change
@@ -235,10 +234,9 @@ def train_enhancer(cfg: TrainConfig, volumes: Sequence[Volume],
     torch.use_deterministic_algorithms(True, warn_only=True)
     rng = np.random.default_rng([cfg.seed, rank])
 
-    # NHWC ("channels last"), oneDNN's native convolution layout: the same arithmetic, 7-15 % faster
-    # updates on the CPU (issue #16); the returned model is NCHW again
-    model = build_model(cfg).to(device).to(memory_format=torch.channels_last)
-    critic = PatchCritic().to(device).to(memory_format=torch.channels_last)
+    # channels last while training (loop.TRAINING_LAYOUT); the returned model is NCHW again
+    model = in_training_layout(build_model(cfg).to(device))
+    critic = in_training_layout(PatchCritic().to(device))
     state = (resume_state(cfg.output_dir, cfg, RESUME_KEYS, cfg.steps, world, missing_ok=True)
              if cfg.resume else None)
     start = int(state["step"]) if state is not None else 0

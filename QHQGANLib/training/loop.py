@@ -49,6 +49,17 @@ from .distributed import barrier
 
 CHECKPOINT = "checkpoint.pt"
 LOSS_LOG = "losses.jsonl"
+#: Memory layout of the networks and batches while training: NHWC ("channels last"), the native
+#: layout of oneDNN's convolutions. The same arithmetic as NCHW, 15-30 % faster updates on the CPU
+#: (issue #16; ``Testing/Benchmarks/bench_profile.py`` sets ``torch.contiguous_format`` for "previous").
+TRAINING_LAYOUT = torch.channels_last
+
+
+def in_training_layout(value):
+    """A 4-D tensor or a module in ``TRAINING_LAYOUT`` (other tensors unchanged)."""
+    if isinstance(value, torch.nn.Module):
+        return value.to(memory_format=TRAINING_LAYOUT)
+    return value.contiguous(memory_format=TRAINING_LAYOUT) if value.dim() == 4 else value
 
 
 class TrainStep(Protocol):

@@ -49,7 +49,7 @@ from ..nn.critics import Critic
 from ..nn.synthesis import SynthGenerator, canonical_method, hu_to_unit
 from .augment import diff_augment, parse_diffaugment
 from .distributed import broadcast_buffers, gather_from_ranks, setup_distributed, unwrap, wrap_ddp
-from .loop import Precision, resume_state, run_loop
+from .loop import Precision, in_training_layout, resume_state, run_loop
 from .losses import gradient_penalty
 from .slices import training_slices
 
@@ -247,10 +247,8 @@ def train_synth(cfg: SynthConfig, volumes: Optional[Sequence[Volume]] = None,
                          upsample=cfg.upsample, feature_norm=cfg.feature_norm, n_circuits=cfg.n_circuits,
                          mlp_hidden=cfg.mlp_hidden, blocks=cfg.blocks).to(device)
     critic = Critic(cfg.size, cfg.width, batch_norm=(cfg.method == "dcgan")).to(device)
-    # NHWC ("channels last"), the native layout of oneDNN's convolutions: the same arithmetic,
-    # ~25 % faster updates on the CPU (BENCHMARKS.md "profile"); the returned model is NCHW again
-    gen, critic = gen.to(memory_format=torch.channels_last), critic.to(memory_format=torch.channels_last)
-    data = data.contiguous(memory_format=torch.channels_last)
+    # channels last while training (loop.TRAINING_LAYOUT); the returned model is NCHW again
+    gen, critic, data = in_training_layout(gen), in_training_layout(critic), in_training_layout(data)
     task = SynthStep(cfg, data, gen, critic, device, rank, world)
     start = 0
     if cfg.resume:
