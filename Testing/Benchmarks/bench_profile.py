@@ -12,8 +12,7 @@ torch's default thread count:
    current circuit) and ``redcnn-enhance``; the network's FLOPs per slice and this machine's
    float32 matrix-multiply rate measured in the same run give the floor.
 3. One training update (enhancement, batch 16 of 64x64 patches, critic and gradient penalty
-   included) of HQGAN (previous vs current circuit) and RED-CNN, and the synthesis generator's
-   forward+backward.
+   included) of HQGAN and RED-CNN, and one HQGAN synthesis update, previous vs current code.
 4. torch.profiler breakdowns (current code) of one 512x512 slice of inference and of one
    training update: circuit, convolutions, tiling, conversions, data loading.
 
@@ -55,16 +54,18 @@ def circuit_code(which: str):
     from QHQGANLib.tasks import inference
     from torchmetrics.functional.image import structural_similarity_index_measure
 
-    from QHQGANLib.training import losses
+    from QHQGANLib.training import loop, losses
 
-    fused, layout, ssim = simulator.run_fused, inference._channels_last, losses.ssim
+    fused, layout, ssim, train_layout = simulator.run_fused, inference._channels_last, losses.ssim, loop.TRAINING_LAYOUT
     simulator.run_fused = lambda x, w, plan, reupload, outputs, differentiable: differentiable(x, w)
     inference._channels_last = lambda device: False
     losses.ssim = structural_similarity_index_measure  # the SSIM loss as it was: one 11x11 2-D window
+    loop.TRAINING_LAYOUT = torch.contiguous_format     # training batches in NCHW, as they were
     try:
         yield
     finally:
         simulator.run_fused, inference._channels_last, losses.ssim = fused, layout, ssim
+        loop.TRAINING_LAYOUT = train_layout
 
 
 class ExtraForward(torch.nn.Module):
@@ -212,14 +213,19 @@ def bench_inference(volume, repeats: int, log) -> dict:
 # --------------------------------------------------------------------------------------------
 # 3. training
 # --------------------------------------------------------------------------------------------
-def enhancer_step(arch: str, volume):
+def enhancer_step(arch: str, volume, current: bool = True):
+    """One enhancement trainer; ``current``: its networks in the training layout (channels last),
+    else NCHW as before."""
     from QHQGANLib.nn.critics import PatchCritic
     from QHQGANLib.training.enhancement import EnhancerStep, TrainConfig, build_model, model_context
+    from QHQGANLib.training.loop import in_training_layout
     from QHQGANLib.training.pairs import PairPool
 
     cfg = TrainConfig(arch=arch, pool_size=1, refresh_every=0, redcnn_width=32)
     torch.manual_seed(0)
     model, critic = build_model(cfg), PatchCritic()
+    if current:
+        model, critic = in_training_layout(model), in_training_layout(critic)
     pool = PairPool([volume], cfg, model_context(model), [0, 0])
     step = EnhancerStep(cfg, model, critic, pool, np.random.default_rng(0), torch.device("cpu"))
     batch = pool.batch
@@ -231,25 +237,33 @@ def enhancer_step(arch: str, volume):
     return step
 
 
-def synth_update(repeats: int) -> dict:
-    from QHQGANLib.nn.synthesis import SynthGenerator
+def synth_step(volume, current: bool):
+    """One HQGAN synthesis trainer (the default SynthConfig: 64x64, batch 32, 4 circuit runs, 2 critic
+    steps with gradient penalty) on slices of ``volume``; ``current``: channels last, else NCHW."""
+    from QHQGANLib.nn.critics import Critic
+    from QHQGANLib.nn.synthesis import SynthGenerator, hu_to_unit
+    from QHQGANLib.training.loop import in_training_layout
+    from QHQGANLib.training.slices import training_slices
+    from QHQGANLib.training.synthesis import SynthConfig, SynthStep
 
+    cfg = SynthConfig(method="hqgan")
     torch.manual_seed(0)
-    gen = SynthGenerator(method="hqgan", n_qubits=8, n_layers=4, n_circuits=4)
-    z = gen.sample_latent(32, torch.Generator().manual_seed(0))
-
-    def run():
-        gen.zero_grad(set_to_none=True)
-        gen(z).mean().backward()
-    return interleaved({"previous": ("previous", run), "current": ("current", run)}, repeats)
+    gen = SynthGenerator(cfg.method, cfg.size, cfg.n_qubits, cfg.n_layers, cfg.latent_dim, cfg.width,
+                         n_circuits=cfg.n_circuits)
+    critic = Critic(cfg.size, cfg.width)
+    data = torch.from_numpy(hu_to_unit(training_slices([volume], cfg.size, min_body_fraction=0.0)))[:, None].float()
+    if current:
+        gen, critic, data = in_training_layout(gen), in_training_layout(critic), in_training_layout(data)
+    return SynthStep(cfg, data, gen, critic, torch.device("cpu"))
 
 
 def bench_training(volume, repeats: int, log) -> dict:
     steps = {"hqgan": enhancer_step("hqgan", volume), "redcnn": enhancer_step("redcnn", volume)}
-    steps["hqgan previous"] = enhancer_step("hqgan", volume)
+    steps["hqgan previous"] = enhancer_step("hqgan", volume, current=False)
     steps["hqgan previous"].gen_train = ExtraForward(steps["hqgan previous"].gen_train)
-    steps["redcnn previous"] = enhancer_step("redcnn", volume)
+    steps["redcnn previous"] = enhancer_step("redcnn", volume, current=False)
     steps["redcnn previous"].gen_train = ExtraForward(steps["redcnn previous"].gen_train)
+    steps["synth previous"], steps["synth current"] = synth_step(volume, False), synth_step(volume, True)
     counter = {"k": 0}
 
     def update(name):
@@ -261,13 +275,10 @@ def bench_training(volume, repeats: int, log) -> dict:
     # from other processes changes faster than that
     t = interleaved({"hqgan previous": ("previous", update("hqgan previous")), "hqgan current": ("current", update("hqgan")),
                      "redcnn previous": ("previous", update("redcnn previous")),
-                     "redcnn": ("current", update("redcnn"))}, 4 * repeats)
+                     "redcnn": ("current", update("redcnn")),
+                     "synth previous": ("previous", update("synth previous")),
+                     "synth current": ("current", update("synth current"))}, 4 * repeats)
     ups = {k: 1 / v for k, v in t.items()}
-    try:
-        synth = synth_update(4 * repeats)
-        ups.update({f"synthesis generator {k}": 1 / v for k, v in synth.items()})
-    except Exception as err:  # noqa: BLE001  (an optional row)
-        log(f"synthesis generator not measured: {err}")
     log("training updates/s: " + ", ".join(f"{k} {v:.2f}" for k, v in ups.items()))
     return {"ups": ups, "steps": steps}
 
@@ -367,11 +378,10 @@ def main(argv=None):
                   f"| RED-CNN (width 32, 1 slice), previous code | {ups['redcnn previous']:.2f} | |",
                   f"| RED-CNN (width 32, 1 slice), current | {ups['redcnn']:.2f} | "
                   f"{ups['redcnn'] / ups['redcnn previous']:.2f}x |"]
-    if "synthesis generator current" in ups:
-        train_rows += [f"| synthesis generator fwd+bwd (hqgan, batch 32 x 4 circuits), previous | "
-                       f"{ups['synthesis generator previous']:.1f} | |",
-                       f"| synthesis generator fwd+bwd, current | {ups['synthesis generator current']:.1f} | "
-                       f"{ups['synthesis generator current'] / ups['synthesis generator previous']:.2f}x |"]
+    train_rows += ["| HQGAN synthesis (64x64, batch 32, 4 circuit runs, 2 critic steps), previous code | "
+                   f"{ups['synth previous']:.2f} | |",
+                   f"| HQGAN synthesis, current | {ups['synth current']:.2f} | "
+                   f"{ups['synth current'] / ups['synth previous']:.2f}x |"]
     body = "\n".join([
         "## Profile: circuit, inference and training, previous vs current circuit code",
         "",
@@ -386,8 +396,8 @@ def main(argv=None):
         "inference (`tasks/inference.py`). Both give the same numbers (circuit: 1e-12 in float64; enhance() with "
         "the shipped weights: at most 2e-4 HU apart). For training, \"previous\" also has the update as it was "
         "before issue #16's training work: torchmetrics' SSIM (an 11x11 2-D window; now two 1-D passes, equal to "
-        "1e-9) and a separate generator forward for the critic's fake batch (now one forward serves both, "
-        "bit-identical weights).",
+        "1e-9), a separate generator forward for the critic's fake batch (now one forward serves both, "
+        "bit-identical weights) and NCHW networks and batches (now channels last, `training/loop.TRAINING_LAYOUT`).",
         "",
         "### Quantum layer, 8 qubits, re-uploading (circuit evaluations per second)",
         "",
@@ -414,7 +424,7 @@ def main(argv=None):
         f"hqgan-enhance current / previous: {ps['hqgan previous'] / ps['hqgan current']:.2f}x faster.",
         "",
         f"### Training (enhancement: batch 16 of 64x64 patches, one critic step with gradient penalty; medians of "
-        f"{4 * repeats} single updates)",
+        f"{4 * repeats} single updates, interleaved)",
         "",
         "\n".join(train_rows),
         "",
