@@ -21,6 +21,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -162,8 +163,8 @@ def ship_name(method: str, size: int) -> str:
     return SHIP_NAMES[method] + ("" if size == 64 else f"-{size}")
 
 
-def ship(model, method: str, cfg: SynthConfig, seconds: float, row: dict) -> dict:
-    """Write ``model`` to Resources/Models as ``SHIP_NAMES[method]`` with its model card."""
+def ship(model, method: str, cfg: SynthConfig, seconds: float, row: dict, extra: Optional[dict] = None) -> dict:
+    """Write ``model`` to Resources/Models as ``SHIP_NAMES[method]`` with its model card (``extra``: more card keys)."""
     card = {
         "name": ship_name(method, cfg.size), "task": "synthesize", "arch": model.config["arch"],
         "size": cfg.size, "window_hu": [-1024, 1024], "training_data": DESCRIPTION,
@@ -173,6 +174,7 @@ def ship(model, method: str, cfg: SynthConfig, seconds: float, row: dict) -> dic
         "validation": {k: row[k] for k in [key for key, _ in KEYS] + ["frd_real_reference", "kid_real_reference"]
                        if k in row},
         "intended_use": "data augmentation research; every output is synthetic, not for diagnosis",
+        **(extra or {}),
     }
     models_dir().mkdir(parents=True, exist_ok=True)
     return save_model(model, models_dir() / ship_name(method, cfg.size), card, overwrite=True)
