@@ -47,7 +47,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from bench_synth import KEYS, _stack_rows, flat, ship  # noqa: E402
-from evidence_train import _claim  # noqa: E402
+from evidence_train import _claim, _load_json as _load, _save_json as _save  # noqa: E402
 from report import write_section  # noqa: E402
 from synth_data import DESCRIPTION, load_slices  # noqa: E402
 
@@ -85,17 +85,6 @@ def config(method: str, design: str, **changes) -> SynthConfig:
     return SynthConfig(method=method, blocks=spec["blocks"], lr_g=lr_g * spec["lr_scale"],
                        lr_d=lr_d * spec["lr_scale"], n_circuits=4 if method in ("hqgan", "mlp-control") else 1,
                        **changes)
-
-
-def _load(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
-def _save(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
 
 
 def _train_run(run: Path, cfg: SynthConfig, train: np.ndarray):
