@@ -68,7 +68,19 @@ class GeneratorConfig:
 
 
 def _conv(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=stride, padding=1), nn.LeakyReLU(0.1))
+    # in place: the activation overwrites the convolution's output (which no backward needs), one
+    # full-resolution buffer fewer (issue #16)
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=stride, padding=1), nn.LeakyReLU(0.1, inplace=True))
+
+
+def _conv_of_concat(block: nn.Sequential, upsampled: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+    """``block(torch.cat([upsampled, skip], 1))`` without the concatenation: the convolution of the
+    concatenated channels is the sum of two convolutions with the two slices of its weights (the same
+    weights and the same result up to float rounding, no copy of the skip features; issue #16)."""
+    conv, activation = block[0], block[1]
+    split = upsampled.shape[1]
+    out = F.conv2d(upsampled, conv.weight[:, :split], conv.bias, conv.stride, conv.padding)
+    return activation(out.add_(F.conv2d(skip, conv.weight[:, split:], None, conv.stride, conv.padding)))
 
 
 class HQGANGenerator(nn.Module):
@@ -147,8 +159,8 @@ class HQGANGenerator(nn.Module):
         e1 = self.enc1(x)
         e2 = self.enc2(e1)
         e3 = self.bottleneck(self.mix(self.enc3(e2)))
-        d2 = self.dec2(torch.cat([self.up2(e3), e2], 1))
-        d1 = self.dec1(torch.cat([self.up1(d2), e1], 1))
+        d2 = _conv_of_concat(self.dec2, self.up2(e3), e2)
+        d1 = _conv_of_concat(self.dec1, self.up1(d2), e1)
         residual = self.head(self.upscale(d1))
         if self.scale > 1:
             centre = F.interpolate(centre, scale_factor=self.scale, mode="bicubic", align_corners=False)

@@ -54,9 +54,12 @@ def circuit_code(which: str):
     from QHQGANLib.tasks import inference
     from torchmetrics.functional.image import structural_similarity_index_measure
 
+    from QHQGANLib.nn import enhancer
     from QHQGANLib.training import loop, losses
 
     fused, layout, ssim, train_layout = simulator.run_fused, inference._channels_last, losses.ssim, loop.TRAINING_LAYOUT
+    concat = enhancer._conv_of_concat
+    enhancer._conv_of_concat = lambda block, upsampled, skip: block(torch.cat([upsampled, skip], 1))  # as it was
     simulator.run_fused = lambda x, w, plan, reupload, outputs, differentiable: differentiable(x, w)
     inference._channels_last = lambda device: False
     losses.ssim = structural_similarity_index_measure  # the SSIM loss as it was: one 11x11 2-D window
@@ -66,6 +69,7 @@ def circuit_code(which: str):
     finally:
         simulator.run_fused, inference._channels_last, losses.ssim = fused, layout, ssim
         loop.TRAINING_LAYOUT = train_layout
+        enhancer._conv_of_concat = concat
 
 
 class ExtraForward(torch.nn.Module):
@@ -392,8 +396,10 @@ def main(argv=None):
                     "an idle machine; compare rows of this run only)" if max(load0, load1) > 1.5 else "") + ". "
         f"The run took {minutes:.1f} min. \"previous\" is the layer-by-layer differentiable simulation the torch "
         "backend used before the fused function (still `simulate_torch(method=\"autograd\")`) and, for inference, "
-        "NCHW inputs and weights; \"current\" the fused function (`QHQGANLib/quantum/fused.py`) and channels-last "
-        "inference (`tasks/inference.py`). Both give the same numbers (circuit: 1e-12 in float64; enhance() with "
+        "NCHW inputs and weights and the decoder's skip features concatenated before their convolution; \"current\" "
+        "the fused function (`QHQGANLib/quantum/fused.py`), channels-last inference (`tasks/inference.py`) and the "
+        "convolution of the concatenation as two convolutions (`nn/enhancer._conv_of_concat`; both use the in-place "
+        "activations now). Both give the same numbers (circuit: 1e-12 in float64; enhance() with "
         "the shipped weights: at most 2e-4 HU apart). For training, \"previous\" also has the update as it was "
         "before issue #16's training work: torchmetrics' SSIM (an 11x11 2-D window; now two 1-D passes, equal to "
         "1e-9), a separate generator forward for the critic's fake batch (now one forward serves both, "
