@@ -17,6 +17,9 @@ The runs go to ``$QHQGAN_EVIDENCE_RUNS`` (default ``runs/evidence`` in the check
 the checkout, e.g. ``~/qhqgan-runs/evidence``, when the checkout may be laid anew between sessions).
 Several ``tune`` processes may run at once on different ``--methods`` (they merge ``tuning.json``).
 
+A larger ``--steps`` later (``train --steps 3000``) extends the finished runs exactly from their
+checkpoints; ``evidence_eval.py`` then scores the longer-trained models (its cache is per model sha256).
+
 ``tune`` picks each method's learning rate (``runs/evidence/tuning.json``; when the best value
 sits at an edge of the sweep the sweep is widened by one value on that side); ``train`` trains
 the seeds with it (``runs/evidence/<method>/seed<k>/model.safetensors``). Evaluation on the
@@ -167,6 +170,12 @@ def _claim(run: Path) -> bool:
     return False
 
 
+def _trained_steps(run: Path) -> int:
+    """Updates of the model kept in ``run`` (0 when there is none yet)."""
+    card = run / "model.json"
+    return int(json.loads(card.read_text())["training"]["steps"]) if card.exists() else 0
+
+
 def train(methods: List[str], seeds: List[int], steps: int) -> None:
     tuning = _load_json(RUNS / "tuning.json")
     volumes = load_split("train")
@@ -176,15 +185,15 @@ def train(methods: List[str], seeds: List[int], steps: int) -> None:
                 print(f"{method}: not tuned yet (run 'tune' first); skipped", flush=True)
                 continue
             run = RUNS / method / f"seed{seed}"
-            if (run / "model.safetensors").exists() or not _claim(run):
-                continue
+            if _trained_steps(run) >= steps or not _claim(run):
+                continue  # done (a run of fewer updates is extended exactly from its checkpoint)
             t0 = time.time()
             cfg = _config(method, lr=tuning[method]["lr"], steps=steps, seed=seed, output_dir=str(run), resume=True)
             model = train_enhancer(cfg, volumes, show_progress=False)
             card = {"name": f"{method}-seed{seed}", "task": "enhance", "method": method,
                     "training": {**cfg.to_dict(), "output_dir": None, "resume": None},
                     "training_data": "protocol.json: train split", "seconds_this_session": round(time.time() - t0)}
-            save_model(model, run / "model", card)
+            save_model(model, run / "model", card, overwrite=True)
             (run / "worker.pid").unlink(missing_ok=True)
             print(f"{method} seed {seed}: trained ({time.time() - t0:.0f} s this session)", flush=True)
 
