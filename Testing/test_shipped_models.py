@@ -15,7 +15,7 @@ from QHQGANLib.core.resources import models_dir
 
 CARDS = list_models()
 REQUIRED = {"enhance": {"hqgan-enhance", "mlp-control-enhance", "no-circuit-enhance", "redcnn-enhance"}, "super-resolve": {"hqgan-sr2"},
-            "synthesize": {"hqgan-synth", "wgangp-synth", "dcgan-synth"}}
+            "synthesize": {"hqgan-synth", "mlp-control-synth", "wgangp-synth", "dcgan-synth"}}
 SYNTH_CARDS = [c for c in CARDS if c["task"] == "synthesize"]
 
 

@@ -15,7 +15,7 @@ what feeds it:
   in the config as ``mlp_hidden``); ``no-circuit``: nothing, the noise goes straight to the batch
   normalisation and the decoder (the circuit's parameters fewer, nothing else changes);
   ``bottleneck-ablation``: the legacy 8 -> 3 -> 8 MLP (59 parameters against 64 angles), NOT a
-  fair control, kept so the shipped ``ablation-synth`` weights load. ``ablation``, the name
+  fair control, kept so the retired ``ablation-synth`` weights still load. ``ablation``, the name
   those weights were stored under, is still accepted for it (``LEGACY_METHODS``).
 * ``wgan-gp`` (Gulrajani et al. 2017) and ``dcgan`` (Radford et al. 2016): Gaussian ``z``
   (100-d, as published) -> decoder.

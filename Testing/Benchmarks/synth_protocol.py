@@ -277,9 +277,10 @@ def ship_all(steps: int, size: int = 64) -> None:
             "validation_c2st": {**scores, "against": f"the {N_SAMPLES} samples vs the training slices (balanced)"},
             "results": "BENCHMARKS.md section " + ("'synth'" if size == 64 else f"'synth-{size}'") +
                        " (3 seeds; this is seed 0)",
-            "limitations": "trained for " + str(steps) + " updates on 2 CPU cores, not converged; samples are "
-                           "recognisable body sections but not realistic (a small CNN tells them from real slices: "
-                           "see validation_c2st); abdomen only, no conditioning on anatomy; every output is synthetic",
+            "limitations": "trained for " + str(steps) + " updates on a CPU core, not converged; samples are "
+                           "abdomen-shaped body outlines with soft-tissue values, without spine, ribs, fat layer or "
+                           "organs in their places, and a small CNN tells them from real slices (validation_c2st); "
+                           "abdomen only, no conditioning on anatomy; every output is synthetic",
         }
         card = ship(model, method, cfg, metrics["seconds"], metrics, extra)
         print(method, "shipped as", card.get("name"))
