@@ -87,6 +87,22 @@ class ExtraForward(torch.nn.Module):
         return self.net(x)
 
 
+def busy_cpus(seconds: float = 1.0) -> float:
+    """CPUs kept busy by other processes over ``seconds`` (from /proc/stat, while this one sleeps);
+    the load average would count this benchmark's own threads. NaN where /proc/stat is missing."""
+    def totals():
+        with open("/proc/stat") as f:
+            values = [int(v) for v in f.readline().split()[1:]]
+        return sum(values), values[3] + values[4]  # all, idle + iowait
+    try:
+        all0, idle0 = totals()
+        time.sleep(seconds)
+        all1, idle1 = totals()
+    except OSError:
+        return float("nan")
+    return (1.0 - (idle1 - idle0) / max(1, all1 - all0)) * (os.cpu_count() or 1)
+
+
 def interleaved(fns: dict, repeats: int) -> dict:
     """Median seconds of each callable, the variants run in turn after one warm-up each."""
     times = {name: [] for name in fns}
@@ -343,7 +359,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     repeats = 3 if args.quick else args.repeats
     log = lambda s: print(s, flush=True)  # noqa: E731
-    load0, t_start = os.getloadavg()[0], time.perf_counter()
+    busy0, t_start = busy_cpus(), time.perf_counter()
     volume, what = real_volume()
     circ = bench_circuit(repeats, log)
     inf = bench_inference(volume, repeats, log)
@@ -356,7 +372,7 @@ def main(argv=None):
     prof_inf = profile_breakdown(lambda: enhance(one, net), "one 512x512 slice, enhance() wall time")
     step = train["steps"]["hqgan"]
     prof_train = profile_breakdown(lambda: step.train_step(10_000), "one HQGAN training update, wall time")
-    load1, minutes = os.getloadavg()[0], (time.perf_counter() - t_start) / 60
+    busy1, minutes = busy_cpus(), (time.perf_counter() - t_start) / 60
     print(prof_inf, prof_train)
 
     ps = inf["per_slice"]
@@ -391,9 +407,10 @@ def main(argv=None):
         "",
         f"Command: `python Testing/Benchmarks/bench_profile.py` (plain process, no environment variables, "
         f"torch threads {torch.get_num_threads()}). Medians of {repeats} runs after a warm-up, variants "
-        f"interleaved. 1-min load average {load0:.1f} at the start and {load1:.1f} at the end on {os.cpu_count()} "
-        f"vCPUs" + (" (**loaded**: other jobs shared the cores, so absolute times are slower and noisier than on "
-                    "an idle machine; compare rows of this run only)" if max(load0, load1) > 1.5 else "") + ". "
+        f"interleaved. Other processes kept {busy0:.1f} of the {os.cpu_count()} vCPUs busy in the second before the "
+        f"run and {busy1:.1f} in the second after it" + (" (**loaded**: absolute times are slower and noisier than on "
+                                                         "an idle machine; compare rows of this run only)"
+                                                         if max(busy0, busy1) > 0.3 else " (a quiet machine)") + ". "
         f"The run took {minutes:.1f} min. \"previous\" is the layer-by-layer differentiable simulation the torch "
         "backend used before the fused function (still `simulate_torch(method=\"autograd\")`) and, for inference, "
         "NCHW inputs and weights and the decoder's skip features concatenated before their convolution; \"current\" "
