@@ -1,4 +1,8 @@
-"""Benchmark: synthetic CT from HQGAN, its classical controls, WGAN-GP and DCGAN, side by side.
+"""Benchmark: synthetic CT from HQGAN, its classical controls, WGAN-GP and DCGAN, side by side (one process).
+
+The reported table (BENCHMARKS.md "synth": tuning on the tuning patient with the same grid for every
+method, 3 seeds, resumable runs) is ``synth_protocol.py``'s; this script is the quick single-process
+comparison of chosen settings, written to the section "synth-quick" unless ``--section`` says otherwise.
 
 Every method is trained on the same slices (``synth_data.py``) with the same number of
 generator updates and batch size, for each seed; then 200 samples per run are scored
@@ -82,11 +86,11 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=64, choices=(64, 128))
     ap.add_argument("--blocks", default="plain", choices=("plain", "residual"), help="decoder stages")
     ap.add_argument("--width", type=int, default=16, help="decoder width")
-    ap.add_argument("--section", default="synth",
+    ap.add_argument("--section", default="synth-quick",
                     help="BENCHMARKS.md section (and figure suffix) to write; e.g. synth-long for a longer budget")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    figure = FIGURE if args.section == "synth" else FIGURE.with_name(f"benchmark-{args.section}.png")
+    figure = FIGURE.with_name(f"benchmark-{args.section}.png")
     data = load_slices(args.size)
     results, grids = {}, {}
     for seed in args.seeds:  # seed-major: an interrupted run still has every method for the first seeds
