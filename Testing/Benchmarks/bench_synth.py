@@ -9,8 +9,8 @@ generator updates and batch size, for each seed; then 200 samples per run are sc
 against the real slices of ``--split`` (the tuning patient while choosing a design; the
 evaluation patients once, for the reported table) with ``QHQGANLib.metrics.synthetic.evaluate_synthetic``
 (FRD, KID, precision/recall, density/coverage, diversity, memorization, HU Wasserstein).
-Writes the "synth" section of BENCHMARKS.md (mean +- sd and median over seeds) and a
-PNG grid of samples per method beside real slices. With ``--ship``, the seed-0 model
+Writes its section of BENCHMARKS.md (mean +- sd and median over seeds) and a
+PNG grid of samples per method beside real slices (``benchmark-<section>.png``). With ``--ship``, the seed-0 model
 of each method is written to Resources/Models as ``<method>-synth`` with its model card.
 
     python Testing/Benchmarks/bench_synth.py --steps 1200 --seeds 0 1 2 --ship --save-dir /tmp/synth_runs
