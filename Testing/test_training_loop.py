@@ -230,6 +230,31 @@ def test_cpu_training_places_every_batch_and_parameter_on_the_cpu(ct, slices, tm
                     tmp_path / "synth")
 
 
+def test_training_convolves_in_channels_last_and_returns_nchw_networks(ct, slices):
+    """Issue #16: both trainers keep networks and batches in ``loop.TRAINING_LAYOUT`` (NHWC) while
+    training; the returned network is NCHW (plain contiguous weights) for saving and inference."""
+    seen = []
+
+    def record(module, args):
+        # the synthesis decoder's first stage reshapes a flat vector to 4x4 and upsamples it to 8x8 in NCHW:
+        # a tiny tensor, converted by the convolution; every larger input and every weight must be NHWC
+        if isinstance(module, torch.nn.Conv2d) and module.training:
+            seen.append(module.weight.is_contiguous(memory_format=torch.channels_last)
+                        and (args[0].shape[-1] <= 8 or args[0].is_contiguous(memory_format=torch.channels_last)))
+
+    from torch.nn.modules.module import register_module_forward_pre_hook
+
+    handle = register_module_forward_pre_hook(record)
+    try:
+        models = [train_enhancer(enhance_config(), [ct]), train_synth(synth_config(), slices=slices)]
+    finally:
+        handle.remove()
+    assert seen and all(seen), f"{seen.count(False)} of {len(seen)} training convolutions were not channels last"
+    for model in models:
+        weights = [p for p in model.parameters() if p.dim() == 4]
+        assert weights and all(p.is_contiguous() for p in weights)
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
 @pytest.mark.parametrize("device", ["cuda", "cuda:1"])
 def test_cuda_without_a_gpu_is_a_clear_error_before_any_work(ct, slices, tmp_path, device):
