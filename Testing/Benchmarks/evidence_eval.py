@@ -12,6 +12,9 @@ only where the interval excludes 0. BM3D gets the noise power spectrum estimated
 tuning patient's residuals of the same noise condition.
 
     python Testing/Benchmarks/evidence_eval.py            # after evidence_train.py; writes BENCHMARKS.md
+    python Testing/Benchmarks/evidence_eval.py --earlier runs/evidence/evaluation-1000.json
+        # after `evidence_train.py train --steps 2000`: adds the longer-training check (same slices,
+        # same seeded inputs; per-slice paired change with its interval)
 """
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -54,9 +57,12 @@ def per_slice_psnr(output: Volume, reference: Volume) -> List[float]:
     return [psnr(output.array[k], reference.array[k], window=WINDOW) for k in range(reference.shape[0])]
 
 
-def trained_models() -> Dict[str, List[Path]]:
+def trained_models(steps: Optional[int] = None) -> Dict[str, List[Path]]:
+    """Each method's finished seeds; with ``steps``, only models trained for exactly that many updates
+    (a run being extended still holds its shorter model)."""
     found = {m: [RUNS / m / f"seed{s}" / "model.safetensors" for s in SEEDS] for m in METHODS}
-    return {m: [p for p in paths if p.exists()] for m, paths in found.items()}
+    return {m: [p for p in paths if p.exists() and (steps is None or trained_steps([p]) == steps)]
+            for m, paths in found.items()}
 
 
 def evaluation_volumes() -> List[Volume]:
@@ -84,7 +90,7 @@ def _model_sha(path: Path) -> str:
 
 
 def evaluate(seed: int = 2026, conditions=None, bm3d: bool = True, cache_path: Path = RUNS / "evaluation_cache.json",
-             ) -> Dict:
+             steps: Optional[int] = None) -> Dict:
     """Score every trained model (and the input, BM3D) under every condition.
 
     Each (condition, method, seed, weights' sha256) score list is cached in ``cache_path``: the
@@ -94,7 +100,7 @@ def evaluate(seed: int = 2026, conditions=None, bm3d: bool = True, cache_path: P
     from QHQGANLib.nn.weights import load_model
 
     evaluation = evaluation_volumes()
-    models = trained_models()
+    models = trained_models(steps)
     cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
     chosen = [(n, f) for n, f in CONDITIONS if conditions is None or n in conditions]
     labels = [f"{v.metadata['protocol']['patient']}[{k}]" for v in evaluation for k in range(v.shape[0])]
@@ -143,11 +149,45 @@ def evaluate(seed: int = 2026, conditions=None, bm3d: bool = True, cache_path: P
                 table[method] = np.mean(per_seed, axis=0).tolist()
         rows[name] = {"labels": labels, **table}
         print(f"{name}: done", flush=True)
-    return {"rows": rows, "models": {m: [str(p) for p in ps] for m, ps in models.items()}, "seconds": seconds}
+    return {"rows": rows, "models": {m: [str(p) for p in ps] for m, ps in models.items()}, "seconds": seconds,
+            "steps": {m: trained_steps(ps) for m, ps in models.items() if ps}}
 
 
-def markdown(result: Dict) -> str:
+def trained_steps(paths: List[Path]) -> int:
+    """The updates the models at ``paths`` were trained for (from their cards); all seeds must agree."""
+    steps = {int(json.loads(Path(p).with_suffix(".json").read_text())["training"]["steps"]) for p in paths}
+    if len(steps) != 1:
+        raise ValueError(f"the seeds of one method were trained for different numbers of updates: {sorted(steps)}")
+    return steps.pop()
+
+
+def longer_training(result: Dict, earlier: Dict) -> List[str]:
+    """Markdown: each method's PSNR after the earlier and the current budget, per condition, with the
+    per-slice paired change (current - earlier; seed means per slice) and its bootstrap interval."""
+    steps, before = result.get("steps", {}), earlier.get("steps", {})
+    out = ["", "### Longer training: the same models after more updates", "",
+           "Each run continued exactly from its checkpoint (same data order, optimizer state and learning rate); "
+           "the same evaluation slices and seeded degraded inputs. Change = PSNR after the longer budget minus "
+           "after the shorter one, per slice (mean over seeds), bootstrap 95 % interval; 'no measurable "
+           "difference' when the interval contains 0.", "",
+           "| condition | method | updates | PSNR before | PSNR after | change | 95 % interval | verdict |",
+           "|---|---|---|---|---|---|---|---|"]
+    for cond, r in result["rows"].items():
+        old = earlier["rows"].get(cond, {})
+        for m in METHODS:
+            if m not in r or m not in old:
+                continue
+            d = paired_difference(r[m], old[m])
+            verdict = {"A better": "improved", "B better": "worse"}.get(d["verdict"], d["verdict"])
+            out.append(f"| {cond} | {m} | {before.get(m, TRAIN_STEPS):,} -> {steps.get(m, TRAIN_STEPS):,} | "
+                       f"{np.mean(old[m]):.2f} | {np.mean(r[m]):.2f} | {d['mean_difference']:+.2f} | "
+                       f"[{d['ci_low']:+.2f}, {d['ci_high']:+.2f}] | {verdict} |")
+    return out
+
+
+def markdown(result: Dict, earlier: Dict = None) -> str:
     rows = result["rows"]
+    budgets = sorted(set(result.get("steps", {}).values())) or [TRAIN_STEPS]
     methods = [m for m in ["input", "bm3d (PSD)"] + list(METHODS) if any(m in r for r in rows.values())]
     patients = sorted({label.split("[")[0] for r in rows.values() for label in r["labels"]})
     out = ["Evaluation patients only (never trained or tuned on): " + ", ".join(patients) + ". PSNR (dB) in the soft-tissue "
@@ -155,7 +195,8 @@ def markdown(result: Dict) -> str:
            "seeds (in brackets: seeds; parameters). Conditions: the calibrated simulator (25 %, 10 % dose) and an independent "
            "image-domain ramp-spectrum noise model at fixed std (20 / 40 / 80 HU).", "",
            "Training (`evidence_train.py`): every method the same training patients, calibrated simulated dose "
-           f"drawn from {COMMON['dose_range'][0]:.0%}-{COMMON['dose_range'][1]:.0%}, {TRAIN_STEPS:,} updates of "
+           f"drawn from {COMMON['dose_range'][0]:.0%}-{COMMON['dose_range'][1]:.0%}, "
+           + " / ".join(f"{b:,}" for b in budgets) + " updates of "
            f"{COMMON['batch_size']} patches of {COMMON['patch_size']}x{COMMON['patch_size']}, its learning rate "
            "from the same sweep on the tuning patient (" + ", ".join(
                f"{m} {lr:g}" for m, lr in tuned_rates().items()) + "). `hqgan`: the 8-qubit circuit; `mlp-control`: "
@@ -214,6 +255,8 @@ def markdown(result: Dict) -> str:
         if per_seed:
             s = seed_summary(per_seed)
             out.append(f"| {m} | {s['mean']:.2f} | {s['std']:.2f} | {s['min']:.2f} | {s['max']:.2f} | {s['n']} |")
+    if earlier is not None:
+        out += longer_training(result, earlier)
     return "\n".join(out)
 
 
@@ -225,21 +268,25 @@ def main() -> None:
     ap.add_argument("--conditions", help="comma-separated subset of: " + ", ".join(n for n, _ in CONDITIONS)
                     + " (a smoke run; the benchmark uses all)")
     ap.add_argument("--no-bm3d", action="store_true", help="leave BM3D out (a smoke run)")
+    ap.add_argument("--steps", type=int, help="only models trained for exactly this many updates (while "
+                    "`evidence_train.py train --steps N` extends the runs; with --wait: until all have N)")
+    ap.add_argument("--earlier", help="an earlier run's evaluation JSON (a shorter training budget, same "
+                    "seeds): adds the longer-training table")
     ap.add_argument("--wait", action="store_true", help="beside the training queue: evaluate each model as it "
                     "appears (cached) until every method has all its seeds, then write the report")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     conditions = args.conditions.split(",") if args.conditions else None
-    result = evaluate(conditions=conditions, bm3d=not args.no_bm3d)
-    seen = trained_models()
+    result = evaluate(conditions=conditions, bm3d=not args.no_bm3d, steps=args.steps)
+    seen = trained_models(args.steps)
     while args.wait and sum(map(len, seen.values())) < len(METHODS) * len(SEEDS):
         time.sleep(120)
-        if trained_models() != seen:  # a model finished: evaluate it (the rest come from the cache)
-            seen = trained_models()
-            result = evaluate(conditions=conditions, bm3d=not args.no_bm3d)
+        if trained_models(args.steps) != seen:  # a model finished: evaluate it (the rest come from the cache)
+            seen = trained_models(args.steps)
+            result = evaluate(conditions=conditions, bm3d=not args.no_bm3d, steps=args.steps)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=2))
-    text = markdown(result)
+    text = markdown(result, json.loads(Path(args.earlier).read_text()) if args.earlier else None)
     if args.no_write:
         print(text)
     else:
