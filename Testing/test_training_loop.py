@@ -255,6 +255,52 @@ def test_training_convolves_in_channels_last_and_returns_nchw_networks(ct, slice
         assert weights and all(p.is_contiguous() for p in weights)
 
 
+def test_generator_updates_skip_the_critics_weight_gradients_and_train_the_same_generator(ct, slices, monkeypatch):
+    """Issue #16: the generator update used to compute the critic's weight gradients, which the critic's
+    optimiser then zeroed. With the critic frozen for that update each critic weight gets exactly one
+    gradient per critic update, and the trained generator is the one the old update gave."""
+    import QHQGANLib.training.enhancement as te
+    import QHQGANLib.training.synthesis as ts
+    from QHQGANLib.training.distributed import unwrap
+
+    counts: List[int] = []
+
+    def counting(base):
+        class Counting(base):
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, **kwargs)
+                self.n_params = len(list(self.parameters()))
+                for p in self.parameters():
+                    p.register_hook(lambda g: counts.append(1))
+        return Counting
+
+    monkeypatch.setattr(te, "PatchCritic", counting(te.PatchCritic))
+    monkeypatch.setattr(ts, "Critic", counting(ts.Critic))
+    runs = [(lambda: train_enhancer(enhance_config(steps=3, critic_steps=2), [ct]), 2),
+            (lambda: train_synth(synth_config(steps=3, n_critic=2), slices=slices), 2)]
+    n_critic_params = [len(list(te.PatchCritic().parameters())), len(list(ts.Critic(64, 8).parameters()))]
+    trained = []
+    for (run, critic_steps), n in zip(runs, n_critic_params):
+        counts.clear()
+        torch.manual_seed(0)
+        trained.append(run())
+        assert len(counts) == 3 * critic_steps * n  # 3 updates x critic updates x weights, none from the generator's
+
+    @contextlib.contextmanager
+    def not_frozen(module):
+        yield unwrap(module)
+
+    monkeypatch.setattr(te, "frozen", not_frozen)
+    monkeypatch.setattr(ts, "frozen", not_frozen)
+    for (run, critic_steps), n, model in zip(runs, n_critic_params, trained):
+        counts.clear()
+        torch.manual_seed(0)
+        before = run()
+        assert len(counts) == 3 * (critic_steps + 1) * n  # the old update: one more per generator update
+        for (name, a), b in zip(model.state_dict().items(), before.state_dict().values()):
+            assert torch.allclose(a.float(), b.float(), rtol=0, atol=1e-6), name
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
 @pytest.mark.parametrize("device", ["cuda", "cuda:1"])
 def test_cuda_without_a_gpu_is_a_clear_error_before_any_work(ct, slices, tmp_path, device):

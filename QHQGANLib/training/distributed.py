@@ -15,6 +15,8 @@ Console usage::
 """
 from __future__ import annotations
 
+import contextlib
+
 import os
 from typing import Any, List, Optional, Tuple
 
@@ -108,3 +110,21 @@ def gather_from_ranks(value: Any, world: int) -> List[Any]:
     out: List[Any] = [None] * world
     dist.all_gather_object(out, value)
     return out
+
+
+@contextlib.contextmanager
+def frozen(module: nn.Module):
+    """Inside: ``module`` (unwrapped from DDP) with no parameter requiring a gradient, yielded for the
+    forward passes of a generator update. The critic's weight gradients of that update were computed
+    and then thrown away (the critic's optimiser zeroes them first): frozen, its convolutions' backward
+    computes only the input gradient the generator needs; the generator's update is unchanged (issue
+    #16). The unwrapped module keeps DDP out of a forward whose backward reduces nothing."""
+    inner = unwrap(module)
+    params = [p for p in inner.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield inner
+    finally:
+        for p in params:
+            p.requires_grad_(True)

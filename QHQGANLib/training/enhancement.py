@@ -52,7 +52,7 @@ from ..nn.common import count_parameters
 from ..nn.critics import PatchCritic
 from ..nn.build import LEGACY_ENHANCE_ARCHS
 from ..nn.enhancer import MIXER_OF_ARCH, HQGANGenerator
-from .distributed import gather_from_ranks, setup_distributed, unwrap, wrap_ddp
+from .distributed import frozen, gather_from_ranks, setup_distributed, unwrap, wrap_ddp
 from .loop import Precision, in_training_layout, resume_state, run_loop
 from .losses import gradient_penalty, ssim_loss
 from .pairs import PairPool
@@ -177,8 +177,8 @@ class EnhancerStep:
             loss = loss + cfg.ssim_weight * s
             stats["ssim_loss"] = float(s.detach())
         if adversarial:
-            with amp.autocast():
-                adv = -self.critic_train(out).float().mean()
+            with frozen(self.critic) as critic, amp.autocast():  # no critic weight gradients: thrown away
+                adv = -critic(out).float().mean()
             loss = loss + cfg.adv_weight * adv
             stats["adv"] = float(adv.detach())
         amp.step(loss, self.opt_g, self.scaler_g)

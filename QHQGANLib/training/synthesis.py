@@ -48,7 +48,7 @@ from ..core.volume import Volume
 from ..nn.critics import Critic
 from ..nn.synthesis import SynthGenerator, canonical_method, hu_to_unit
 from .augment import diff_augment, parse_diffaugment
-from .distributed import broadcast_buffers, gather_from_ranks, setup_distributed, unwrap, wrap_ddp
+from .distributed import broadcast_buffers, frozen, gather_from_ranks, setup_distributed, unwrap, wrap_ddp
 from .loop import Precision, in_training_layout, resume_state, run_loop
 from .losses import gradient_penalty
 from .slices import training_slices
@@ -176,7 +176,9 @@ class SynthStep:
                 loss_d = (F.binary_cross_entropy_with_logits(self.critic_scores(real), ones)
                           + F.binary_cross_entropy_with_logits(self.critic_scores(fake), zeros))
             self.amp.step(loss_d, self.opt_d, self.scaler_d)
-        scores = self.critic_scores(diff_augment(self.fake_batch(), self.policy, g))
+        fake = diff_augment(self.fake_batch(), self.policy, g)
+        with frozen(self.critic) as critic, self.amp.autocast():  # no critic weight gradients: thrown away
+            scores = critic(fake).float()
         if self.wgan:
             loss_g = -scores.mean()
         else:

@@ -72,6 +72,26 @@ def circuit_code(which: str):
         enhancer._conv_of_concat = concat
 
 
+@contextlib.contextmanager
+def critic_weight_gradients(enhancement_module, synthesis_module, on: bool):
+    """With ``on``: the trainers' generator updates run the critic unfrozen, as before issue #16's
+    ``training.distributed.frozen`` (the same update, plus the critic's discarded weight gradients)."""
+    if not on:
+        yield
+        return
+    from QHQGANLib.training.distributed import unwrap
+
+    @contextlib.contextmanager
+    def not_frozen(module):
+        yield unwrap(module)
+    saved = enhancement_module.frozen, synthesis_module.frozen
+    enhancement_module.frozen = synthesis_module.frozen = not_frozen
+    try:
+        yield
+    finally:
+        enhancement_module.frozen, synthesis_module.frozen = saved
+
+
 class ExtraForward(torch.nn.Module):
     """The generator as the earlier update used it: one more forward (no gradient) for the critic's
     fake batch before the forward that the generator's loss uses (same output, one forward's cost)."""
@@ -285,10 +305,14 @@ def bench_training(volume, repeats: int, log) -> dict:
     steps["redcnn previous"].gen_train = ExtraForward(steps["redcnn previous"].gen_train)
     steps["synth previous"], steps["synth current"] = synth_step(volume, False), synth_step(volume, True)
     counter = {"k": 0}
+    import QHQGANLib.training.enhancement as enhancement_module
+    import QHQGANLib.training.synthesis as synthesis_module
 
     def update(name):
         def run():
-            steps[name].train_step(counter["k"])
+            # previous: the generator update also computed the critic's weight gradients (then zeroed)
+            with critic_weight_gradients(enhancement_module, synthesis_module, "previous" in name):
+                steps[name].train_step(counter["k"])
             counter["k"] += 1
         return run
     # single updates interleaved, 4x the repeats: an update takes about a second and the load
@@ -420,7 +444,9 @@ def main(argv=None):
         "the shipped weights: at most 2e-4 HU apart). For training, \"previous\" also has the update as it was "
         "before issue #16's training work: torchmetrics' SSIM (an 11x11 2-D window; now two 1-D passes, equal to "
         "1e-9), a separate generator forward for the critic's fake batch (now one forward serves both, "
-        "bit-identical weights) and NCHW networks and batches (now channels last, `training/loop.TRAINING_LAYOUT`).",
+        "bit-identical weights), NCHW networks and batches (now channels last, `training/loop.TRAINING_LAYOUT`) "
+        "and a generator update that also computed the critic's weight gradients, which were then zeroed (now the "
+        "critic is frozen for it, `training/distributed.frozen`: the same generator update).",
         "",
         "### Quantum layer, 8 qubits, re-uploading (circuit evaluations per second)",
         "",
