@@ -244,13 +244,27 @@ def ship(out: Path) -> None:
             "lr_sweep_tuning_psnr_abdomen": tuning.get(method, {}).get("scores"),
             "validation": validation,  # this seed on the evaluation patients; BENCHMARKS.md "evidence": all seeds
             "intended_use": "research on low-dose CT enhancement; not for diagnosis",
-            "limitations": "trained for 1,000 updates on three patients' CT (a CPU budget); simulated low dose "
+            "speed": _speed(run),
+            "limitations": f"trained for {trained['training']['steps']:,} updates on three patients' CT (a CPU budget); "
+                           "simulated low dose "
                            "(calibrated parallel-beam noise insertion), not real low-dose scans; on an independent "
                            "image-domain noise model it gains far less than BM3D with the noise spectrum "
                            "(BENCHMARKS.md 'evidence')" + EXTRA_LIMITATIONS.get(method, ""),
         }
         saved = save_model(model, out / name, card, overwrite=True)
         print(f"{name}: from {run} ({saved['sha256'][:12]})", flush=True)
+
+
+def _speed(run: Path) -> dict:
+    """Updates per second of the run's last training segment (a run extended over sessions: the last one's)."""
+    summary = _load_json(run / "summary.json")
+    if not summary.get("updates_per_second"):
+        return {}
+    import platform
+
+    return {"updates_per_second": round(summary["updates_per_second"], 3), "device": summary.get("device", "cpu"),
+            "threads": 1, "machine": platform.processor() or platform.machine(),
+            "note": "one training process per core on a 2-core CPU, both busy"}
 
 
 def snapshot() -> None:
