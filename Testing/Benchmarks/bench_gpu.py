@@ -30,7 +30,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Callable, List
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -92,7 +92,7 @@ def bench_volume(volume, device: torch.device, log) -> List[str]:
             tile = min(tile, volume.shape[1])
             autocast = torch.autocast(device.type, dtype=torch.float16) if amp and device.type == "cuda" else contextlib.nullcontext()
 
-            def run(v=volume):
+            def run(v=volume, net=net):
                 with autocast:
                     return fn(v, model=net, device=str(device), tile_size=tile, tile_batch=batch)
             run(warm_volume)  # warm-up: kernels chosen, memory pooled

@@ -61,7 +61,7 @@ def trained_models(steps: Optional[int] = None) -> Dict[str, List[Path]]:
     """Each method's finished seeds; with ``steps``, only models trained for exactly that many updates
     (a run being extended still holds its shorter model)."""
     found = {m: [RUNS / m / f"seed{s}" / "model.safetensors" for s in SEEDS] for m in METHODS}
-    return {m: [p for p in paths if p.exists() and (steps is None or trained_steps([p]) == steps)]
+    return {m: [p for p in paths if p.exists() and (steps is None or budget_of([p]) == steps)]
             for m, paths in found.items()}
 
 
@@ -150,10 +150,10 @@ def evaluate(seed: int = 2026, conditions=None, bm3d: bool = True, cache_path: P
         rows[name] = {"labels": labels, **table}
         print(f"{name}: done", flush=True)
     return {"rows": rows, "models": {m: [str(p) for p in ps] for m, ps in models.items()}, "seconds": seconds,
-            "steps": {m: trained_steps(ps) for m, ps in models.items() if ps}}
+            "steps": {m: budget_of(ps) for m, ps in models.items() if ps}}
 
 
-def trained_steps(paths: List[Path]) -> int:
+def budget_of(paths: List[Path]) -> int:
     """The updates the models at ``paths`` were trained for (from their cards); all seeds must agree."""
     steps = {int(json.loads(Path(p).with_suffix(".json").read_text())["training"]["steps"]) for p in paths}
     if len(steps) != 1:

@@ -40,6 +40,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from protocol import load_split  # noqa: E402
+from run_queue import claim, save_json, trained_steps  # noqa: E402
 
 from QHQGANLib.nn.weights import save_model  # noqa: E402
 from QHQGANLib.tasks.evaluate import evaluate_enhancement  # noqa: E402
@@ -87,13 +88,6 @@ def _load_json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def _save_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
-
-
 def tuned_rates() -> Dict[str, float]:
     """Each tuned method's learning rate (the runs folder's tuning.json, else the committed snapshot)."""
     return {m: t["lr"] for m, t in _load_json(RUNS / "tuning.json").items() if "lr" in t}
@@ -103,7 +97,7 @@ def _update_tuning(path: Path, method: str, entry: dict) -> None:
     """Write one method's tuning result, keeping what other (parallel) tuning processes wrote."""
     results = _load_json(path)
     results[method] = entry
-    _save_json(path, results)
+    save_json(path, results)
 
 
 def widened_lr(scores: Dict[float, float]) -> Optional[float]:
@@ -143,39 +137,6 @@ def tune(methods: List[str]) -> None:
         print(f"{method}: learning rate {best:g}", flush=True)
 
 
-def _claim(run: Path) -> bool:
-    """Claim one training job for this process (a ``worker.pid`` file made with exclusive create).
-
-    Several ``train`` processes can share the queue: each takes the next job no live process holds.
-    A claim whose process is gone (a session ended) is taken over; resuming from the checkpoint.
-    """
-    run.mkdir(parents=True, exist_ok=True)
-    lock = run / "worker.pid"
-    for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            try:
-                pid = int(lock.read_text().strip() or 0)
-                os.kill(pid, 0)
-                return pid == os.getpid()  # a live worker holds it
-            except (ValueError, ProcessLookupError, FileNotFoundError):
-                lock.unlink(missing_ok=True)  # stale: its process is gone
-                continue
-            except PermissionError:
-                return False
-        with os.fdopen(fd, "w") as f:
-            f.write(str(os.getpid()))
-        return True
-    return False
-
-
-def _trained_steps(run: Path) -> int:
-    """Updates of the model kept in ``run`` (0 when there is none yet)."""
-    card = run / "model.json"
-    return int(json.loads(card.read_text())["training"]["steps"]) if card.exists() else 0
-
-
 def train(methods: List[str], seeds: List[int], steps: int) -> None:
     tuning = _load_json(RUNS / "tuning.json")
     volumes = load_split("train")
@@ -185,7 +146,7 @@ def train(methods: List[str], seeds: List[int], steps: int) -> None:
                 print(f"{method}: not tuned yet (run 'tune' first); skipped", flush=True)
                 continue
             run = RUNS / method / f"seed{seed}"
-            if _trained_steps(run) >= steps or not _claim(run):
+            if trained_steps(run) >= steps or not claim(run):
                 continue  # done (a run of fewer updates is extended exactly from its checkpoint)
             t0 = time.time()
             cfg = _config(method, lr=tuning[method]["lr"], steps=steps, seed=seed, output_dir=str(run), resume=True)
@@ -269,23 +230,24 @@ def _speed(run: Path) -> dict:
 
 def snapshot() -> None:
     """Copy the tuning results into the repository (``evidence_tuning.json``), to commit."""
-    _save_json(TUNING_SNAPSHOT, _load_json(RUNS / "tuning.json"))
+    save_json(TUNING_SNAPSHOT, _load_json(RUNS / "tuning.json"))
     print(f"wrote {TUNING_SNAPSHOT}")
 
 
 def status() -> None:
+    """Each method's learning rate and, per seed, the updates of its kept model and of its log
+    (a run being extended holds its shorter model while its log grows)."""
     tuning = _load_json(RUNS / "tuning.json")
     for method in METHODS:
         t = tuning.get(method, {})
-        done = [s for s in SEEDS if (RUNS / method / f"seed{s}" / "model.safetensors").exists()]
-        partial = []
+        seeds = []
         for s in SEEDS:
-            ckpt = RUNS / method / f"seed{s}" / "checkpoint.pt"
-            if s not in done and ckpt.exists():
-                log = RUNS / method / f"seed{s}" / "losses.jsonl"
-                partial.append(f"seed{s}@{sum(1 for _ in open(log)) if log.exists() else '?'}")
-        print(f"{method:<15} lr {t.get('lr', '-')!s:<8} tuned on {len(t.get('scores', {}))} values; "
-              f"trained seeds {done} {' '.join(partial)}")
+            run = RUNS / method / f"seed{s}"
+            log = run / "losses.jsonl"
+            logged = sum(1 for _ in open(log)) if log.exists() else 0
+            kept = trained_steps(run)
+            seeds.append(f"seed{s}: {kept}" + (f" (log at {logged})" if logged > kept else ""))
+        print(f"{method:<15} lr {t.get('lr', '-')!s:<8} tuned on {len(t.get('scores', {}))} values; " + ", ".join(seeds))
 
 
 def main() -> None:

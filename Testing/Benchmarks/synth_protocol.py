@@ -46,8 +46,9 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from bench_synth import KEYS, _stack_rows, flat, ship  # noqa: E402
-from evidence_train import _claim, _load_json as _load, _save_json as _save, _trained_steps  # noqa: E402
+from evidence_train import _load_json as _load  # noqa: E402
 from report import write_section  # noqa: E402
+from run_queue import claim, save_json, trained_steps  # noqa: E402
 from synth_data import DESCRIPTION, load_slices  # noqa: E402
 
 from QHQGANLib.core.figures import save_panels_png  # noqa: E402
@@ -90,12 +91,12 @@ def config(method: str, design: str, **changes) -> SynthConfig:
 def _train_run(run: Path, cfg: SynthConfig, train: np.ndarray):
     """Train to ``cfg.steps`` (resuming from ``run``'s checkpoint: a run trained for fewer updates is
     extended exactly) and keep the model; None when another process holds the run."""
-    stored = _trained_steps(run)
+    stored = trained_steps(run)
     if stored == cfg.steps:
         return load_model(run / "model.safetensors")
     if stored > cfg.steps:
         raise ValueError(f"{run} holds a model of {stored} updates, more than the {cfg.steps} asked for")
-    if not _claim(run):
+    if not claim(run):
         return None
     cfg.output_dir, cfg.resume, cfg.checkpoint_every = str(run), (run / "checkpoint.pt").exists(), 200
     t0 = time.time()
@@ -120,7 +121,7 @@ def tune(methods: List[str], steps: int, size: int = 64) -> None:
                 continue
             samples = synthesize(model, N_SAMPLES, seed=999).array
             metrics = evaluate_synthetic(samples, data["tune"], data["train"], seed=0, c2st=False)
-            _save(score_file, {"frd_tune": metrics["frd"], "kid_tune": metrics["kid_mean"], "steps": steps})
+            save_json(score_file, {"frd_tune": metrics["frd"], "kid_tune": metrics["kid_mean"], "steps": steps})
             print(f"tune {method} {design}: FRD {metrics['frd']:.2f} on the tuning patient", flush=True)
 
 
@@ -167,7 +168,7 @@ def train(methods: List[str], seeds: List[int], steps: int, size: int = 64) -> N
                    "c2st_train_reference": c2st["reference"]["accuracy"],
                    "memorization_heldout_max": metrics["memorization_heldout_reference"]["max"]}
             np.savez_compressed(run / f"samples-{steps}.npz", samples=samples)
-            _save(run / f"metrics-{steps}.json", row)
+            save_json(run / f"metrics-{steps}.json", row)
             print(f"{method} seed {seed}: FRD {row['frd']:.2f}, C2ST vs training {row['c2st_train']:.3f}", flush=True)
 
 
