@@ -16,7 +16,6 @@ Console usage::
 from __future__ import annotations
 
 import contextlib
-
 import os
 from typing import Any, List, Optional, Tuple
 

@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from evidence_train import COMMON, METHODS, RUNS, SEEDS, TRAIN_STEPS, tuned_rates  # noqa: E402
 from protocol import load_split  # noqa: E402
 from report import write_section  # noqa: E402
+from run_queue import trained_steps  # noqa: E402
 
 from QHQGANLib import Volume  # noqa: E402
 from QHQGANLib.metrics.image import psnr  # noqa: E402
@@ -155,7 +156,7 @@ def evaluate(seed: int = 2026, conditions=None, bm3d: bool = True, cache_path: P
 
 def budget_of(paths: List[Path]) -> int:
     """The updates the models at ``paths`` were trained for (from their cards); all seeds must agree."""
-    steps = {int(json.loads(Path(p).with_suffix(".json").read_text())["training"]["steps"]) for p in paths}
+    steps = {trained_steps(Path(p).parent) for p in paths}  # the card beside each model.safetensors
     if len(steps) != 1:
         raise ValueError(f"the seeds of one method were trained for different numbers of updates: {sorted(steps)}")
     return steps.pop()

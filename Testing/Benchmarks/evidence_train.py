@@ -40,7 +40,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from protocol import load_split  # noqa: E402
-from run_queue import claim, save_json, trained_steps  # noqa: E402
+from run_queue import claim, load_json, save_json, trained_steps  # noqa: E402
 
 from QHQGANLib.nn.weights import save_model  # noqa: E402
 from QHQGANLib.tasks.evaluate import evaluate_enhancement  # noqa: E402
@@ -85,7 +85,7 @@ def _tuning_score(model, tune) -> float:
 def _load_json(path: Path) -> dict:
     if not path.exists() and path.name == "tuning.json" and TUNING_SNAPSHOT.exists():
         return json.loads(TUNING_SNAPSHOT.read_text())  # a fresh machine: the committed results
-    return json.loads(path.read_text()) if path.exists() else {}
+    return load_json(path)
 
 
 def tuned_rates() -> Dict[str, float]:
@@ -224,8 +224,7 @@ def _speed(run: Path) -> dict:
     import platform
 
     return {"updates_per_second": round(summary["updates_per_second"], 3), "device": summary.get("device", "cpu"),
-            "threads": 1, "machine": platform.processor() or platform.machine(),
-            "note": "one training process per core on a 2-core CPU, both busy"}
+            "threads": COMMON["threads"], "machine": platform.processor() or platform.machine()}
 
 
 def snapshot() -> None:

@@ -47,6 +47,11 @@ def trained_steps(run: Path) -> int:
     return int(json.loads(card.read_text())["training"]["steps"]) if card.exists() else 0
 
 
+def load_json(path: Path) -> dict:
+    """The JSON object in ``path``; {} when there is none yet."""
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 def save_json(path: Path, data: dict) -> None:
     """Write ``data`` atomically (a reader never sees half a file)."""
     path.parent.mkdir(parents=True, exist_ok=True)

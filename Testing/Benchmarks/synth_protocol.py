@@ -46,9 +46,8 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from bench_synth import KEYS, _stack_rows, flat, ship  # noqa: E402
-from evidence_train import _load_json as _load  # noqa: E402
 from report import write_section  # noqa: E402
-from run_queue import claim, save_json, trained_steps  # noqa: E402
+from run_queue import claim, load_json, save_json, trained_steps  # noqa: E402
 from synth_data import DESCRIPTION, load_slices  # noqa: E402
 
 from QHQGANLib.core.figures import save_panels_png  # noqa: E402
@@ -135,7 +134,7 @@ def chosen(size: int = 64) -> Dict[str, str]:
     """Each method's design with the lowest FRD on the tuning patient (only when its grid is complete)."""
     out = {}
     for method in COMPARED:
-        scores = {d: _load(tuning_root(size) / method / d / "score.json").get("frd_tune") for d in GRID}
+        scores = {d: load_json(tuning_root(size) / method / d / "score.json").get("frd_tune") for d in GRID}
         if all(v is not None for v in scores.values()):
             out[method] = min(scores, key=scores.get)
     return out
@@ -176,7 +175,7 @@ def _rows(size: int = 64, steps: int = 1000) -> Dict[str, List[dict]]:
     out: Dict[str, List[dict]] = {}
     for method in COMPARED:
         for path in sorted((runs_for(size) / method).glob(f"seed*/metrics-{steps}.json")):
-            out.setdefault(method, []).append(_load(path))
+            out.setdefault(method, []).append(load_json(path))
     return out
 
 
@@ -194,10 +193,10 @@ def _cell(values: List[float], digits: str = ".3g") -> str:
 def report(steps: int, size: int = 64) -> None:
     data = load_slices(size)
     rows, designs, tuning = _rows(size, steps), chosen(size), tuning_root(size)
-    tune_steps = _load(tuning / COMPARED[0] / next(iter(GRID)) / "score.json").get("steps")
+    tune_steps = load_json(tuning / COMPARED[0] / next(iter(GRID)) / "score.json").get("steps")
     tune_lines = ["| method | " + " | ".join(GRID) + " | chosen |", "|---|" + "---|" * (len(GRID) + 1)]
     for method in COMPARED:
-        cells = [f"{_load(tuning / method / d / 'score.json').get('frd_tune', float('nan')):.1f}" for d in GRID]
+        cells = [f"{load_json(tuning / method / d / 'score.json').get('frd_tune', float('nan')):.1f}" for d in GRID]
         tune_lines.append(f"| {method} | " + " | ".join(cells) + f" | {designs.get(method, '-')} |")
     keys = [("c2st_train", "C2ST vs training"), ("c2st_train_reference", "C2ST real vs real")] + KEYS
     table = ["| method | seeds | train s | " + " | ".join(label for _, label in keys) + " |",
@@ -260,7 +259,7 @@ def _figure(real: np.ndarray, rows: Dict[str, List[dict]], size: int, steps: int
 
 def ship_all(steps: int, size: int = 64) -> None:
     for method in COMPARED:
-        metrics = _load(runs_for(size) / method / "seed0" / f"metrics-{steps}.json")
+        metrics = load_json(runs_for(size) / method / "seed0" / f"metrics-{steps}.json")
         if not metrics:
             print(f"{method}: seed 0 not evaluated; not shipped")
             continue
@@ -272,7 +271,7 @@ def ship_all(steps: int, size: int = 64) -> None:
             "method": method, "design": metrics["design"],
             "validation_data": f"the evaluation patients' abdomen slices (synth_data.py), {N_SAMPLES} samples; "
                                "memorization and the C2ST against the training slices",
-            "tuning": {d: _load(tuning_root(size) / method / d / "score.json") for d in GRID},
+            "tuning": {d: load_json(tuning_root(size) / method / d / "score.json") for d in GRID},
             "validation_c2st": {**scores, "against": f"the {N_SAMPLES} samples vs the training slices (balanced)"},
             "results": "BENCHMARKS.md section " + ("'synth'" if size == 64 else f"'synth-{size}'") +
                        " (3 seeds; this is seed 0)",
