@@ -15,7 +15,8 @@ from QHQGANLib.core.resources import models_dir
 
 CARDS = list_models()
 REQUIRED = {"enhance": {"hqgan-enhance", "mlp-control-enhance", "no-circuit-enhance", "redcnn-enhance"}, "super-resolve": {"hqgan-sr2"},
-            "synthesize": {"hqgan-synth", "mlp-control-synth", "wgangp-synth", "dcgan-synth"}}
+            "synthesize": {"hqgan-synth", "mlp-control-synth", "wgangp-synth", "dcgan-synth",  # 64x64
+                           "hqgan-synth-128", "mlp-control-synth-128", "wgangp-synth-128", "dcgan-synth-128"}}
 SYNTH_CARDS = [c for c in CARDS if c["task"] == "synthesize"]
 
 
@@ -44,7 +45,8 @@ def test_runs_from_the_cli(card, tmp_path, ct_small_path):
         out = tmp_path / "samples_synthetic.nrrd"
         assert main(["synthesize", str(out), "--model", card["name"], "--n", "4", "--quiet"]) == 0
         result = read_volume(out, force=True)
-        assert result.shape == (4, 64, 64) and result.metadata.get("synthetic")
+        size = card["size"]
+        assert result.shape == (4, size, size) and result.metadata.get("synthetic")
         return
     out = tmp_path / "out.nrrd"
     if card.get("axis") == "z":  # through-plane: a stack of contiguous slices, thinner slices out
@@ -77,20 +79,24 @@ def test_shipped_synthesis_models_make_body_slices(card, tmp_path):
     from QHQGANLib import synthesize
 
     samples = synthesize(card["name"], n=16, seed=7).array
+    size = card["size"]
+    assert samples.shape == (16, size, size)
+    edge, centre = 6 * size // 64, slice(3 * size // 8, 5 * size // 8)  # 6x6 corners and the middle 16x16 at 64x64
     air, soft = (samples < -900).mean(axis=(1, 2)), ((samples > -150) & (samples < 150)).mean(axis=(1, 2))
     assert np.all(air > 0.1) and np.all(soft > 0.1), (air.min(), soft.min())
     # the body is one region in the middle, surrounded by air: the 6x6 corners are air (median;
     # a single corner pixel may be off, e.g. wgangp-synth's top-left pixel, ~-180 HU)
-    corners = np.stack([samples[:, :6, :6], samples[:, :6, -6:], samples[:, -6:, :6], samples[:, -6:, -6:]], 1)
+    corners = np.stack([samples[:, :edge, :edge], samples[:, :edge, -edge:], samples[:, -edge:, :edge],
+                        samples[:, -edge:, -edge:]], 1)
     assert np.all(np.median(corners.reshape(len(samples), 4, -1), axis=2) < -900)
-    assert np.all(samples[:, 24:40, 24:40].mean(axis=(1, 2)) > -500)
+    assert np.all(samples[:, centre, centre].mean(axis=(1, 2)) > -500)
     assert float(np.std(samples, axis=0).mean()) > 20.0  # samples differ from each other
     folder = tmp_path / "dicom_synthetic"
     assert main(["synthesize", str(folder), "--model", card["name"], "--n", "2", "--dicom", "--quiet"]) == 0
     files = sorted(folder.glob("*.dcm"))
     assert len(files) == 2
     ds = pydicom.dcmread(files[0])
-    assert ds.SyntheticData == "YES" and ds.Modality == "CT"
+    assert ds.SyntheticData == "YES" and ds.Modality == "CT" and ds.Rows == ds.Columns == size
 
 
 # ---------------------------------------------------------------------------
