@@ -314,7 +314,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", default=str(RUNS / "evaluation.json"))
     ap.add_argument("--no-write", action="store_true", help="print the section instead of writing BENCHMARKS.md")
-    ap.add_argument("--conditions", help="comma-separated subset of: " + ", ".join(n for n, _ in CONDITIONS)
+    ap.add_argument("--conditions", help="comma-separated subset of: " + ", ".join(n for n, _ in CONDITIONS).replace("%", "%%")
                     + " (a smoke run; the benchmark uses all)")
     ap.add_argument("--no-bm3d", action="store_true", help="leave BM3D out (a smoke run)")
     ap.add_argument("--steps", type=int, help="only models trained for exactly this many updates (while "
