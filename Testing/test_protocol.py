@@ -17,7 +17,6 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Set
 
-import numpy as np
 import pytest
 
 from conftest import REPO, shared_path

@@ -193,7 +193,7 @@ def main(quick: bool = False):
         one, _ = water_cylinder(512, 0.977, 320.0, nz=1)
         source = "water cylinder (../shared/data absent)"
     rows = timings(one, runs)
-    md = [f"## Low-dose simulation (`simulate_low_dose`)\n",
+    md = ["## Low-dose simulation (`simulate_low_dose`)\n",
           f"Seconds per 512x512 slice, {VIEWS} views, median of {runs} runs, on {source}:\n",
           "| method | s/slice (median) | runs | note |", "|---|---|---|---|"]
     for label, med, ts, note in rows:

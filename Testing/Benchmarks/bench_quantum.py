@@ -234,8 +234,8 @@ def main(argv=None):
         "serves both batch rows. Where the torch backend's fwd+bwd at batch 65,536 would need more than "
         "~7 GB, it is measured on a sub-batch (noted).",
         "",
-        f"Speed-ups of the torch backend at n=8, L=4, batch 4,096 (goal: >= 300x the per-sample loop and "
-        f">= 30x default.qubit broadcasting):",
+        "Speed-ups of the torch backend at n=8, L=4, batch 4,096 (goal: >= 300x the per-sample loop and "
+        ">= 30x default.qubit broadcasting):",
         "",
         speedups(results),
         "",

@@ -64,7 +64,6 @@ def tuning_slices(n: int = 4, size: int = 256) -> np.ndarray:
 
 def restore_axis(model, images: np.ndarray, scale: int) -> Dict[str, np.ndarray]:
     """Degrade (B, H, W) along H by ``scale``, restore with each method; the reference cropped to match."""
-    import torch
 
     h = images.shape[1] // scale * scale
     ref = images[:, :h]
