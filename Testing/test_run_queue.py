@@ -48,3 +48,21 @@ def test_trained_steps_reads_the_kept_models_card(tmp_path):
     assert run_queue.trained_steps(run) == 2000
     assert json.loads((run / "model.json").read_text())["training"]["steps"] == 2000
     assert not list(run.glob("*.tmp"))  # written atomically: no temporary file left
+
+
+def test_keep_budget_copies_the_finished_model_once(tmp_path):
+    run = tmp_path / "hqgan" / "seed0"
+    run_queue.keep_budget(run)  # nothing trained yet: nothing kept
+    assert not run.exists()
+    run.mkdir(parents=True)
+    (run / "model.json").write_text(json.dumps({"training": {"steps": 2000}}))
+    (run / "model.safetensors").write_bytes(b"weights at 2000")
+    run_queue.keep_budget(run)
+    assert (run / "model-2000.safetensors").read_bytes() == b"weights at 2000"
+    assert json.loads((run / "model-2000.json").read_text())["training"]["steps"] == 2000
+    # the run is extended and its model replaced; keeping again never overwrites the kept copy
+    (run / "model.safetensors").write_bytes(b"half-written")
+    run_queue.keep_budget(run)
+    assert (run / "model-2000.safetensors").read_bytes() == b"weights at 2000"
+    assert sorted(p.name for p in run.iterdir()) == ["model-2000.json", "model-2000.safetensors", "model.json",
+                                                     "model.safetensors"]

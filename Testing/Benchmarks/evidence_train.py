@@ -12,6 +12,7 @@ end at any time), so the queue spans sessions:
     python Testing/Benchmarks/evidence_train.py status
     python Testing/Benchmarks/evidence_train.py snapshot   # tuning results into evidence_tuning.json, to commit
     python Testing/Benchmarks/evidence_train.py ship       # after evidence_eval.py: seed 0 into Resources/Models
+    python Testing/Benchmarks/evidence_train.py converge --earlier 2000 --steps 3000   # worth extending again?
 
 The runs go to ``$QHQGAN_EVIDENCE_RUNS`` (default ``runs/evidence`` in the checkout; point it outside
 the checkout, e.g. ``~/qhqgan-runs/evidence``, when the checkout may be laid anew between sessions).
@@ -19,6 +20,9 @@ Several ``tune`` processes may run at once on different ``--methods`` (they merg
 
 A larger ``--steps`` later (``train --steps 3000``) extends the finished runs exactly from their
 checkpoints; ``evidence_eval.py`` then scores the longer-trained models (its cache is per model sha256).
+Extending keeps the shorter model beside the run (``model-2000.safetensors``); ``converge`` scores both
+on the tuning patient, which decides whether another extension is worth it (``CONVERGED_DB``), so the
+training budget, like the learning rate, is chosen without the evaluation patients.
 
 ``tune`` picks each method's learning rate (``runs/evidence/tuning.json``; when the best value
 sits at an edge of the sweep the sweep is widened by one value on that side); ``train`` trains
@@ -40,7 +44,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from protocol import load_split  # noqa: E402
-from run_queue import claim, load_json, save_json, trained_steps  # noqa: E402
+from run_queue import claim, keep_budget, load_json, save_json, trained_steps  # noqa: E402
 
 from QHQGANLib.nn.weights import save_model  # noqa: E402
 from QHQGANLib.tasks.evaluate import evaluate_enhancement  # noqa: E402
@@ -149,6 +153,7 @@ def train(methods: List[str], seeds: List[int], steps: int) -> None:
             if trained_steps(run) >= steps or not claim(run):
                 continue  # done (a run of fewer updates is extended exactly from its checkpoint)
             t0 = time.time()
+            keep_budget(run)
             cfg = _config(method, lr=tuning[method]["lr"], steps=steps, seed=seed, output_dir=str(run), resume=True)
             model = train_enhancer(cfg, volumes, show_progress=False)
             card = {"name": f"{method}-seed{seed}", "task": "enhance", "method": method,
@@ -157,6 +162,51 @@ def train(methods: List[str], seeds: List[int], steps: int) -> None:
             save_model(model, run / "model", card, overwrite=True)
             (run / "worker.pid").unlink(missing_ok=True)
             print(f"{method} seed {seed}: trained ({time.time() - t0:.0f} s this session)", flush=True)
+
+
+#: A longer budget is worth another extension while some method still gains this much (dB, mean over seeds)
+#: on the tuning patient per extension (stated before the 3,000-update runs were scored).
+CONVERGED_DB = 0.2
+
+
+def converge(earlier: int, later: int) -> None:
+    """Score every run's kept ``earlier``-update model and its ``later``-update model on the tuning patient
+    (the data that chooses budgets; never the evaluation patients); write ``convergence-<later>.json``."""
+    from QHQGANLib.nn.weights import load_model
+
+    tune_volumes = load_split("tune")
+    out: Dict[str, dict] = {}
+    for method in METHODS:
+        changes = []
+        for seed in SEEDS:
+            run = RUNS / method / f"seed{seed}"
+            old = run / f"model-{earlier}.safetensors"
+            if trained_steps(run) != later or not old.exists():
+                continue
+            a = _tuning_score(load_model(str(old), device="cpu"), tune_volumes)
+            b = _tuning_score(load_model(str(run / "model.safetensors"), device="cpu"), tune_volumes)
+            changes.append({"seed": seed, "earlier": a, "later": b, "change": b - a})
+            print(f"{method} seed {seed}: tuning PSNR {a:.3f} -> {b:.3f} dB", flush=True)
+        if changes:
+            mean = sum(c["change"] for c in changes) / len(changes)
+            out[method] = {"seeds": changes, "mean_change": mean, "still_gaining": mean >= CONVERGED_DB}
+    save_json(RUNS / f"convergence-{later}.json", {"earlier": earlier, "later": later, "threshold_db": CONVERGED_DB,
+                                                    "methods": out})
+    print(convergence_table(RUNS / f"convergence-{later}.json"))
+
+
+def convergence_table(path: Path) -> str:
+    """The markdown table of a ``convergence-<later>.json``."""
+    data = load_json(path)
+    lines = [f"| method | seeds | tuning PSNR at {data['earlier']:,} (dB) | at {data['later']:,} | change | "
+             f"still gaining (>= {data['threshold_db']} dB) |", "|---|---|---|---|---|---|"]
+    for method, r in data["methods"].items():
+        n = len(r["seeds"])
+        a, b = (sum(s[k] for s in r["seeds"]) / n for k in ("earlier", "later"))
+        spread = ", ".join(f"{s['change']:+.2f}" for s in r["seeds"])
+        lines.append(f"| {method} | {n} | {a:.2f} | {b:.2f} | {r['mean_change']:+.2f} ({spread}) | "
+                     f"{'yes' if r['still_gaining'] else 'no'} |")
+    return "\n".join(lines)
 
 
 #: The seed-0 run of these methods ships (``ship``): the names the panel and the CLI offer.
@@ -251,11 +301,12 @@ def status() -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("command", choices=("tune", "train", "status", "snapshot", "ship"))
+    ap.add_argument("command", choices=("tune", "train", "status", "snapshot", "ship", "converge"))
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--seeds", default=",".join(map(str, SEEDS)))
     ap.add_argument("--steps", type=int, default=TRAIN_STEPS)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--earlier", type=int, help="converge: the shorter budget kept beside each run")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     methods = [m for m in args.methods.split(",") if m]
@@ -266,6 +317,10 @@ def main() -> None:
         tune(methods)
     elif args.command == "train":
         train(methods, [int(s) for s in args.seeds.split(",")], args.steps)
+    elif args.command == "converge":
+        if not args.earlier:
+            raise SystemExit("converge needs --earlier N (the kept shorter budget) and --steps M")
+        converge(args.earlier, args.steps)
     elif args.command == "snapshot":
         snapshot()
     elif args.command == "ship":

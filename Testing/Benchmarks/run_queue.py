@@ -47,6 +47,20 @@ def trained_steps(run: Path) -> int:
     return int(json.loads(card.read_text())["training"]["steps"]) if card.exists() else 0
 
 
+def keep_budget(run: Path) -> None:
+    """Before a finished run is extended to more updates: copy its model and card to
+    ``model-<updates>.safetensors`` / ``.json`` (once; atomically), so the shorter budget can still be scored."""
+    done = trained_steps(run)
+    if not done:
+        return
+    for suffix in (".safetensors", ".json"):
+        source, kept = run / f"model{suffix}", run / f"model-{done}{suffix}"
+        if source.exists() and not kept.exists():
+            tmp = kept.with_name(kept.name + ".tmp")
+            tmp.write_bytes(source.read_bytes())
+            tmp.replace(kept)
+
+
 def load_json(path: Path) -> dict:
     """The JSON object in ``path``; {} when there is none yet."""
     return json.loads(path.read_text()) if path.exists() else {}
