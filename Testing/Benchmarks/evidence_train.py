@@ -172,8 +172,6 @@ CONVERGED_DB = 0.2
 def converge(earlier: int, later: int) -> None:
     """Score every run's kept ``earlier``-update model and its ``later``-update model on the tuning patient
     (the data that chooses budgets; never the evaluation patients); write ``convergence-<later>.json``."""
-    from QHQGANLib.nn.weights import load_model
-
     tune_volumes = load_split("tune")
     out: Dict[str, dict] = {}
     for method in METHODS:
@@ -183,8 +181,7 @@ def converge(earlier: int, later: int) -> None:
             old = run / f"model-{earlier}.safetensors"
             if trained_steps(run) != later or not old.exists():
                 continue
-            a = _tuning_score(load_model(str(old), device="cpu"), tune_volumes)
-            b = _tuning_score(load_model(str(run / "model.safetensors"), device="cpu"), tune_volumes)
+            a, b = (_cached_tuning_score(path, tune_volumes) for path in (old, run / "model.safetensors"))
             changes.append({"seed": seed, "earlier": a, "later": b, "change": b - a})
             print(f"{method} seed {seed}: tuning PSNR {a:.3f} -> {b:.3f} dB", flush=True)
         if changes:
@@ -193,6 +190,20 @@ def converge(earlier: int, later: int) -> None:
     save_json(RUNS / f"convergence-{later}.json", {"earlier": earlier, "later": later, "threshold_db": CONVERGED_DB,
                                                     "methods": out})
     print(convergence_table(RUNS / f"convergence-{later}.json"))
+
+
+def _cached_tuning_score(weights: Path, tune_volumes) -> float:
+    """``_tuning_score`` of the model in ``weights``, cached by its sha256 (``converge`` may run again as
+    the runs finish)."""
+    from QHQGANLib.nn.weights import load_model, sha256_of
+
+    cache_path = RUNS / "tuning_score_cache.json"
+    key = sha256_of(weights)
+    cache = load_json(cache_path)
+    if key not in cache:
+        cache = {**load_json(cache_path), key: _tuning_score(load_model(str(weights), device="cpu"), tune_volumes)}
+        save_json(cache_path, cache)
+    return cache[key]
 
 
 def convergence_table(path: Path) -> str:
