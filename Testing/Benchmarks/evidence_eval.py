@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from evidence_train import COMMON, METHODS, RUNS, SEEDS, TRAIN_STEPS, tuned_rates  # noqa: E402
+from evidence_train import COMMON, METHODS, RUNS, SEEDS, TRAIN_STEPS, convergence_table, tuned_rates  # noqa: E402
 from protocol import load_split  # noqa: E402
 from report import write_section  # noqa: E402
 from run_queue import trained_steps  # noqa: E402
@@ -258,6 +258,15 @@ def markdown(result: Dict, earlier: Dict = None) -> str:
             out.append(f"| {m} | {s['mean']:.2f} | {s['std']:.2f} | {s['min']:.2f} | {s['max']:.2f} | {s['n']} |")
     if earlier is not None:
         out += longer_training(result, earlier)
+    budget = RUNS / f"convergence-{max(budgets)}.json"
+    if budget.exists():  # the budget decision, made on the tuning patient (evidence_train.py converge)
+        data = json.loads(budget.read_text())
+        out += ["", "### Training budget, judged on the tuning patient", "",
+                f"The same question on the tuning patient's slices (simulated 25 % and 10 % dose), the data that "
+                f"decides whether to train longer: mean PSNR of each run's {data['earlier']:,}-update model (kept "
+                f"beside the run) and of its {data['later']:,}-update model; another extension is worth it while a "
+                f"method gains >= {data['threshold_db']} dB (a threshold set before these runs were scored). Seeds "
+                "whose shorter model was not kept are left out.", "", convergence_table(budget)]
     return "\n".join(out)
 
 
