@@ -199,11 +199,11 @@ def _cached_tuning_score(weights: Path, tune_volumes) -> float:
 
     cache_path = RUNS / "tuning_score_cache.json"
     key = sha256_of(weights)
-    cache = load_json(cache_path)
-    if key not in cache:
-        cache = {**load_json(cache_path), key: _tuning_score(load_model(str(weights), device="cpu"), tune_volumes)}
-        save_json(cache_path, cache)
-    return cache[key]
+    cached = load_json(cache_path).get(key)
+    if cached is None:
+        cached = _tuning_score(load_model(str(weights), device="cpu"), tune_volumes)
+        save_json(cache_path, {**load_json(cache_path), key: cached})  # read again: keep what others wrote meanwhile
+    return cached
 
 
 def convergence_table(path: Path) -> str:

@@ -14,6 +14,7 @@ for, so a larger budget later extends the finished runs exactly.
 from __future__ import annotations
 
 import json
+import shutil
 import os
 from pathlib import Path
 
@@ -57,7 +58,7 @@ def keep_budget(run: Path) -> None:
         source, kept = run / f"model{suffix}", run / f"model-{done}{suffix}"
         if source.exists() and not kept.exists():
             tmp = kept.with_name(kept.name + ".tmp")
-            tmp.write_bytes(source.read_bytes())
+            shutil.copyfile(source, tmp)
             tmp.replace(kept)
 
 

@@ -140,19 +140,19 @@ def main(argv=None) -> None:
     save_json(RUNS / f"results-{args.steps}.json", {"lr": lr, "sweep": sweep, "seeds": args.seeds,
                                                     "results": {k: {str(d): v for d, v in r.items()}
                                                                 for k, r in results.items()}})
-    lines = _report(results, sweep, lr, args, time.time() - start)
+    lines = _report(results, sweep, lr, args, time.time() - start, len(data["train"]))
     print("\n".join(lines))
     if not args.no_write:
         write_section("synth-downstream", "\n".join(lines))
 
 
-def _report(results: dict, sweep: dict, lr: float, args, seconds: float) -> List[str]:
-    n_real = "132"
+def _report(results: dict, sweep: dict, lr: float, args, seconds: float, n_real: int) -> List[str]:
+    synthetic_share = N_SYNTH / (N_SYNTH + n_real)  # patches are drawn in proportion to the slices (same size)
     lines = ["## Downstream use of synthetic CT: a denoiser trained with and without synthetic slices (issue #10)", "",
              f"RED-CNN (1 slice, width 32, MSE), {args.steps} updates of 16 patches of 32x32, calibrated simulated "
              f"dose 5-50 %, on 64x64 abdomen slices: `real` = the {n_real} training slices of the patient protocol; "
-             f"`+hqgan-synth` / `+dcgan-synth` = those and {N_SYNTH} samples of the shipped 64x64 model (about 60 % "
-             "of the patches synthetic); `hqgan-synth only` = the samples alone. The synthesis models were trained "
+             f"`+hqgan-synth` / `+dcgan-synth` = those and {N_SYNTH} samples of the shipped 64x64 model (about "
+             f"{synthetic_share * 100:.0f} % of the patches synthetic); `hqgan-synth only` = the samples alone. The synthesis models were trained "
              "on the same real slices. Learning rate chosen for `real` on the tuning patient (" +
              ", ".join(f"{k:g}: {v:.2f} dB" for k, v in sorted(sweep.items())) + f"; chosen {lr:g}) and used for every arm. "
              f"Scored once on the evaluation patients' 5 abdomen slices at 25 % and 10 % dose ({N_REALISATIONS} noise "
