@@ -14,8 +14,8 @@ for, so a larger budget later extends the finished runs exactly.
 from __future__ import annotations
 
 import json
-import shutil
 import os
+import shutil
 from pathlib import Path
 
 
