@@ -327,6 +327,36 @@ def bench_training(volume, repeats: int, log) -> dict:
     return {"ups": ups, "steps": steps}
 
 
+def goals_paragraph(circ: list, ps: dict, floor: float, prof_inf: dict, ups: dict) -> str:
+    """Issue #16's goals against this run's figures, met or not (written with the tables, so a rerun
+    keeps the reading in step with the numbers)."""
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "**not met**"
+
+    parts = []
+    for r in circ:
+        if "default.qubit fwd" in r:
+            f, fb = r["current fwd"] / r["default.qubit fwd"], r["current fwd+bwd"] / r["default.qubit fwd+bwd"]
+            parts.append(f"circuit L={r['L']}: {f:.0f}x / {fb:.0f}x `default.qubit` forward / forward+backward "
+                         f"(goal >= 30x both: {verdict(min(f, fb) >= 30)})")
+    x_floor = ps["hqgan current"] / floor
+    parts.append(f"`enhance` with `hqgan-enhance` {ps['hqgan current']:.2f} s per slice, {x_floor:.1f}x the FLOP "
+                 f"floor (goal <= 2x: {verdict(x_floor <= 2)})")
+    total = prof_inf["one 512x512 slice, enhance() wall time"]
+    network = total - prof_inf.get("tiling (windows, padding, batch buffer)", 0) - prof_inf.get("output (to numpy, "
+                                                                                               "scatter)", 0)
+    share = prof_inf.get("circuit forward", 0) / network
+    parts.append(f"the circuit {100 * share:.0f} % of the network's time (goal <= 40 %: {verdict(share <= 0.4)})")
+    for label, cur, prev in (("HQGAN enhancement training", "hqgan current", "hqgan previous"),
+                             ("HQGAN synthesis training", "synth current", "synth previous")):
+        ratio = ups[cur] / ups[prev]
+        parts.append(f"{label} {ratio:.2f}x the updates per second of the code as filed (goal >= 2x: "
+                     f"{verdict(ratio >= 2)})")
+    return ("**Against issue #16's goals, in this run:** " + "; ".join(parts) + ". The circuit rows vary from run "
+            "to run by up to ~2x at batch 4,096; synthesis training is mostly the critic's convolutions and the "
+            "gradient penalty's double backward, which the circuit work does not touch.")
+
+
 # --------------------------------------------------------------------------------------------
 # 4. profiles
 # --------------------------------------------------------------------------------------------
@@ -485,6 +515,8 @@ def main(argv=None):
         breakdown_table(prof_inf, "one 512x512 slice, enhance() wall time"),
         "",
         breakdown_table(prof_train, "one HQGAN training update, wall time"),
+        "",
+        goals_paragraph(circ, ps, floor, prof_inf, ups),
     ])
     print("\n" + body)
     if not args.quick and not args.no_write:
