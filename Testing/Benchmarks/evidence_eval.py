@@ -14,7 +14,8 @@ tuning patient's residuals of the same noise condition.
     python Testing/Benchmarks/evidence_eval.py            # after evidence_train.py; writes BENCHMARKS.md
     python Testing/Benchmarks/evidence_eval.py --earlier runs/evidence/evaluation-1000.json
         # after `evidence_train.py train --steps 2000`: adds the longer-training check (same slices,
-        # same seeded inputs; per-slice paired change with its interval)
+        # same seeded inputs; per-slice paired change with its interval); several (oldest first):
+        # one table per extension
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -166,7 +167,10 @@ def longer_training(result: Dict, earlier: Dict) -> List[str]:
     """Markdown: each method's PSNR after the earlier and the current budget, per condition, with the
     per-slice paired change (current - earlier; seed means per slice) and its bootstrap interval."""
     steps, before = result.get("steps", {}), earlier.get("steps", {})
-    out = ["", "### Longer training: the same models after more updates", "",
+    moves = sorted({(before.get(m, TRAIN_STEPS), steps.get(m, TRAIN_STEPS)) for m in METHODS
+                    if before.get(m, TRAIN_STEPS) != steps.get(m, TRAIN_STEPS)})
+    out = ["", "### Longer training: the same models after more updates ("
+           + ", ".join(f"{a:,} -> {b:,}" for a, b in moves) + ")", "",
            "Each run continued exactly from its checkpoint (same data order, optimizer state and learning rate); "
            "the same evaluation slices and seeded degraded inputs. Change = PSNR after the longer budget minus "
            "after the shorter one, per slice (mean over seeds), bootstrap 95 % interval; 'no measurable "
@@ -176,8 +180,8 @@ def longer_training(result: Dict, earlier: Dict) -> List[str]:
     for cond, r in result["rows"].items():
         old = earlier["rows"].get(cond, {})
         for m in METHODS:
-            if m not in r or m not in old:
-                continue
+            if m not in r or m not in old or before.get(m, TRAIN_STEPS) == steps.get(m, TRAIN_STEPS):
+                continue  # not trained longer
             d = paired_difference(r[m], old[m])
             verdict = {"A better": "improved", "B better": "worse"}.get(d["verdict"], d["verdict"])
             out.append(f"| {cond} | {m} | {before.get(m, TRAIN_STEPS):,} -> {steps.get(m, TRAIN_STEPS):,} | "
@@ -186,7 +190,9 @@ def longer_training(result: Dict, earlier: Dict) -> List[str]:
     return out
 
 
-def markdown(result: Dict, earlier: Dict = None) -> str:
+def markdown(result: Dict, earlier: Sequence[Dict] = ()) -> str:
+    """The BENCHMARKS section; ``earlier``: evaluations at shorter budgets, oldest first (one table per
+    extension: each against the next, the last against ``result``)."""
     rows = result["rows"]
     budgets = sorted(set(result.get("steps", {}).values())) or [TRAIN_STEPS]
     methods = [m for m in ["input", "bm3d (PSD)"] + list(METHODS) if any(m in r for r in rows.values())]
@@ -197,7 +203,7 @@ def markdown(result: Dict, earlier: Dict = None) -> str:
            "image-domain ramp-spectrum noise model at fixed std (20 / 40 / 80 HU).", "",
            "Training (`evidence_train.py`): every method the same training patients, calibrated simulated dose "
            f"drawn from {COMMON['dose_range'][0]:.0%}-{COMMON['dose_range'][1]:.0%}, "
-           + " / ".join(f"{b:,}" for b in budgets) + " updates of "
+           + _budget_words(result.get("steps", {}), budgets) + " of "
            f"{COMMON['batch_size']} patches of {COMMON['patch_size']}x{COMMON['patch_size']}, its learning rate "
            "from the same sweep on the tuning patient (" + ", ".join(
                f"{m} {lr:g}" for m, lr in tuned_rates().items()) + "). `hqgan`: the 8-qubit circuit; `mlp-control`: "
@@ -256,18 +262,34 @@ def markdown(result: Dict, earlier: Dict = None) -> str:
         if per_seed:
             s = seed_summary(per_seed)
             out.append(f"| {m} | {s['mean']:.2f} | {s['std']:.2f} | {s['min']:.2f} | {s['max']:.2f} | {s['n']} |")
-    if earlier is not None:
-        out += longer_training(result, earlier)
-    budget = RUNS / f"convergence-{max(budgets)}.json"
-    if budget.exists():  # the budget decision, made on the tuning patient (evidence_train.py converge)
-        data = json.loads(budget.read_text())
+    for before, after in zip(earlier, earlier[1:] + [result]):  # each extension in turn
+        out += longer_training(after, before)
+    judged = sorted((p for p in RUNS.glob("convergence-*.json") if _budget_of_file(p) <= max(budgets)),
+                    key=_budget_of_file)
+    if judged:  # the budget decisions, made on the tuning patient (evidence_train.py converge)
+        data = json.loads(judged[0].read_text())
         out += ["", "### Training budget, judged on the tuning patient", "",
-                f"The same question on the tuning patient's slices (simulated 25 % and 10 % dose), the data that "
-                f"decides whether to train longer: mean PSNR of each run's {data['earlier']:,}-update model (kept "
-                f"beside the run) and of its {data['later']:,}-update model; another extension is worth it while a "
-                f"method gains >= {data['threshold_db']} dB (a threshold set before these runs were scored). Seeds "
-                "whose shorter model was not kept are left out.", "", convergence_table(budget)]
+                "The same question on the tuning patient's slices (simulated 25 % and 10 % dose), the data that "
+                "decides whether to train longer: mean PSNR of each run's shorter-budget model (kept beside the run) "
+                "and of its longer-budget model; a method is extended again while it gains >= "
+                f"{data['threshold_db']} dB (a threshold set before these runs were scored) and stops otherwise (its "
+                "last model is the one evaluated above). Seeds whose shorter model was not kept are left out."]
+        for path in judged:
+            out += ["", convergence_table(path)]
     return "\n".join(out)
+
+
+def _budget_of_file(path: Path) -> int:
+    """The longer budget a ``convergence-<N>.json`` judged."""
+    return int(path.stem.split("-")[1])
+
+
+def _budget_words(steps: Dict[str, int], budgets: List[int]) -> str:
+    """'3,000 updates' when every method had the same budget, else each method's ('... (hqgan 3,000, ...), each')."""
+    if len(budgets) == 1:
+        return f"{budgets[0]:,} updates"
+    return ("a number of updates chosen per method on the tuning patient (" +
+            ", ".join(f"{m} {n:,}" for m, n in steps.items()) + "), each")
 
 
 README_LABELS = {
@@ -328,8 +350,8 @@ def main() -> None:
     ap.add_argument("--no-bm3d", action="store_true", help="leave BM3D out (a smoke run)")
     ap.add_argument("--steps", type=int, help="only models trained for exactly this many updates (while "
                     "`evidence_train.py train --steps N` extends the runs; with --wait: until all have N)")
-    ap.add_argument("--earlier", help="an earlier run's evaluation JSON (a shorter training budget, same "
-                    "seeds): adds the longer-training table")
+    ap.add_argument("--earlier", nargs="+", default=[], help="earlier runs' evaluation JSONs, oldest first "
+                    "(shorter training budgets, same seeds): adds a longer-training table per extension")
     ap.add_argument("--readme", help="an evaluation JSON written before: print the README's table and verdicts "
                     "from it and stop")
     ap.add_argument("--wait", action="store_true", help="beside the training queue: evaluate each model as it "
@@ -349,7 +371,7 @@ def main() -> None:
             result = evaluate(conditions=conditions, bm3d=not args.no_bm3d, steps=args.steps)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=2))
-    text = markdown(result, json.loads(Path(args.earlier).read_text()) if args.earlier else None)
+    text = markdown(result, [json.loads(Path(p).read_text()) for p in args.earlier])
     if args.no_write:
         print(text)
     else:
