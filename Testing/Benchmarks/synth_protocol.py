@@ -47,7 +47,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from bench_synth import KEYS, _stack_rows, flat, ship  # noqa: E402
 from report import write_section  # noqa: E402
-from run_queue import claim, load_json, save_json, trained_steps  # noqa: E402
+from run_queue import claim, keep_budget, load_json, save_json, trained_steps  # noqa: E402
 from synth_data import DESCRIPTION, load_slices  # noqa: E402
 
 from QHQGANLib.core.figures import save_panels_png  # noqa: E402
@@ -74,8 +74,18 @@ def runs_for(size: int) -> Path:
     return RUNS if size == 64 else RUNS / f"size{size}"
 
 
-def figure_for(size: int) -> Path:
-    return HERE.parents[1] / "Resources" / "Images" / ("benchmark-synth.png" if size == 64 else f"benchmark-synth-{size}.png")
+#: The training budget of the protocol's main table; a longer one (``train --steps 4000``: the same runs
+#: continued exactly) is reported in its own section beside it.
+DEFAULT_STEPS = 1000
+
+
+def section_for(size: int, steps: int = DEFAULT_STEPS) -> str:
+    """The BENCHMARKS.md section of a size and budget: 'synth', 'synth-128', 'synth-4000', 'synth-128-4000'."""
+    return "synth" + ("" if size == 64 else f"-{size}") + ("" if steps == DEFAULT_STEPS else f"-{steps}")
+
+
+def figure_for(size: int, steps: int = DEFAULT_STEPS) -> Path:
+    return HERE.parents[1] / "Resources" / "Images" / f"benchmark-{section_for(size, steps)}.png"
 
 
 def config(method: str, design: str, **changes) -> SynthConfig:
@@ -97,6 +107,7 @@ def _train_run(run: Path, cfg: SynthConfig, train: np.ndarray):
         raise ValueError(f"{run} holds a model of {stored} updates, more than the {cfg.steps} asked for")
     if not claim(run):
         return None
+    keep_budget(run)  # the shorter budget's model stays beside the run (model-<N>.safetensors), for `ship`
     cfg.output_dir, cfg.resume, cfg.checkpoint_every = str(run), (run / "checkpoint.pt").exists(), 200
     t0 = time.time()
     model = train_synth(cfg, slices=train, show_progress=False)
@@ -246,12 +257,31 @@ def report(steps: int, size: int = 64) -> None:
               "(one row per method, in the table's order), window [-160, 240] HU.", "",
               f"![evaluation slices (first row) and seed-0 samples of each method]"
               f"({figure.relative_to(HERE.parents[1])})", ""]
-    write_section("synth" if size == 64 else f"synth-{size}", "\n".join(lines))
+    if steps != DEFAULT_STEPS:
+        lines += _longer_training(size, steps)
+    write_section(section_for(size, steps), "\n".join(lines))
     print("\n".join(lines))
 
 
+def _longer_training(size: int, steps: int) -> List[str]:
+    """Markdown: the same runs (method, seed) at the protocol's budget and at ``steps``."""
+    before = {(r["method"], r["seed"]): r for rs in _rows(size, DEFAULT_STEPS).values() for r in rs}
+    lines = [f"**The same runs at {DEFAULT_STEPS:,} and at {steps:,} updates** (continued exactly from their "
+             "checkpoints; the same samples' seeds and metrics):", "",
+             f"| method | seed | C2ST vs training, {DEFAULT_STEPS:,} | {steps:,} | FRD, {DEFAULT_STEPS:,} | {steps:,} | "
+             f"mean nearest SSIM to training, {DEFAULT_STEPS:,} | {steps:,} |", "|---|---|---|---|---|---|---|---|"]
+    for rs in _rows(size, steps).values():
+        for r in rs:
+            b = before.get((r["method"], r["seed"]))
+            if b is not None:
+                lines.append(f"| {r['method']} | {r['seed']} | {b['c2st_train']:.3f} | {r['c2st_train']:.3f} | "
+                             f"{b['frd']:.1f} | {r['frd']:.1f} | {b['memorization_mean']:.3f} | "
+                             f"{r['memorization_mean']:.3f} |")
+    return lines + [""]
+
+
 def _figure(real: np.ndarray, rows: Dict[str, List[dict]], size: int, steps: int) -> Path:
-    figure = figure_for(size)
+    figure = figure_for(size, steps)
     png_rows = [[(f"real {i + 1}", real[i]) for i in range(min(5, len(real)))]]
     for method in rows:
         samples = np.load(runs_for(size) / method / "seed0" / f"samples-{steps}.npz")["samples"]
@@ -270,7 +300,12 @@ def ship_all(steps: int, size: int = 64) -> None:
         if not metrics:
             print(f"{method}: seed 0 not evaluated; not shipped")
             continue
-        model = load_model(runs_for(size) / method / "seed0" / "model.safetensors")
+        run = runs_for(size) / method / "seed0"
+        weights = run / ("model.safetensors" if trained_steps(run) == steps else f"model-{steps}.safetensors")
+        if not weights.exists():
+            print(f"{method}: no {steps}-update model kept in {run}; not shipped")
+            continue
+        model = load_model(weights)
         cfg = config(method, metrics["design"], steps=steps, seed=0, size=size)
         scores = {k: metrics[k] for k in ("c2st_train", "c2st_train_ci95", "c2st_train_reference",
                                           "memorization_heldout_max") if k in metrics}
@@ -280,7 +315,7 @@ def ship_all(steps: int, size: int = 64) -> None:
                                "memorization and the C2ST against the training slices",
             "tuning": {d: load_json(tuning_root(size) / method / d / "score.json") for d in GRID},
             "validation_c2st": {**scores, "against": f"the {N_SAMPLES} samples vs the training slices (balanced)"},
-            "results": "BENCHMARKS.md section " + ("'synth'" if size == 64 else f"'synth-{size}'") +
+            "results": f"BENCHMARKS.md section '{section_for(size, steps)}'" +
                        " (3 seeds; this is seed 0)",
             "limitations": "trained for " + str(steps) + " updates on a CPU core, not converged; samples are "
                            "abdomen-shaped body outlines with soft-tissue values, without spine, ribs, fat layer or "
@@ -296,7 +331,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     ap.add_argument("command", choices=("tune", "train", "status", "report", "ship"))
     ap.add_argument("--methods", nargs="+", default=list(COMPARED), choices=COMPARED)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--steps", type=int, default=None, help="updates (tune: 400, train: 1000)")
+    ap.add_argument("--steps", type=int, default=None, help=f"updates (tune: 400, train: {DEFAULT_STEPS}; a larger "
+                    "train budget continues the finished runs exactly and is reported in its own section)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--size", type=int, default=64, choices=(64, 128))
     args = ap.parse_args(argv)
@@ -304,13 +340,13 @@ def main(argv: Optional[List[str]] = None) -> None:
     if args.command == "tune":
         tune(args.methods, args.steps or 400, args.size)
     elif args.command == "train":
-        train(args.methods, args.seeds, args.steps or 1000, args.size)
+        train(args.methods, args.seeds, args.steps or DEFAULT_STEPS, args.size)
     elif args.command == "status":
-        status(args.size, args.steps or 1000)
+        status(args.size, args.steps or DEFAULT_STEPS)
     elif args.command == "report":
-        report(args.steps or 1000, args.size)
+        report(args.steps or DEFAULT_STEPS, args.size)
     else:
-        ship_all(args.steps or 1000, args.size)
+        ship_all(args.steps or DEFAULT_STEPS, args.size)
 
 
 if __name__ == "__main__":
