@@ -252,6 +252,7 @@ def report(steps: int, size: int = 64) -> None:
         f"nearest SSIM {reference['memorization_heldout_reference']['mean']:.3f}, against the samples' "
         f"{min(near):.3f}-{max(near):.3f} (mean per run): the samples sit closer to the training slices than unseen "
         "real slices do (they follow the training patients' outlines; no sample is a copy: share > 0.9 above).", ""]
+    lines += _goals(rows, size)
     figure = _figure(data["evaluation"], rows, size, steps)
     lines += ["Figure: the evaluation slices (first row), then the first 5 samples of each method's seed-0 run "
               "(one row per method, in the table's order), window [-160, 240] HU.", "",
@@ -261,6 +262,35 @@ def report(steps: int, size: int = 64) -> None:
         lines += _longer_training(size, steps)
     write_section(section_for(size, steps), "\n".join(lines))
     print("\n".join(lines))
+
+
+#: Issue #10's C2ST goal per size (cross-validated accuracy; 0.5 = indistinguishable).
+C2ST_GOAL = {64: 0.75, 128: 0.85}
+
+
+def _goals(rows: Dict[str, List[dict]], size: int) -> List[str]:
+    """Markdown: issue #10's goals against this table, and HQGAN against each other method over seeds
+    (Welch's interval; a claim only where it excludes 0), written with the table so a rerun keeps them in step."""
+    from QHQGANLib.metrics.statistics import seed_difference
+
+    goal = C2ST_GOAL.get(size)
+    c2st = {m: float(np.mean([r["c2st_train"] for r in rs])) for m, rs in rows.items()}
+    met = [m for m, v in c2st.items() if goal is not None and v <= goal]
+    parts = [f"C2ST <= {goal} met by " + (", ".join(met) if met else "**none**") + " (means: " +
+             ", ".join(f"{m} {v:.3f}" for m, v in c2st.items()) + ")"]
+    reference = "hqgan"
+    for other in (m for m in rows if m != reference and reference in rows):
+        for key, label, f in (("frd", "FRD", "+.1f"), ("c2st_train", "C2ST", "+.3f")):
+            a, b = [r[key] for r in rows[reference]], [r[key] for r in rows[other]]
+            if min(len(a), len(b)) < 2:
+                parts.append(f"HQGAN vs {other} ({label}): fewer than 2 seeds on a side, not compared")
+                break
+            d = seed_difference(a, b, higher_is_better=False)
+            who = {"A better": "HQGAN better", "B better": f"{other} better"}.get(d["verdict"], d["verdict"])
+            parts.append(f"HQGAN - {other} {label} {d['mean_difference']:{f}} [{d['ci_low']:{f}}, "
+                         f"{d['ci_high']:{f}}]: {who}")
+    return ["**Against issue #10's goals, from this table** (HQGAN minus each method over seeds, Welch 95 % "
+            "interval; lower FRD and C2ST are better): " + "; ".join(parts) + ".", ""]
 
 
 def _longer_training(size: int, steps: int) -> List[str]:
