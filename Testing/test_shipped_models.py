@@ -107,18 +107,18 @@ UNSEEN_SLICES = ("chest-ct-lctsc/LCTSC-Test-S1-101.dcm", "abdomen-ct-pancreas/PA
 
 #: Smallest PSNR gain (abdomen window, dB) over the calibrated simulated quarter-dose input on either
 #: slice. Measured with the models of the patient protocol (issue #9; seed 0 at the budget chosen on the
-#: tuning patient, 3,000 updates): hqgan-enhance +0.77 / +1.50 dB (LCTSC / Pancreas), mlp-control-enhance
-#: +1.10 / +1.78, no-circuit-enhance +0.74 / +1.45, redcnn-enhance +2.79 / +2.16; set at about half the
-#: worst slice. (These two slices are one noise draw each; BENCHMARKS.md 'evidence' has 3 seeds and 6 slices
+#: tuning patient: 3,000 updates, RED-CNN 4,000): hqgan-enhance +0.77 / +1.50 dB (LCTSC / Pancreas),
+#: mlp-control-enhance +1.10 / +1.78, no-circuit-enhance +0.74 / +1.45, redcnn-enhance +3.07 / +2.23; set at
+#: about half the worst slice. (These two slices are one noise draw each; BENCHMARKS.md 'evidence' has 3 seeds and 6 slices
 #: per condition, on which the same models gain more at 25 % dose.)
 MIN_PSNR_GAIN_DB = {"hqgan-enhance": 0.4, "mlp-control-enhance": 0.55, "no-circuit-enhance": 0.35,
                     "redcnn-enhance": 1.0}
 #: Largest noise left in uniform soft tissue, as a fraction of the input's. Measured: 0.89 / 0.69 (hqgan),
-#: 0.86 / 0.66 (mlp-control), 0.90 / 0.73 (no-circuit), 0.65 / 0.53 (redcnn): the adversarially trained
+#: 0.86 / 0.66 (mlp-control), 0.90 / 0.73 (no-circuit), 0.59 / 0.48 (redcnn): the adversarially trained
 #: generators keep more of the noise texture than the MSE-trained RED-CNN.
 MAX_NOISE_RATIO = 0.95
 #: Largest shift of the mean HU of uniform soft tissue. Measured: +0.1 / +0.7 HU (hqgan), -0.7 / +0.9
-#: (mlp-control), -0.6 / -0.3 (no-circuit), -2.7 / -2.3 (redcnn).
+#: (mlp-control), -0.6 / -0.3 (no-circuit), +1.4 / +2.4 (redcnn).
 MAX_MEAN_SHIFT_HU = 5.0
 
 

@@ -276,6 +276,12 @@ def markdown(result: Dict, earlier: Sequence[Dict] = ()) -> str:
                 "last model is the one evaluated above). Seeds whose shorter model was not kept are left out."]
         for path in judged:
             out += ["", convergence_table(path)]
+        last = json.loads(judged[-1].read_text())
+        gaining = [m for m, r in last["methods"].items() if r["still_gaining"]]
+        if gaining:
+            out += ["", f"Still gaining at {last['later']:,} updates, where training stopped (the CPU budget of this "
+                    f"benchmark, not the rule): {', '.join(gaining)}. Their figures above are lower bounds: on the "
+                    "tuning patient more updates would be expected to favour them further."]
     return "\n".join(out)
 
 
