@@ -9,9 +9,9 @@ RMSE and noise lower). Pairing matters: the variation between items (an easy sli
 for both methods) cancels in the difference.
 
 ``seed_difference(a, b)`` compares two methods over independent training runs (one score per
-seed each) with Welch's t interval. ``seed_summary(values)`` summarises one figure over training seeds (mean, sample std, min,
-max, n); ``markdown_row`` writes either result as a row of a markdown table (headers in
-``PAIRED_HEADER`` and ``SEED_HEADER``).
+seed each) with Welch's t interval. ``seed_summary(values)`` summarises one figure over
+training seeds (mean, sample std, min, max, n); ``markdown_row`` writes a paired or a seed
+result as a row of a markdown table (headers in ``PAIRED_HEADER`` and ``SEED_HEADER``).
 
 Console usage::
 

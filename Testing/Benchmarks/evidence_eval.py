@@ -167,8 +167,9 @@ def longer_training(result: Dict, earlier: Dict) -> List[str]:
     """Markdown: each method's PSNR after the earlier and the current budget, per condition, with the
     per-slice paired change (current - earlier; seed means per slice) and its bootstrap interval."""
     steps, before = result.get("steps", {}), earlier.get("steps", {})
-    moves = sorted({(before.get(m, TRAIN_STEPS), steps.get(m, TRAIN_STEPS)) for m in METHODS
-                    if before.get(m, TRAIN_STEPS) != steps.get(m, TRAIN_STEPS)})
+    budget = {m: (before.get(m, TRAIN_STEPS), steps.get(m, TRAIN_STEPS)) for m in METHODS}
+    longer = [m for m in METHODS if budget[m][0] != budget[m][1]]  # the methods this extension trained on
+    moves = sorted({budget[m] for m in longer})
     out = ["", "### Longer training: the same models after more updates ("
            + ", ".join(f"{a:,} -> {b:,}" for a, b in moves) + ")", "",
            "Each run continued exactly from its checkpoint (same data order, optimizer state and learning rate); "
@@ -179,12 +180,12 @@ def longer_training(result: Dict, earlier: Dict) -> List[str]:
            "|---|---|---|---|---|---|---|---|"]
     for cond, r in result["rows"].items():
         old = earlier["rows"].get(cond, {})
-        for m in METHODS:
-            if m not in r or m not in old or before.get(m, TRAIN_STEPS) == steps.get(m, TRAIN_STEPS):
-                continue  # not trained longer
+        for m in longer:
+            if m not in r or m not in old:
+                continue
             d = paired_difference(r[m], old[m])
             verdict = {"A better": "improved", "B better": "worse"}.get(d["verdict"], d["verdict"])
-            out.append(f"| {cond} | {m} | {before.get(m, TRAIN_STEPS):,} -> {steps.get(m, TRAIN_STEPS):,} | "
+            out.append(f"| {cond} | {m} | {budget[m][0]:,} -> {budget[m][1]:,} | "
                        f"{np.mean(old[m]):.2f} | {np.mean(r[m]):.2f} | {d['mean_difference']:+.2f} | "
                        f"[{d['ci_low']:+.2f}, {d['ci_high']:+.2f}] | {verdict} |")
     return out
@@ -267,7 +268,7 @@ def markdown(result: Dict, earlier: Sequence[Dict] = ()) -> str:
     judged = sorted((p for p in RUNS.glob("convergence-*.json") if _budget_of_file(p) <= max(budgets)),
                     key=_budget_of_file)
     if judged:  # the budget decisions, made on the tuning patient (evidence_train.py converge)
-        data = json.loads(judged[0].read_text())
+        data, last = (json.loads(p.read_text()) for p in (judged[0], judged[-1]))
         out += ["", "### Training budget, judged on the tuning patient", "",
                 "The same question on the tuning patient's slices (simulated 25 % and 10 % dose), the data that "
                 "decides whether to train longer: mean PSNR of each run's shorter-budget model (kept beside the run) "
@@ -276,7 +277,6 @@ def markdown(result: Dict, earlier: Sequence[Dict] = ()) -> str:
                 "last model is the one evaluated above). Seeds whose shorter model was not kept are left out."]
         for path in judged:
             out += ["", convergence_table(path)]
-        last = json.loads(judged[-1].read_text())
         gaining = [m for m, r in last["methods"].items() if r["still_gaining"]]
         if gaining:
             out += ["", f"Still gaining at {last['later']:,} updates, where training stopped (the CPU budget of this "

@@ -298,8 +298,9 @@ def _longer_training(size: int, steps: int) -> List[str]:
     before = {(r["method"], r["seed"]): r for rs in _rows(size, DEFAULT_STEPS).values() for r in rs}
     lines = [f"**The same runs at {DEFAULT_STEPS:,} and at {steps:,} updates** (continued exactly from their "
              "checkpoints; the same samples' seeds and metrics):", "",
-             f"| method | seed | C2ST vs training, {DEFAULT_STEPS:,} | {steps:,} | FRD, {DEFAULT_STEPS:,} | {steps:,} | "
-             f"mean nearest SSIM to training, {DEFAULT_STEPS:,} | {steps:,} |", "|---|---|---|---|---|---|---|---|"]
+             f"| method | seed | C2ST vs training, {DEFAULT_STEPS:,} | {steps:,} | FRD, {DEFAULT_STEPS:,} | "
+             f"{steps:,} | mean nearest SSIM to training, {DEFAULT_STEPS:,} | {steps:,} |",
+             "|---|---|---|---|---|---|---|---|"]
     for rs in _rows(size, steps).values():
         for r in rs:
             b = before.get((r["method"], r["seed"]))
