@@ -293,21 +293,57 @@ def _goals(rows: Dict[str, List[dict]], size: int) -> List[str]:
             "interval; lower FRD and C2ST are better): " + "; ".join(parts) + ".", ""]
 
 
+def weights_of(run: Path, steps: int) -> Path:
+    """The weights of ``run`` after ``steps`` updates: its model, or the shorter budget kept beside it."""
+    return run / ("model.safetensors" if trained_steps(run) == steps else f"model-{steps}.safetensors")
+
+
+def tuning_frd(run: Path, steps: int, data: Dict[str, np.ndarray]) -> Optional[float]:
+    """FRD of ``run``'s ``steps``-update model against the **tuning patient** (the score its design was chosen
+    by: the same samples' seed and count), cached in ``tune-frd-<steps>.json``; None without that model."""
+    cache = run / f"tune-frd-{steps}.json"
+    if not cache.exists():
+        if not weights_of(run, steps).exists():
+            return None
+        samples = synthesize(load_model(weights_of(run, steps)), N_SAMPLES, seed=999).array
+        metrics = evaluate_synthetic(samples, data["tune"], data["train"], seed=0, c2st=False)
+        save_json(cache, {"frd_tune": metrics["frd"], "steps": steps})
+    return float(load_json(cache)["frd_tune"])
+
+
 def _longer_training(size: int, steps: int) -> List[str]:
-    """Markdown: the same runs (method, seed) at the protocol's budget and at ``steps``."""
+    """Markdown: the same runs (method, seed) at the protocol's budget and at ``steps``, with the budget every
+    method shares chosen on the tuning patient (the lower mean tuning FRD over all runs), not on this table."""
+    data = load_slices(size)
     before = {(r["method"], r["seed"]): r for rs in _rows(size, DEFAULT_STEPS).values() for r in rs}
     lines = [f"**The same runs at {DEFAULT_STEPS:,} and at {steps:,} updates** (continued exactly from their "
-             "checkpoints; the same samples' seeds and metrics):", "",
-             f"| method | seed | C2ST vs training, {DEFAULT_STEPS:,} | {steps:,} | FRD, {DEFAULT_STEPS:,} | "
+             "checkpoints; the same samples' seeds and metrics; the tuning-patient FRD is the score the designs "
+             "were chosen by):", "",
+             f"| method | seed | FRD on the tuning patient, {DEFAULT_STEPS:,} | {steps:,} | "
+             f"C2ST vs training, {DEFAULT_STEPS:,} | {steps:,} | FRD, {DEFAULT_STEPS:,} | "
              f"{steps:,} | mean nearest SSIM to training, {DEFAULT_STEPS:,} | {steps:,} |",
-             "|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    tuned = {DEFAULT_STEPS: [], steps: []}
     for rs in _rows(size, steps).values():
         for r in rs:
             b = before.get((r["method"], r["seed"]))
-            if b is not None:
-                lines.append(f"| {r['method']} | {r['seed']} | {b['c2st_train']:.3f} | {r['c2st_train']:.3f} | "
-                             f"{b['frd']:.1f} | {r['frd']:.1f} | {b['memorization_mean']:.3f} | "
-                             f"{r['memorization_mean']:.3f} |")
+            if b is None:
+                continue
+            run = runs_for(size) / r["method"] / f"seed{r['seed']}"
+            frd = {n: tuning_frd(run, n, data) for n in tuned}
+            if None not in frd.values():
+                for n in tuned:
+                    tuned[n].append(frd[n])
+            cells = " | ".join("-" if frd[n] is None else f"{frd[n]:.1f}" for n in tuned)
+            lines.append(f"| {r['method']} | {r['seed']} | {cells} | {b['c2st_train']:.3f} | "
+                         f"{r['c2st_train']:.3f} | {b['frd']:.1f} | {r['frd']:.1f} | {b['memorization_mean']:.3f} | "
+                         f"{r['memorization_mean']:.3f} |")
+    if tuned[steps]:
+        mean = {n: float(np.mean(v)) for n, v in tuned.items()}
+        pick = min(mean, key=mean.get)
+        lines += ["", f"Budget on the tuning patient (mean FRD over the {len(tuned[steps])} runs scored at both): "
+                  f"{DEFAULT_STEPS:,} updates {mean[DEFAULT_STEPS]:.1f}, {steps:,} updates {mean[steps]:.1f}; "
+                  f"the shared budget chosen there is **{pick:,} updates** (one budget for every method)."]
     return lines + [""]
 
 
@@ -332,7 +368,7 @@ def ship_all(steps: int, size: int = 64) -> None:
             print(f"{method}: seed 0 not evaluated; not shipped")
             continue
         run = runs_for(size) / method / "seed0"
-        weights = run / ("model.safetensors" if trained_steps(run) == steps else f"model-{steps}.safetensors")
+        weights = weights_of(run, steps)
         if not weights.exists():
             print(f"{method}: no {steps}-update model kept in {run}; not shipped")
             continue
