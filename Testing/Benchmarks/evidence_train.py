@@ -104,14 +104,14 @@ def _update_tuning(path: Path, method: str, entry: dict) -> None:
     save_json(path, results)
 
 
-def widened_lr(scores: Dict[float, float]) -> Optional[float]:
-    """The next learning rate to try when the best of ``scores`` sits at an edge of the sweep (one step of
-    sqrt(10) beyond it, within [1e-5, 1e-2]); None when the best is interior (issue #9)."""
+def widened_lr(scores: Dict[float, float], factor: float = math.sqrt(10)) -> Optional[float]:
+    """The next learning rate to try when the best of ``scores`` (higher is better) sits at an edge of the
+    sweep (one step of ``factor`` beyond it, within [1e-5, 1e-2]); None when the best is interior (issue #9)."""
     best, ordered = max(scores, key=scores.get), sorted(scores)
     if best == ordered[-1] and best < 1e-2:
-        return best * math.sqrt(10)
+        return best * factor
     if best == ordered[0] and best > 1e-5:
-        return best / math.sqrt(10)
+        return best / factor
     return None
 
 

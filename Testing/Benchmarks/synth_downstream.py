@@ -38,6 +38,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+from evidence_train import widened_lr  # noqa: E402
 from report import write_section  # noqa: E402
 from run_queue import save_json  # noqa: E402
 from synth_data import DESCRIPTION, load_slices  # noqa: E402
@@ -127,9 +128,8 @@ def main(argv=None) -> None:
             scores = _scores(_train("real", lr, 0, args.steps, sources), tune, tune_noisy)
             sweep[lr] = float(np.mean([s.mean() for s in scores.values()]))
             print(f"tuning lr {lr:g}: PSNR {sweep[lr]:.2f} dB", flush=True)
-        lr, tried = max(sweep, key=sweep.get), sorted(sweep)
-        # best at an edge: widen the sweep by one value (x 3) on that side, at most twice
-        edge = lr * 3 if lr == tried[-1] else lr / 3 if lr == tried[0] else None
+        lr = max(sweep, key=sweep.get)
+        edge = widened_lr(sweep, factor=3)  # best at an edge: one more value (x 3) on that side, at most twice
         candidates = [float(f"{edge:.1g}")] if edge is not None and len(sweep) < len(LRS) + 2 else []
     results = {"input": {d: s.tolist() for d, s in _scores(None, evaluation, eval_noisy).items()}}
     for arm in ARMS:

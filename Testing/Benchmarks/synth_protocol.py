@@ -389,6 +389,11 @@ def ship_all(steps: int, size: int = 64) -> None:
                            "organs in their places, and a small CNN tells them from real slices (validation_c2st); "
                            "abdomen only, no conditioning on anatomy; every output is synthetic",
         }
+        if steps != DEFAULT_STEPS:  # a longer budget ships only as the one chosen on the tuning patient
+            data = load_slices(size)
+            extra["budget"] = {f"frd_tune_{n}": tuning_frd(run, n, data) for n in (DEFAULT_STEPS, steps)}
+            extra["budget"]["chosen_on"] = (f"the tuning patient: mean FRD over every run scored at both budgets "
+                                            f"(BENCHMARKS.md section '{section_for(size, steps)}')")
         card = ship(model, method, cfg, metrics["seconds"], metrics, extra)
         print(method, "shipped as", card.get("name"))
 
