@@ -285,6 +285,9 @@ def _goals(rows: Dict[str, List[dict]], size: int) -> List[str]:
             if min(len(a), len(b)) < 2:
                 parts.append(f"HQGAN vs {other} ({label}): fewer than 2 seeds on a side, not compared")
                 break
+            if len(set(a) | set(b)) == 1:  # no spread on either side: an interval says nothing more
+                parts.append(f"HQGAN and {other} {label} {a[0]:{f[1:]}} on every seed: no difference")
+                continue
             d = seed_difference(a, b, higher_is_better=False)
             who = {"A better": "HQGAN better", "B better": f"{other} better"}.get(d["verdict"], d["verdict"])
             parts.append(f"HQGAN - {other} {label} {d['mean_difference']:{f}} [{d['ci_low']:{f}}, "
