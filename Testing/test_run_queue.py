@@ -66,3 +66,19 @@ def test_keep_budget_copies_the_finished_model_once(tmp_path):
     assert (run / "model-2000.safetensors").read_bytes() == b"weights at 2000"
     assert sorted(p.name for p in run.iterdir()) == ["model-2000.json", "model-2000.safetensors", "model.json",
                                                      "model.safetensors"]
+
+
+def test_weights_of_finds_each_budget_after_an_extension(tmp_path):
+    """``ship`` and the tuning-patient budget check read a budget's weights through ``weights_of``: the
+    run's own model while it holds that budget, the copy ``keep_budget`` made once it was extended."""
+    run = tmp_path / "wgan-gp" / "seed1"
+    run.mkdir(parents=True)
+    (run / "model.json").write_text(json.dumps({"training": {"steps": 1000}}))
+    (run / "model.safetensors").write_bytes(b"weights at 1000")
+    assert run_queue.weights_of(run, 1000).read_bytes() == b"weights at 1000"
+    assert not run_queue.weights_of(run, 4000).exists()  # not trained that far yet
+    run_queue.keep_budget(run)  # extended to 4,000 updates: the model is replaced
+    (run / "model.json").write_text(json.dumps({"training": {"steps": 4000}}))
+    (run / "model.safetensors").write_bytes(b"weights at 4000")
+    assert run_queue.weights_of(run, 1000).read_bytes() == b"weights at 1000"
+    assert run_queue.weights_of(run, 4000).read_bytes() == b"weights at 4000"

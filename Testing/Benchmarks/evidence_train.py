@@ -44,7 +44,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from protocol import load_split  # noqa: E402
-from run_queue import claim, keep_budget, load_json, save_json, trained_steps  # noqa: E402
+from run_queue import claim, keep_budget, load_json, save_json, trained_steps, weights_of  # noqa: E402
 
 from QHQGANLib.nn.weights import save_model  # noqa: E402
 from QHQGANLib.tasks.evaluate import evaluate_enhancement  # noqa: E402
@@ -178,10 +178,10 @@ def converge(earlier: int, later: int) -> None:
         changes = []
         for seed in SEEDS:
             run = RUNS / method / f"seed{seed}"
-            old = run / f"model-{earlier}.safetensors"
+            old, new = weights_of(run, earlier), weights_of(run, later)
             if trained_steps(run) != later or not old.exists():
                 continue
-            a, b = (_cached_tuning_score(path, tune_volumes) for path in (old, run / "model.safetensors"))
+            a, b = (_cached_tuning_score(path, tune_volumes) for path in (old, new))
             changes.append({"seed": seed, "earlier": a, "later": b, "change": b - a})
             print(f"{method} seed {seed}: tuning PSNR {a:.3f} -> {b:.3f} dB", flush=True)
         if changes:

@@ -62,6 +62,12 @@ def keep_budget(run: Path) -> None:
             tmp.replace(kept)
 
 
+def weights_of(run: Path, steps: int) -> Path:
+    """The weights of ``run`` after ``steps`` updates: its model when it holds that budget, else the shorter
+    budget ``keep_budget`` kept beside it (the path may not exist: that budget was never trained or kept)."""
+    return run / ("model.safetensors" if trained_steps(run) == steps else f"model-{steps}.safetensors")
+
+
 def load_json(path: Path) -> dict:
     """The JSON object in ``path``; {} when there is none yet."""
     return json.loads(path.read_text()) if path.exists() else {}

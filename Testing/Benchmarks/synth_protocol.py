@@ -47,7 +47,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from bench_synth import KEYS, _stack_rows, flat, ship  # noqa: E402
 from report import write_section  # noqa: E402
-from run_queue import claim, keep_budget, load_json, save_json, trained_steps  # noqa: E402
+from run_queue import claim, keep_budget, load_json, save_json, trained_steps, weights_of  # noqa: E402
 from synth_data import DESCRIPTION, load_slices  # noqa: E402
 
 from QHQGANLib.core.figures import save_panels_png  # noqa: E402
@@ -294,11 +294,6 @@ def _goals(rows: Dict[str, List[dict]], size: int) -> List[str]:
                          f"{d['ci_high']:{f}}]: {who}")
     return ["**Against issue #10's goals, from this table** (HQGAN minus each method over seeds, Welch 95 % "
             "interval; lower FRD and C2ST are better): " + "; ".join(parts) + ".", ""]
-
-
-def weights_of(run: Path, steps: int) -> Path:
-    """The weights of ``run`` after ``steps`` updates: its model, or the shorter budget kept beside it."""
-    return run / ("model.safetensors" if trained_steps(run) == steps else f"model-{steps}.safetensors")
 
 
 def tuning_frd(run: Path, steps: int, data: Dict[str, np.ndarray]) -> Optional[float]:
