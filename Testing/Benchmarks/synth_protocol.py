@@ -13,8 +13,9 @@ budget and the same training budget:
    200 samples are scored once on the **evaluation patients'** abdomen slices with
    ``evaluate_synthetic`` and, for a test with power, a C2ST against the training slices
    (``c2st_train``; read with the memorization check: copies would score low).
-3. ``report``: the "synth" section of BENCHMARKS.md and its figure; ``ship``: seed 0 of every
-   method into Resources/Models with its card.
+3. ``report``: the "synth" section of BENCHMARKS.md and its figure (``--steps 4000``: its own section,
+   with every run scored at both budgets on the tuning patient and the one budget for every method chosen
+   there); ``ship``: seed 0 of every method into Resources/Models with its card (``--steps``: that budget).
 
 ``--size 128`` runs the same protocol at 128x128 (runs under ``size128/``, section "synth-128",
 models ``<name>-128``); without its own tuning runs it trains each method with the design chosen
