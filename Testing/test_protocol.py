@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import os
 import re
 import shutil
 import sys
 from pathlib import Path
 from typing import Dict, List, Set
 
+import numpy as np
 import pytest
 
 from conftest import REPO, shared_path
@@ -34,8 +36,22 @@ def _root() -> Path:
     return shared_path("README.md").parent
 
 
+def _image_files(root: Path, folder: Path) -> Set[str]:
+    """Every image under ``folder``: ``*.dcm`` and ``*.nii.gz`` files and extension-less DICOM files."""
+    found = set()
+    for p in sorted(folder.rglob("*")) if folder.is_dir() else [folder]:
+        if p.is_dir() or TEXT_FILES.search(p.name):
+            continue
+        if not p.name.endswith((".dcm", ".nii.gz")):
+            with open(p, "rb") as f:
+                if f.read(132)[128:132] != b"DICM":
+                    continue
+        found.add(p.relative_to(root).as_posix())
+    return found
+
+
 def _expand(root: Path, folder: str, token: str) -> Set[str]:
-    """Relative paths a README token names: a file, a folder, a glob (``CT*.dcm``) or a range (``01..03.dcm``)."""
+    """Image files a README token names: a file, a folder, a glob (``CT*.dcm``) or a range (``01..03.dcm``)."""
     rel = token.rstrip("/") if "/" in token else f"{folder}/{token}"
     m = re.fullmatch(r"(.*?)(\d+)\.\.(\d+)(.*)", rel)
     if m:
@@ -46,13 +62,18 @@ def _expand(root: Path, folder: str, token: str) -> Set[str]:
     else:
         names = {rel}
     assert names and all((root / n).exists() for n in names), f"README names {token!r}, which is not in {root}"
-    return names
+    return set().union(*(_image_files(root, root / n) for n in names))
 
 
 def _readme_patients(root: Path) -> List[Dict]:
-    """The README's patient table: files, patient id and use of each row."""
+    """The README's patient table: image files, patient id and use of each row.
+
+    A label map ``X_labels.nii.gz`` (named in the README's paragraph on organ label maps) joins
+    the row of its image ``X.nii.gz``: the same patient, so the same split.
+    """
     rows, header = [], None
-    for line in (root / "README.md").read_text().splitlines():
+    text = (root / "README.md").read_text()
+    for line in text.splitlines():
         if not line.startswith("|"):
             continue
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
@@ -69,25 +90,25 @@ def _readme_patients(root: Path) -> List[Dict]:
         patient = ids[0] if ids else row["patient"].split("(")[0].strip()
         rows.append({"files": files, "patient": patient, "use": row["use"].replace("*", "").strip()})
     assert {"folder", "patient", "use"} <= set(header or []), "the README's patient table changed its columns"
-    assert len(rows) >= 8
+    assert len(rows) >= 12
+    labels = sorted(set(re.findall(r"`([^`]+_labels\.nii\.gz)`", text)))
+    assert len(labels) >= 2, "the README's label maps are not named"
+    for label in labels:
+        image = label.replace("_labels.nii.gz", ".nii.gz")
+        owners = [r for r in rows if image in r["files"]]
+        assert len(owners) == 1 and (root / label).exists(), f"label map {label}: its image is in {len(owners)} rows"
+        owners[0]["files"].add(label)
     return rows
 
 
-def _data_units(root: Path) -> List[str]:
-    """Every image of the data folder: ``*.dcm`` and ``*.nii.gz`` files, and folders of extension-less DICOM files."""
-    units = []
-    for p in sorted(root.rglob("*")):
-        if p.is_dir() or TEXT_FILES.search(p.name):
-            continue
-        if p.name.endswith((".dcm", ".nii.gz")):
-            units.append(p.relative_to(root).as_posix())
-            continue
-        with open(p, "rb") as f:
-            is_dicom = f.read(132)[128:132] == b"DICM"
-        unit = p.parent.relative_to(root).as_posix() if is_dicom and p.parent != root else p.relative_to(root).as_posix()
-        if unit not in units:
-            units.append(unit)
-    return units
+def _data_files(root: Path) -> Set[str]:
+    """Every image file of the data folder."""
+    return _image_files(root, root)
+
+
+def _covered(entry: P.Entry, root: Path) -> Set[str]:
+    """The image files a manifest entry stands for (a DICOM series folder: all its files)."""
+    return _image_files(root, entry.location(root))
 
 
 @pytest.fixture(scope="module")
@@ -97,15 +118,23 @@ def protocol() -> P.Protocol:
 
 def test_every_file_is_assigned_exactly_once(protocol):
     root = _root()
-    units = _data_units(root)
-    assert "abdomen-ct-totalseg/dicom" in units and len(units) >= 20
+    files = _data_files(root)
+    assert len(files) >= 200 and "abdomen-ct-totalseg/dicom/" + sorted(os.listdir(root / "abdomen-ct-totalseg/dicom"))[0] in files
     listed = [e.path for e in protocol.entries if not e.path.startswith(P.PYDICOM_PREFIX)]
     twice = [p for p, n in collections.Counter(listed).items() if n > 1]
     assert not twice, f"listed more than once: {twice}"
-    assert sorted(set(units) - set(listed)) == [], "files of the data folder missing from protocol.json"
-    assert sorted(set(listed) - set(units)) == [], "protocol.json lists files that are not in the data folder"
+    assert sorted(set(listed) - {p for p in listed if (root / p).exists()}) == [], \
+        "protocol.json lists files that are not in the data folder"
+    coverage = collections.Counter(f for e in protocol.entries if not e.path.startswith(P.PYDICOM_PREFIX)
+                                   for f in _covered(e, root))
+    assert sorted(files - set(coverage)) == [], "files of the data folder missing from protocol.json"
+    assert [f for f, n in coverage.items() if n > 1] == [], "files covered by two entries"
+    assert all(_covered(e, root) for e in protocol.entries if not e.path.startswith(P.PYDICOM_PREFIX)), \
+        "an entry that stands for no image file"
     tests_only = [e for e in protocol.entries if e.path.startswith(P.PYDICOM_PREFIX)]
     assert [(e.path, e.split, e.benchmark) for e in tests_only] == [("pydicom:CT_small.dcm", "tests", False)]
+    labels = [e.path for e in protocol.entries if e.kind == "labels"]
+    assert labels == [p for p in listed if p.endswith("_labels.nii.gz")] and len(labels) == 2
 
 
 def test_splits_follow_the_readme_use_column(protocol):
@@ -114,7 +143,8 @@ def test_splits_follow_the_readme_use_column(protocol):
     for e in protocol.entries:
         if e.path.startswith(P.PYDICOM_PREFIX):
             continue
-        matches = [r for r in rows if e.path in r["files"]]
+        covered = _covered(e, _root())
+        matches = [r for r in rows if covered <= r["files"]]
         assert len(matches) == 1, f"{e.path} is in {len(matches)} README rows"
         row = matches[0]
         assert e.patient == row["patient"], f"{e.path}: patient {e.patient!r}, README says {row['patient']!r}"
@@ -125,27 +155,33 @@ def test_splits_follow_the_readme_use_column(protocol):
             assert "training" in row["use"]
         if e.split == "tune":
             assert "tuning" in row["use"]
+        if e.split == "reference":
+            assert "not a patient" in row["use"]
         assert split_of_patient.setdefault(e.patient, e.split) == e.split, f"{e.patient} is in two splits"
     # every README row's files (e.g. example_ct and its crop example_ct_sm) share one split
     for row in rows:
-        assert len({e.split for e in protocol.entries if e.path in row["files"]}) == 1, row["patient"]
+        assert len({e.split for e in protocol.entries if not e.path.startswith(P.PYDICOM_PREFIX)
+                    and _covered(e, _root()) <= row["files"]}) == 1, row["patient"]
     evaluation_only = {r["patient"] for r in rows if "evaluation" in r["use"] and "only" in r["use"]}
     assert set(protocol.patients("evaluation")) == evaluation_only
     assert evaluation_only.isdisjoint(protocol.patients("train") + protocol.patients("tune"))
     assert protocol.patients("tune") == [protocol.tuning_patient] == ["Z-Missing-Slices-Lymphoma"]
     assert set(protocol.patients("train")) == {"TotalSegmentator example subject", "Siemens Biograph40 example series",
-                                               'VTK "headsq" subject'}
+                                               'VTK "headsq" subject', "Pancreas-CT-CB_001", "Lung_Dx-A0001"}
+    assert protocol.patients("reference") == ["none"]  # the water phantom: not a patient
 
 
 def test_dicom_patient_ids_agree_with_the_manifest(protocol):
     checked = 0
     for e in protocol.entries:
+        if e.kind == "labels" or e.split == "reference":
+            continue  # a label map is not DICOM; the phantom's PatientID is its anonymizer's, and it is no patient
         volume = read_volume(e.location(_root()))
         pid = volume.metadata.get("dicom", {}).get("PatientID")
         if pid:
             assert pid == e.patient, f"{e.path}: DICOM PatientID {pid!r}, manifest {e.patient!r}"
             checked += 1
-    assert checked >= 16  # KiTS 10, dcmqi 3, LCTSC, Pancreas, CQ500, CT_small
+    assert checked >= 21  # KiTS 10, dcmqi 3, LCTSC, Pancreas, CQ500, CT_small, Pancreas-CB, Lung_Dx 2 x 2
 
 
 def test_no_identical_or_near_identical_slice_in_two_splits(protocol):
@@ -159,9 +195,14 @@ def test_load_split_reads_the_patients_of_each_split(protocol):
     assert {v.metadata["dicom"]["PatientID"] for v in tune} == {"Z-Missing-Slices-Lymphoma"}
     evaluation = P.load_split("evaluation", root)
     assert [v.metadata["protocol"]["patient"] for v in evaluation] == [
-        "99000", "99000", "99000", "LCTSC-Test-S1-101", "PANCREAS_0001", "CQ500-CT-310"]
+        "99000", "99000", "99000", "LCTSC-Test-S1-101", "PANCREAS_0001", "CQ500-CT-310", "Lung_Dx-A0002", "Lung_Dx-A0002"]
+    assert [v.shape for v in evaluation[-2:]] == [(30, 512, 512)] * 2
     train = P.load_split("train", root)
-    assert [v.shape[0] for v in train] == [112, 20, 93]
+    assert [v.shape[0] for v in train] == [112, 20, 93, 134, 64, 64]
+    assert {v.metadata["dicom"]["PatientID"] for v in train[4:]} == {"Lung_Dx-A0001"}
+    reference = P.load_split("reference", root)  # the two uniform-water images; the resolution module is not read
+    assert [v.metadata["protocol"]["path"] for v in reference] == ["noise-phantom-ge/imgA.dcm", "noise-phantom-ge/imgB.dcm"]
+    assert all(abs(float(np.median(v.array[0, 200:312, 200:312]))) < 20 for v in reference)  # water, about 0 HU
     assert all(v.metadata["protocol"]["split"] == "train" for v in train)
     assert "example_ct_sm" not in str([v.metadata["source"] for v in train])
     assert P.load_split("tests", root) == []
@@ -247,3 +288,11 @@ def test_manifest_refuses_unknown_splits_and_missing_fields():
     del entry["licence"]
     with pytest.raises(ValueError, match="lacks"):
         P.protocol_from_dict({"entries": [entry]})
+    entry.update(licence="x", split="train", kind="labels")
+    with pytest.raises(ValueError, match="never read as CT"):
+        P.protocol_from_dict({"entries": [entry]})
+    entry.update(kind="mask")
+    with pytest.raises(ValueError, match="unknown kind"):
+        P.protocol_from_dict({"entries": [entry]})
+    entry.update(kind="labels", benchmark=False)
+    assert P.protocol_from_dict({"entries": [entry]}).entries[0].kind == "labels"

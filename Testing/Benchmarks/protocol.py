@@ -1,12 +1,15 @@
-"""The patient-level data protocol of the benchmarks: which CT of ../shared/data is train, tune or evaluation.
+"""The patient-level data protocol of the benchmarks: which CT of ../shared/data is train, tune, evaluation or reference.
 
 The manifest ``protocol.json`` (beside this file) lists every file of the shared data folder
 once, with its patient, split, anatomy, scanner, licence and the reason for its split. The
 split is by **patient**, following the ``use`` column of the data folder's README.md: its
 "evaluation only" patients are the evaluation set and are never trained or tuned on; the
 tuning patient (KiTS, one GE patient) is a training row kept out of training; files of one
-patient share a split. Files marked ``"benchmark": false`` are listed but not read (a
-pixel-identical copy of a used file, or pydicom's ``CT_small.dcm``, which is for unit tests).
+patient share a split; two reconstructions of one scan are one patient. The ``reference``
+split holds a water phantom's real scanner noise (not a patient; never trained on). A DICOM
+series folder is one entry. Files marked ``"benchmark": false`` are listed but not read (a
+pixel-identical copy of a used file, a label map, or pydicom's ``CT_small.dcm``, which is for
+unit tests); ``"kind": "labels"`` marks a label map on the grid of an image of its patient.
 
 ``find_leaks`` checks a protocol against the pixels: no patient in two splits, no split
 against the README's use, and no axial slice in two splits that is identical (sha1 of its
@@ -17,7 +20,7 @@ Console usage::
     >>> import sys; sys.path.insert(0, "Testing/Benchmarks")
     >>> from protocol import load_protocol, load_split, find_leaks, describe
     >>> protocol = load_protocol()
-    >>> protocol.patients("evaluation")          # ['99000', 'LCTSC-Test-S1-101', 'PANCREAS_0001', 'CQ500-CT-310']
+    >>> protocol.patients("evaluation")          # ['99000', 'LCTSC-Test-S1-101', 'PANCREAS_0001', 'CQ500-CT-310', 'Lung_Dx-A0002']
     >>> volumes = load_split("tune")             # the 10 KiTS slices, one Volume each
     >>> find_leaks(protocol)                     # [] (a list of messages otherwise)
     >>> print(describe())                        # the markdown table for BENCHMARKS.md
@@ -41,11 +44,14 @@ from QHQGANLib import Volume, read_volume
 
 HERE = Path(__file__).resolve().parent
 MANIFEST = HERE / "protocol.json"
-SPLITS = ("train", "tune", "evaluation", "tests")
-#: the README's ``use`` word a split needs (evaluation and tests may take any patient)
-REQUIRED_USE = {"train": "training", "tune": "tuning"}
+SPLITS = ("train", "tune", "evaluation", "reference", "tests")
+KINDS = ("image", "labels")
+#: the README's ``use`` words a split needs (evaluation and tests may take any patient)
+REQUIRED_USE = {"train": "training", "tune": "tuning", "reference": "not a patient"}
 PYDICOM_PREFIX = "pydicom:"
 FIELDS = ("path", "patient", "split", "benchmark", "readme_use", "anatomy", "scanner", "licence", "why")
+#: optional fields and their defaults
+OPTIONAL = {"kind": "image"}
 
 
 def data_root() -> Path:
@@ -55,7 +61,7 @@ def data_root() -> Path:
 
 @dataclass(frozen=True)
 class Entry:
-    """One manifest row: a file or DICOM series folder of one patient."""
+    """One manifest row: a file or DICOM series folder of one patient (``kind`` "labels": a label map on an image's grid)."""
 
     path: str
     patient: str
@@ -66,6 +72,7 @@ class Entry:
     scanner: str
     licence: str
     why: str
+    kind: str = "image"
 
     def location(self, root: Optional[Path] = None) -> Path:
         """Where the file is: under ``root`` (absolute paths kept), or inside pydicom for ``pydicom:`` paths."""
@@ -109,7 +116,12 @@ def protocol_from_dict(data: Dict[str, Any]) -> Protocol:
             raise ValueError(f"manifest entry {i} ({row.get('path')!r}) lacks {missing}")
         if row["split"] not in SPLITS:
             raise ValueError(f"manifest entry {row['path']!r}: unknown split {row['split']!r}; use one of {SPLITS}")
-        entries.append(Entry(**{f: row[f] for f in FIELDS}))
+        kind = row.get("kind", OPTIONAL["kind"])
+        if kind not in KINDS:
+            raise ValueError(f"manifest entry {row['path']!r}: unknown kind {kind!r}; use one of {KINDS}")
+        if kind == "labels" and row["benchmark"]:
+            raise ValueError(f"manifest entry {row['path']!r}: a label map is never read as CT ('benchmark': false)")
+        entries.append(Entry(**{f: row[f] for f in FIELDS}, kind=kind))
     return Protocol(tuple(entries), dict(data.get("splits", {})), data.get("tuning_patient", ""),
                     data.get("description", ""))
 
@@ -140,6 +152,8 @@ def load_split(split: str, root: Optional[Path] = None, protocol: Optional[Proto
 # --- leak checks ------------------------------------------------------------
 def _slices(protocol: Protocol, root: Path) -> Iterator[Tuple[Entry, int, np.ndarray]]:
     for e in protocol.entries:
+        if e.kind != "image":
+            continue  # a label map is not CT: its patient and split are checked, its pixels are not compared
         volume = read_volume(e.location(root))
         for k in range(volume.shape[0]):
             yield e, k, volume.array[k]
