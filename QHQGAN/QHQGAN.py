@@ -30,7 +30,7 @@ if (_SOURCE_ROOT / "QHQGANLib" / "__init__.py").is_file() and str(_SOURCE_ROOT) 
     sys.path.append(str(_SOURCE_ROOT))
 
 # the option schema: cheap to import (no torch), the same ranges and defaults as the CLI and the runner
-from QHQGANLib.core.options import FINE_TUNE_DEFAULT_STEPS, option_default, option_range  # noqa: E402
+from QHQGANLib.core.options import ADAPT_DEFAULT_STEPS, FINE_TUNE_DEFAULT_STEPS, option_default, option_range  # noqa: E402
 
 CUSTOM_WEIGHTS = _("Custom weights file…")
 #: Packages of Slicer itself that QHQGAN's requirements must never replace.
@@ -49,6 +49,8 @@ SUPER_RESOLVE_MODES = (("in-plane", 2, _("Pixels (in-plane) x2")), ("z", 2, _("S
                        ("z", 3, _("Slices x3 (thick to thin slices)")), ("z", 4, _("Slices x4 (thick to thin slices)")))
 SUPER_RESOLVE_MODE_PARAMETER = "SuperResolveMode"
 FINE_TUNE_PARAMETER = "FineTune"
+#: The "Adapt to this scan first" check box of Enhance (stored raw, like the fine-tune one).
+ADAPT_PARAMETER = "Adapt"
 #: The property that binds a widget of the .ui to a parameter (slicer.parameterNodeWrapper).
 PARAMETER_NAME_PROPERTY = "SlicerParameterName"
 
@@ -172,6 +174,7 @@ class QHQGANWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.superResolveModeComboBox.addItem(label)
         self.ui.superResolveModeComboBox.connect("currentIndexChanged(int)", self.onSuperResolveModeChanged)
         self.ui.fineTuneCheckBox.connect("toggled(bool)", self.onFineTuneToggled)
+        self.ui.adaptCheckBox.connect("toggled(bool)", self.onAdaptToggled)
         self.ui.progressBar.setVisible(False)
         for widgetName, optionName in SPIN_BOX_OPTIONS.items():  # the schema's ranges, whatever the .ui says
             getattr(self.ui, widgetName).setRange(*option_range(optionName))
@@ -219,6 +222,7 @@ class QHQGANWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.customWeightsPathLineEdit.currentPath = self.logic.customWeights(self._parameterNode)
             self.ui.superResolveModeComboBox.setCurrentIndex(self.logic.superResolveMode(self._parameterNode))
             self.ui.fineTuneCheckBox.checked = self.logic.fineTune(self._parameterNode)
+            self.ui.adaptCheckBox.checked = self.logic.adapt(self._parameterNode)
             self._fillModels()
             self._updateGui()
 
@@ -259,6 +263,10 @@ class QHQGANWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._parameterNode is not None:
             self.logic.setFineTune(self._parameterNode, self.ui.fineTuneCheckBox.checked)
 
+    def onAdaptToggled(self, checked=None):
+        if self._parameterNode is not None:
+            self.logic.setAdapt(self._parameterNode, self.ui.adaptCheckBox.checked)
+
     def onCustomWeightsChanged(self, path):
         if self._parameterNode is not None:
             self.logic.setCustomWeights(self._parameterNode, path)
@@ -283,6 +291,7 @@ class QHQGANWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.samplesSpinBox.setEnabled(task is Task.SYNTHESIZE)
         self.ui.doseSpinBox.setEnabled(task is Task.SIMULATE_LOW_DOSE)
         self.ui.strengthSpinBox.setEnabled(task is Task.ENHANCE)
+        self.ui.adaptCheckBox.setEnabled(task is Task.ENHANCE)
         if self._job is not None:
             return
         ready = bool(p.inputVolume) or task is Task.SYNTHESIZE
@@ -299,10 +308,12 @@ class QHQGANWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         backend = "torch" if p.quantumBackend is QuantumBackend.BUILTIN else f"pennylane:{p.pennylaneDevice.strip()}"
         axis, scale, _label = SUPER_RESOLVE_MODES[self.ui.superResolveModeComboBox.currentIndex]
         fineTune = axis == "z" and self.ui.fineTuneCheckBox.checked
+        adapt = p.task is Task.ENHANCE and self.ui.adaptCheckBox.checked
         return dict(model=model or None, quantum_backend=backend, device=p.computeDevice.value,
                     tile_size=p.tileSize, overlap=p.overlap, tile_batch=p.tileBatch, n_samples=p.nSamples,
                     seed=p.seed, dose=p.doseFraction, strength=p.strength, axis=axis, scale=scale,
-                    fine_tune_steps=FINE_TUNE_DEFAULT_STEPS if fineTune else 0)
+                    fine_tune_steps=FINE_TUNE_DEFAULT_STEPS if fineTune else 0,
+                    adapt_steps=ADAPT_DEFAULT_STEPS if adapt else 0)
 
     def onApplyButton(self):
         if self._job is not None:
@@ -405,6 +416,13 @@ class QHQGANLogic(ScriptedLoadableModuleLogic):
 
     def setFineTune(self, parameterNode, checked):
         self._rawNode(parameterNode).SetParameter(FINE_TUNE_PARAMETER, "true" if checked else "false")
+
+    def adapt(self, parameterNode):
+        """Whether Enhance first adapts the model to the scan ("Adapt to this scan first")."""
+        return self._rawNode(parameterNode).GetParameter(ADAPT_PARAMETER) == "true"
+
+    def setAdapt(self, parameterNode, checked):
+        self._rawNode(parameterNode).SetParameter(ADAPT_PARAMETER, "true" if checked else "false")
 
     def customWeights(self, parameterNode):
         """The custom weights file, "" when none (never ".", what an empty pathlib.Path prints)."""

@@ -44,7 +44,10 @@ def test_build_command_for_each_task():
     assert build_command(request, "in.nrrd", "out.nrrd", PY) == head + [
         "enhance", "in.nrrd", "out.nrrd", "--model", "hqgan-ldct", "--device", "cpu",
         "--quantum-backend", "pennylane:lightning.qubit", "--tile-size", "128", "--overlap", "0.5",
-        "--tile-batch", "16", "--strength", "1.0", "--progress", "lines"]
+        "--tile-batch", "16", "--strength", "1.0", "--adapt-steps", "0", "--adapt-time-limit", "600.0",
+        "--progress", "lines"]
+    argv = build_command(TaskRequest("enhance", adapt_steps=300), "in.nrrd", "out.nrrd", PY)  # "Adapt to this scan"
+    assert argv[argv.index("--adapt-steps") + 1] == "300" and argv[argv.index("--adapt-time-limit") + 1] == "600.0"
 
     argv = build_command(TaskRequest("super-resolve", device="cuda"), "in.nrrd", "out.nrrd", PY)
     assert argv == head + ["super-resolve", "in.nrrd", "out.nrrd", "--device", "cuda", "--quantum-backend",

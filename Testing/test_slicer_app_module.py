@@ -175,9 +175,20 @@ def fake_ui():
     ui.inputSelector = FakeWidget("inputVolume")
     ui.modelComboBox = FakeCombo()
     ui.superResolveModeComboBox = FakeCombo()
-    ui.fineTuneCheckBox = FakeWidget()
-    ui.fineTuneCheckBox.checked = False
+    ui.fineTuneCheckBox = FakeCheckBox()
+    ui.adaptCheckBox = FakeCheckBox()
     return ui
+
+
+class FakeCheckBox(FakeWidget):
+    """A check box that remembers whether the panel enabled it."""
+
+    def __init__(self, parameter=None):
+        super().__init__(parameter)
+        self.checked = False
+
+    def setEnabled(self, enabled):
+        self.enabled = bool(enabled)
 
 
 def test_connect_gui_gets_a_tag_and_entering_again_adds_no_connections(module):
@@ -227,6 +238,98 @@ def test_an_empty_weights_path_is_empty_not_a_dot(module):
     fields = {n.target.id for n in ast.walk(ast.parse(MODULE.read_text())) if isinstance(n, ast.AnnAssign)
               and isinstance(n.target, ast.Name)}
     assert "customWeights" not in fields, "a pathlib.Path field shows an empty path as '.'"
+
+
+# ---------------------------------------------------------------------------
+# "Adapt to this scan first" (Enhance): kept in the parameter node, enabled for Enhance only,
+# adapt_steps=ADAPT_DEFAULT_STEPS given to the runner when ticked
+# ---------------------------------------------------------------------------
+def adapt_panel(module):
+    """A panel on a Slicer 5.8 wrapper holding the parameter node's defaults (what ``_options`` reads)."""
+    wrapper = Wrapper58(module, slicer.mrmlScene)
+    for field in ("computeDevice", "pennylaneDevice", "tileSize", "overlap", "tileBatch", "nSamples", "seed",
+                  "doseFraction", "strength"):
+        setattr(wrapper, field, getattr(module.QHQGANParameterNode, field))
+    widget = module.QHQGANWidget()
+    widget.ui, widget.logic = fake_ui(), module.QHQGANLogic()
+    widget.setParameterNode(wrapper)
+    return widget, wrapper
+
+
+def test_adapt_box_is_kept_in_the_parameter_node(module):
+    widget, wrapper = adapt_panel(module)
+    logic = widget.logic
+    assert logic.adapt(wrapper) is False and widget.ui.adaptCheckBox.checked is False  # off by default
+    widget.ui.adaptCheckBox.checked = True
+    widget.onAdaptToggled(True)
+    assert wrapper.parameterNode.GetParameter(module.ADAPT_PARAMETER) == "true" and logic.adapt(wrapper)
+    assert module.ADAPT_PARAMETER != module.FINE_TUNE_PARAMETER and not logic.fineTune(wrapper)
+    widget.exit()
+    again = module.QHQGANWidget()  # a new panel on the same scene: the box is read back
+    again.ui, again.logic = fake_ui(), logic
+    again.setParameterNode(wrapper)
+    assert again.ui.adaptCheckBox.checked is True
+    logic.setAdapt(wrapper, False)
+    assert wrapper.parameterNode.GetParameter(module.ADAPT_PARAMETER) == "false" and not logic.adapt(wrapper)
+
+
+def test_adapt_box_is_enabled_for_enhance_only(module):
+    widget, wrapper = adapt_panel(module)
+    for task in module.Task:
+        wrapper.task = task
+        widget._updateGui()
+        assert widget.ui.adaptCheckBox.enabled is (task is module.Task.ENHANCE), task
+        assert widget.ui.fineTuneCheckBox.enabled is False, task  # super-resolve pixels: no fine-tuning
+
+
+def test_adapt_box_gives_the_runner_adapt_steps_for_enhance_only(module):
+    from QHQGANLib.apps.cli import build_parser
+    from QHQGANLib.apps.request import build_command
+    from QHQGANLib.core.options import ADAPT_DEFAULT_STEPS
+
+    widget, wrapper = adapt_panel(module)
+    assert module.ADAPT_DEFAULT_STEPS == ADAPT_DEFAULT_STEPS == 300
+    assert widget._options()["adapt_steps"] == 0  # not ticked
+    widget.ui.adaptCheckBox.checked = True
+    options = widget._options()
+    assert options["adapt_steps"] == ADAPT_DEFAULT_STEPS and options["fine_tune_steps"] == 0
+    request = TaskRequest("enhance", **options)  # what logic.process makes of the panel's options
+    argv = build_command(request, "in.nrrd", "out.nrrd", "python")
+    assert argv[argv.index("--adapt-steps") + 1] == "300"
+    args = build_parser().parse_args(argv[3:])  # and the child's command line takes it
+    assert args.adapt_steps == ADAPT_DEFAULT_STEPS and args.adapt_time_limit == request.adapt_time_limit
+    assert request.attributes()["adapt_steps"] == ADAPT_DEFAULT_STEPS
+    for task in module.Task:  # ticked, but not Enhance: no adaptation; the options suit every task's request
+        if task is module.Task.ENHANCE:
+            continue
+        wrapper.task = task
+        options = widget._options()
+        assert options["adapt_steps"] == 0, task
+        assert "adapt_steps" not in TaskRequest(task.value, **options).attributes(), task
+    wrapper.task = module.Task.ENHANCE
+    widget.ui.adaptCheckBox.checked = False
+    argv = build_command(TaskRequest("enhance", **widget._options()), "in.nrrd", "out.nrrd", "python")
+    assert argv[argv.index("--adapt-steps") + 1] == "0"
+
+
+def test_adapt_starts_an_enhance_run_with_adapt_steps(module, monkeypatch):
+    """Apply with the box ticked: logic.process gets task="enhance" and adapt_steps=ADAPT_DEFAULT_STEPS."""
+    import contextlib
+
+    widget, wrapper = adapt_panel(module)
+    wrapper.inputVolume = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "CT")
+    widget.ui.adaptCheckBox.checked = True
+    calls = []
+    monkeypatch.setattr(slicer.util, "tryWithErrorDisplay", lambda *a, **k: contextlib.nullcontext(), raising=False)
+    monkeypatch.setattr(widget.logic, "installDependencies", lambda **kwargs: True)
+    monkeypatch.setattr(widget.logic, "process", lambda node, **kwargs: calls.append((node, kwargs)) or object())
+    widget.onApplyButton()
+    assert len(calls) == 1
+    node, kwargs = calls[0]
+    assert node is wrapper.inputVolume and kwargs["task"] == "enhance" and kwargs["blocking"] is False
+    assert kwargs["adapt_steps"] == 300
+    options = {k: v for k, v in kwargs.items() if k not in ("task", "blocking")}
+    assert TaskRequest(kwargs["task"], **options).adapt_steps == 300  # every key is a TaskRequest field
 
 
 # ---------------------------------------------------------------------------

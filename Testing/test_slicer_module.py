@@ -208,6 +208,34 @@ def test_bounds_in_ui_match_the_parameter_node():
     assert checked == {"tile_size", "overlap", "tile_batch", "n_samples", "seed", "dose", "strength"}
 
 
+def test_adapt_check_box_sits_under_the_strength_and_says_what_it_does():
+    """The "Adapt to this scan first" check box: below Enhancement strength (stored raw in the parameter node,
+    like the fine-tune box, so bound to no field), its rows numbered one after the other."""
+    root = ET.parse(UI).getroot()
+    layouts = {layout.get("name"): layout for layout in root.iter("layout")}
+    advanced = layouts["advancedFormLayout"]
+    cells = {}
+    for item in advanced.findall("item"):
+        widget = item.find("widget")
+        cells[(int(item.get("row")), int(item.get("column")))] = widget.get("name")
+    for name in ("inputsFormLayout", "modelFormLayout", "advancedFormLayout", "outputsFormLayout"):
+        rows = sorted({int(item.get("row")) for item in layouts[name].findall("item")})
+        assert rows == list(range(len(rows))), f"{name}: rows {rows}"
+        assert len(layouts[name].findall("item")) == len({(i.get("row"), i.get("column"))
+                                                          for i in layouts[name].findall("item")}), name
+    strength_row = next(row for (row, column), name in cells.items() if name == "strengthSpinBox")
+    assert cells[(strength_row + 1, 1)] == "adaptCheckBox" and (strength_row + 1, 0) not in cells
+    panel = load_panel()
+    box = panel.findChild(QtWidgets.QCheckBox, "adaptCheckBox")
+    assert box is not None and box.text() == "Adapt to this scan first (1-2 minutes)"
+    assert not box.isChecked() and box.property(PARAMETER_PROPERTY) is None
+    tip = box.toolTip().lower()
+    for words in ("fine-tune", "own noise", "self-supervised", "no clean image", "minutes on a cpu", "cancel",
+                  "input volume is not modified"):
+        assert words in tip, f"the tooltip does not say {words!r}: {box.toolTip()}"
+    assert "adaptCheckBox" in ui_names_used()
+
+
 def test_panel_renders(tmp_path):
     path = render_panel(tmp_path / "panel.png")
     image = QtGui.QImage(str(path))

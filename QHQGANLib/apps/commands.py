@@ -181,7 +181,8 @@ def _run_model_command(args: argparse.Namespace, task: str) -> int:
         with _progress(args, task) as progress:
             if task == "enhance":
                 result = enhance(volume, model=model, progress=progress, strength=args.strength,
-                                 target_noise_hu=args.target_noise_hu, **options)
+                                 target_noise_hu=args.target_noise_hu, adapt_steps=args.adapt_steps,
+                                 adapt_time_limit=args.adapt_time_limit, **options)
             else:
                 with warnings.catch_warnings():  # said once, below, as one line
                     warnings.simplefilter("ignore", UserWarning)

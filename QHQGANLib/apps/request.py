@@ -54,6 +54,8 @@ class TaskRequest:
     photons: Optional[float] = option_default("photons")
     strength: float = option_default("strength")
     target_noise_hu: Optional[float] = option_default("target_noise_hu")
+    adapt_steps: int = option_default("adapt_steps")
+    adapt_time_limit: float = option_default("adapt_time_limit")
 
     def __post_init__(self) -> None:
         task_kind(self.task)  # ValueError for an unknown task
@@ -93,6 +95,8 @@ class TaskRequest:
             attributes.update(n_samples=self.n_samples, seed=self.seed, **synthetic_attributes())
         else:
             attributes.update(tile_size=self.tile_size, overlap=self.overlap)
+        if self.task == "enhance" and self.adapt_steps:
+            attributes.update(adapt_steps=self.adapt_steps, adapt_time_limit=self.adapt_time_limit)
         if self.task == "super-resolve":
             attributes.update(scale=self.scale, axis=self.axis)
             if self.axis == "z":

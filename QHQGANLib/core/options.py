@@ -163,6 +163,12 @@ OPTIONS: Dict[str, Option] = {o.name: o for o in (
     Option("strength", float, 1.0, minimum=0.0, maximum=1.0,
            help="enhancement strength: output = input + strength x (model - input); 0 = the input unchanged, "
                 "1 = the full model (default); in between the noise falls steadily and keeps its natural texture"),
+    Option("adapt_steps", int, 0, check=lambda v: _check_between("adapt_steps", v, 0, 5000),
+           help="adapt to this scan first: fine-tune the model this many updates on the input's own noise "
+                "(self-supervised: the scan recorrupted with noise of its own measured texture and level), in "
+                "[0, 5000] (0: the model as shipped; 300, the panel's 'Adapt to this scan', take 1-2 minutes on a CPU)"),
+    Option("adapt_time_limit", float, 600.0, minimum=10.0, maximum=7200.0,
+           help="time budget of the adaptation in seconds: it stops there and the model adapted so far is used"),
     Option("target_noise_hu", float, None, check=lambda v: _check_between("target_noise_hu", v, 0.5, 200.0),
            help="auto strength: the strength whose output has this noise (HU, std in uniform soft tissue), "
                 "in [0.5, 200]; replaces --strength"),
@@ -174,7 +180,7 @@ OPTIONS: Dict[str, Option] = {o.name: o for o in (
 #: The options of each task, in command-line order.
 TASK_OPTIONS: Dict[str, Tuple[str, ...]] = {
     "enhance": ("model", "device", "quantum_backend", "tile_size", "overlap", "tile_batch", "strength",
-                "target_noise_hu"),
+                "target_noise_hu", "adapt_steps", "adapt_time_limit"),
     "super-resolve": ("model", "device", "quantum_backend", "axis", "scale", "fine_tune_steps", "tile_size", "overlap",
                       "tile_batch"),
     "synthesize": ("model", "device", "quantum_backend", "n_samples", "seed"),
@@ -184,6 +190,9 @@ TASK_OPTIONS: Dict[str, Tuple[str, ...]] = {
 
 #: ``fine_tune_steps`` when the Slicer panel's "Fine-tune on this volume" box is ticked (minutes on a CPU).
 FINE_TUNE_DEFAULT_STEPS = 200
+#: ``adapt_steps`` when the Slicer panel's "Adapt to this scan" box is ticked (chosen on the tuning patient,
+#: BENCHMARKS.md 'adapt'; about a minute on a CPU).
+ADAPT_DEFAULT_STEPS = 300
 #: Super-resolution factors per axis (``scale`` allows their union; :func:`check_task_values` the pair).
 SCALES_BY_AXIS: Dict[str, Tuple[int, ...]] = {"in-plane": (2,), "z": (2, 3, 4)}
 

@@ -41,7 +41,8 @@ def enhance(volume: Volume, model: Union[str, object] = default_model("enhance")
             progress: Optional[Callable[[float, str], None]] = None, cancel=None,
             tile_size: int = DEFAULT_TILE, overlap: float = DEFAULT_OVERLAP, tile_batch: int = DEFAULT_TILE_BATCH,
             quantum_backend: Optional[str] = None, strength: float = 1.0,
-            target_noise_hu: Optional[float] = None) -> Volume:
+            target_noise_hu: Optional[float] = None, adapt_steps: int = 0,
+            adapt_time_limit: float = 600.0) -> Volume:
     """Denoise a (low-dose) CT with an enhancement model; a new Volume on the same grid.
 
     ``strength`` (0-1) sets how much of the model's change is applied: the output is
@@ -53,25 +54,45 @@ def enhance(volume: Volume, model: Union[str, object] = default_model("enhance")
     :func:`QHQGANLib.physics.calibration.estimate_noise`); the strength used and the noise before
     and after are in ``metadata["enhancement"]``.
 
+    ``adapt_steps`` > 0 first adapts a copy of the model to this scan (:mod:`QHQGANLib.tasks.adapt`:
+    self-supervised fine-tuning on the scan recorrupted with noise of its own measured texture and
+    level) for that many updates or ``adapt_time_limit`` seconds, whichever comes first; what it did
+    is in ``metadata["enhancement"]["adaptation"]``. Progress runs over both parts; cancel stops either.
+
     Example::
 
         >>> medium = enhance(low, strength=0.5)
         >>> auto = enhance(low, target_noise_hu=15.0)
         >>> auto.metadata["enhancement"]["strength"]
+        >>> adapted = enhance(low, adapt_steps=300)       # fitted to this scan's noise first
     """
     strength = float(strength)
     if not 0.0 <= strength <= 1.0:
         raise ValueError(f"strength must be in [0, 1], got {strength}")
     if target_noise_hu is not None and not 0.5 <= float(target_noise_hu) <= 200.0:
         raise ValueError(f"target_noise_hu must be in [0.5, 200] HU, got {target_noise_hu}")
+    adapt_steps = int(adapt_steps)
+    if not 0 <= adapt_steps <= 5000:
+        raise ValueError(f"adapt_steps must be in [0, 5000], got {adapt_steps}")
     net_name = model if isinstance(model, str) else type(model).__name__
     if strength == 0.0 and target_noise_hu is None:  # the input unchanged: no model run needed
         return volume.with_array(volume.array.copy(), note=f"enhancement strength 0 ({net_name} not applied)")
+    adaptation, run_progress = None, progress
+    if adapt_steps:
+        from .adapt import adapt_model
+
+        model, adaptation = adapt_model(volume, model, adapt_steps, max_seconds=float(adapt_time_limit),
+                                        device=device, quantum_backend=quantum_backend,
+                                        progress=_part(progress, 0.0, 0.7), cancel=cancel)
+        run_progress = _part(progress, 0.7, 1.0)
+        net_name += f" adapted to this scan ({adaptation['steps']} updates)"
     array = run_model(volume, model, device=device, quantum_backend=quantum_backend, tile_size=tile_size,
-                      overlap=overlap, tile_batch=tile_batch, progress=progress, cancel=cancel)
+                      overlap=overlap, tile_batch=tile_batch, progress=run_progress, cancel=cancel)
     if array.shape != volume.shape:
         raise ValueError(f"model {net_name} changes the grid (a super-resolution model?): use super_resolve")
     info = {"strength": strength, "target_noise_hu": target_noise_hu}
+    if adaptation is not None:
+        info["adaptation"] = adaptation
     if target_noise_hu is not None:
         info.update(strength_for_noise(volume, array, float(target_noise_hu)))
         strength = info["strength"]
@@ -80,7 +101,17 @@ def enhance(volume: Volume, model: Union[str, object] = default_model("enhance")
     result = volume.with_array(array, note=f"enhanced by {net_name}"
                                + (f" at strength {strength:.2f}" if strength < 1.0 else ""))
     result.metadata["enhancement"] = info
+    if adaptation is not None and "stopped" in adaptation:
+        result.metadata["warnings"] = list(result.metadata.get("warnings", [])) + [
+            f"adaptation stopped early: {adaptation['stopped']}"]
     return result
+
+
+def _part(progress: Optional[Callable[[float, str], None]], low: float, high: float):
+    """``progress`` mapped onto ``[low, high]`` of the whole task (None stays None)."""
+    if progress is None:
+        return None
+    return lambda f, m: progress(low + (high - low) * f, m)
 
 
 def blend(original: np.ndarray, enhanced: np.ndarray, strength: float) -> np.ndarray:
