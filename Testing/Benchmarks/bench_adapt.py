@@ -15,7 +15,10 @@ The rules, written before any run of this script:
   LCTSC, PANCREAS_0001, CQ500 head, Lung_Dx-A0002 with slices 10-19 of both its kernels: B40f and the
   sharp B70f, a kernel no training scan has), under the simulator at 25 % dose and the phantom-texture
   noise at 30 HU. Methods: ``hqgan-enhance`` and ``redcnn-enhance`` each as shipped and adapted; blind
-  BM3D (noise level estimated from the image; no oracle). Every figure is averaged over a patient's
+  BM3D (noise level estimated from the image; no oracle); and the frozen-slot rows of item 5:
+  ``hqgan-enhance`` with its circuit's output frozen to its mean over the image, ``mlp-control-enhance``
+  (the fair classical control in the circuit's place) as shipped and with its MLP frozen the same way
+  (``QHQGANLib.tasks.frozen_circuit``). Every figure is averaged over a patient's
   slices (and, for Lung_Dx-A0002, its two kernels) first; intervals are t intervals over patients
   (n - 1 degrees of freedom), and per-patient signs are given. With 5 patients an interval that holds 0
   is "not resolvable", not "no difference".
@@ -47,6 +50,7 @@ from QHQGANLib.physics.noise_texture import estimate_nps  # noqa: E402
 from QHQGANLib.tasks.adapt import ADAPT_ALPHA, adapt_model  # noqa: E402
 from QHQGANLib.tasks.classical import bm3d_denoise  # noqa: E402
 from QHQGANLib.tasks.enhance import enhance  # noqa: E402
+from QHQGANLib.tasks.frozen_circuit import freeze_mixer  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 TUNING_JSON = HERE / "adapt_tuning.json"
@@ -142,7 +146,8 @@ def evaluate() -> None:
     tuning = json.loads(TUNING_JSON.read_text())
     lr, steps = tuning["chosen_lr"], tuning["chosen_steps"]
     texture = phantom_texture()
-    methods = ("hqgan-enhance", "hqgan-enhance adapted", "redcnn-enhance", "redcnn-enhance adapted", "BM3D (blind)")
+    methods = ("hqgan-enhance", "hqgan-enhance circuit frozen", "hqgan-enhance adapted", "mlp-control-enhance",
+               "mlp-control-enhance MLP frozen", "redcnn-enhance", "redcnn-enhance adapted", "BM3D (blind)")
     # per (condition, method, patient): slice-weighted sums of gains and noise, and slice counts
     acc: Dict[Tuple[str, str, str], List[float]] = {}
     seconds: Dict[str, float] = {}
@@ -153,6 +158,8 @@ def evaluate() -> None:
                 t0 = time.perf_counter()
                 if method == "BM3D (blind)":
                     out = bm3d_denoise(low).array
+                elif method.endswith("frozen"):
+                    out = enhance(low, freeze_mixer(method.split()[0], low)[0]).array
                 elif method.endswith("adapted"):
                     model, _ = adapt_model(low, method.split()[0], steps=steps, lr=lr, seed=k)
                     out = enhance(low, model).array
@@ -203,7 +210,12 @@ def render(acc, methods, tuning, seconds) -> str:
                          + f" | {mean:+.2f} [{lo:+.2f}, {hi:+.2f}] | {np.mean([r[1] / r[2] for r in rows]):.1f} |")
         lines.append("")
         for a, b in (("hqgan-enhance adapted", "hqgan-enhance"), ("redcnn-enhance adapted", "redcnn-enhance"),
-                     ("hqgan-enhance adapted", "BM3D (blind)"), ("hqgan-enhance adapted", "redcnn-enhance adapted")):
+                     ("hqgan-enhance adapted", "BM3D (blind)"), ("hqgan-enhance adapted", "redcnn-enhance adapted"),
+                     ("hqgan-enhance", "hqgan-enhance circuit frozen"),
+                     ("mlp-control-enhance", "mlp-control-enhance MLP frozen"),
+                     ("hqgan-enhance", "mlp-control-enhance"), ("hqgan-enhance", "redcnn-enhance")):
+            if a not in per or b not in per:
+                continue
             d = [x - y for x, y in zip(per[a], per[b])]
             mean, lo, hi = _t_interval(d)
             ahead = sum(x > 0 for x in d)
