@@ -76,6 +76,7 @@ class TrainConfig:
     critic_steps: int = 1
     gp_weight: float = 10.0
     dose_range: Tuple[float, float] = (0.05, 0.5)   # a wide range: models robust to the noise level (issue #9)
+    recon_filters: Tuple[str, ...] = ("hann",)      # the simulator's FBP filters, one drawn per realisation (#26)
     scale: int = 2
     pool_size: int = 4                   # low-dose realisations per training volume
     refresh_every: int = 250             # re-simulate one realisation every N steps

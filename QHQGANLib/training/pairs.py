@@ -1,7 +1,9 @@
 """Training pairs for enhancement and super-resolution, made from normal-dose CT by the physics simulator.
 
-A pool of low-dose realisations (dose fractions drawn from ``dose_range``; each volume's photon
-count calibrated once to the scan's own noise, :mod:`QHQGANLib.physics.calibration`) or, for
+A pool of low-dose realisations (dose fractions drawn from ``dose_range``, reconstruction filters,
+i.e. noise textures, from ``recon_filters``; each volume's photon count calibrated once to the
+scan's own noise with the default filter, :mod:`QHQGANLib.physics.calibration`, so a sharper filter
+at the same dose gives finer and stronger noise, as a sharper clinical kernel does) or, for
 super-resolution, ``degrade_resolution`` copies, from which random patches are cut, flipped
 and rotated. The pool is partly re-simulated every ``refresh_every`` steps, so the network
 keeps seeing new noise.
@@ -24,7 +26,7 @@ import torch
 from ..core.constants import HU_MAX, HU_MIN
 from ..core.progress import check_cancel, report
 from ..core.volume import Volume, slab
-from ..physics.lowdose import simulate_low_dose
+from ..physics.lowdose import ScannerModel, simulate_low_dose
 from ..physics.resolution import degrade_resolution
 
 
@@ -34,6 +36,8 @@ from ..physics.resolution import degrade_resolution
 _SIMULATIONS: "OrderedDict[tuple, np.ndarray]" = OrderedDict()
 _PHOTONS: Dict[tuple, float] = {}
 _CACHE_SIZE = 48
+#: The simulator's reconstruction filters a training pool may draw (ASTRA's FBP filters, smooth to sharp).
+RECON_FILTERS = ("hann", "hamming", "cosine", "shepp-logan", "ram-lak")
 
 
 def _volume_key(volume: Volume) -> tuple:
@@ -57,6 +61,9 @@ class PairPool:
         for v in volumes:
             if min(v.shape[1:]) < cfg.patch_size:
                 raise ValueError(f"a training slice of {v.shape[1:]} is smaller than the patch size {cfg.patch_size}")
+        unknown = [f for f in getattr(cfg, "recon_filters", ()) if f not in RECON_FILTERS]
+        if unknown or not getattr(cfg, "recon_filters", ("hann",)):
+            raise ValueError(f"recon_filters must be a non-empty choice of {RECON_FILTERS}, got {unknown or '()'}")
         self.cfg, self.context, self.seed_key = cfg, context, list(seed_key)
         self.rng = np.random.default_rng(self.seed_key)  # replaced by the training stream
         self.volumes = list(volumes)
@@ -107,11 +114,16 @@ class PairPool:
         r = np.random.default_rng(key)
         dose = float(r.uniform(*self.cfg.dose_range))
         seed, photons = int(r.integers(2**31)), self._photons(i)
-        key = self._keys[i] + (dose, seed, photons)
+        # the noise texture: one of the configured reconstruction filters (a single one draws nothing, so
+        # runs configured before there was a choice rebuild exactly the pool they had)
+        filters = tuple(getattr(self.cfg, "recon_filters", ("hann",)))
+        recon = filters[int(r.integers(len(filters)))] if len(filters) > 1 else filters[0]
+        key = self._keys[i] + (dose, seed, photons, recon)
         if key in _SIMULATIONS:
             _SIMULATIONS.move_to_end(key)
             return _SIMULATIONS[key]
-        array = simulate_low_dose(self.volumes[i], dose, seed=seed, photons=photons).array
+        scanner = None if recon == "hann" else ScannerModel().with_(recon_filter=recon)
+        array = simulate_low_dose(self.volumes[i], dose, seed=seed, photons=photons, scanner=scanner).array
         array.setflags(write=False)  # shared between pools: never modified
         _SIMULATIONS[key] = array
         while len(_SIMULATIONS) > _CACHE_SIZE:

@@ -317,6 +317,9 @@ def main() -> None:
     ap.add_argument("--seeds", default=",".join(map(str, SEEDS)))
     ap.add_argument("--steps", type=int, default=TRAIN_STEPS)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--recon-filters", help="the simulator's reconstruction filters the training pairs draw from "
+                    "(comma-separated, e.g. hann,hamming,cosine,shepp-logan,ram-lak: issue #26's realistic noise; "
+                    "default hann alone, as the issue #9 runs)")
     ap.add_argument("--earlier", type=int, help="converge: the shorter budget kept beside each run")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -324,6 +327,8 @@ def main() -> None:
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise SystemExit(f"unknown method(s) {unknown}; choose from {list(METHODS)}")
+    if args.recon_filters:
+        COMMON["recon_filters"] = tuple(f for f in args.recon_filters.split(",") if f)
     if args.command == "tune":
         tune(methods)
     elif args.command == "train":
