@@ -71,6 +71,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from ..core.orientation import to_axial
 from ..core.progress import OperationCancelled, check_cancel, report
 from ..core.volume import Volume, require_finite
 from .calibration import (calibrate_photons, pilot_slices, positive_or_none, reference_noise, rms_in_masks,
@@ -342,6 +343,9 @@ def simulate_low_dose(volume: Volume, dose_fraction: float, seed: Optional[int] 
         ``"auto"``: a patient cut by the field of view is continued for the forward projection
         (:mod:`QHQGANLib.physics.truncation`); ``"off"``: the image alone.
 
+    The projections are of axial planes: a volume stored coronally or sagittally is simulated on
+    its axial planes and stored back in its own order (:mod:`QHQGANLib.core.orientation`).
+
     Returns a new Volume (same geometry, metadata plus a ``history`` note) with
     ``metadata["low_dose"]``: ``dose_fraction``, ``reference_noise_hu`` and its
     ``reference_noise_source`` ("estimated", "given", "none" with ``photons``, "unmeasurable":
@@ -351,6 +355,10 @@ def simulate_low_dose(volume: Volume, dose_fraction: float, seed: Optional[int] 
     512x512 slice (one CPU core, 720 views), plus ~1 s per pilot slice (at most 3).
     """
     require_finite(volume, "simulate_low_dose")
+    axial, undo = to_axial(volume)
+    if axial is not volume:  # the scanner acquires axial planes: simulate on them, store back (issue #28)
+        return undo(simulate_low_dose(axial, dose_fraction, seed, scanner, progress, cancel, projection_downsample,
+                                      reference_noise_hu, photons, truncation))
     scanner = ScannerModel() if scanner is None else scanner
     if not isinstance(scanner, ScannerModel):
         raise TypeError(f"scanner must be a ScannerModel, got {type(scanner).__name__}")

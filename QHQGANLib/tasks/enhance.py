@@ -10,6 +10,9 @@ consecutive ones, go through the network in one forward pass; the result does no
 depend on it). ``progress`` is called after every batch of tiles, and ``cancel`` is
 checked before every batch.
 
+Orientation: the networks work on axial planes; a volume stored coronally or sagittally is
+processed on its axial planes and stored back in its own order (:mod:`QHQGANLib.core.orientation`).
+
 Geometry: ``enhance`` keeps the grid. ``super_resolve`` divides the in-plane spacing
 by the scale and moves the origin so the physical region covered by the voxels is
 unchanged: with ``origin`` the centre of the first voxel, the new first centre sits
@@ -32,6 +35,7 @@ import numpy as np
 
 from ..core.constants import HU_MAX, HU_MIN
 from ..core.kinds import default_model
+from ..core.orientation import to_axial
 from ..core.volume import Volume
 from .geometry import super_resolved_geometry
 from .inference import DEFAULT_OVERLAP, DEFAULT_TILE, DEFAULT_TILE_BATCH, run_model
@@ -66,6 +70,10 @@ def enhance(volume: Volume, model: Union[str, object] = default_model("enhance")
         >>> auto.metadata["enhancement"]["strength"]
         >>> adapted = enhance(low, adapt_steps=300)       # fitted to this scan's noise first
     """
+    axial, undo = to_axial(volume)
+    if axial is not volume:  # coronal or sagittal storage: the model works on axial planes (issue #28)
+        return undo(enhance(axial, model, device, progress, cancel, tile_size, overlap, tile_batch, quantum_backend,
+                            strength, target_noise_hu, adapt_steps, adapt_time_limit))
     strength = float(strength)
     if not 0.0 <= strength <= 1.0:
         raise ValueError(f"strength must be in [0, 1], got {strength}")
@@ -173,6 +181,10 @@ def super_resolve(volume: Volume, scale: int = 2, model: Union[str, object, None
                                quantum_backend=quantum_backend, fine_tune_steps=fine_tune_steps)
     if axis != "in-plane":
         raise ValueError(f"axis must be 'in-plane' or 'z', got {axis!r}")
+    axial, undo = to_axial(volume)
+    if axial is not volume:  # "in-plane" means the axial plane, whatever the storage order (issue #28)
+        return undo(super_resolve(axial, scale, model, device, progress, cancel, tile_size, overlap, tile_batch,
+                                  quantum_backend, axis, fine_tune_steps))
     if fine_tune_steps:
         raise ValueError("fine_tune_steps is for through-plane super-resolution (axis='z') only")
     if model is None:
