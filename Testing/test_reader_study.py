@@ -13,7 +13,7 @@ import pytest
 from QHQGANLib.core.io import read_volume, write_volume
 from QHQGANLib.core.volume import Volume
 from QHQGANLib.metrics.reader_stats import analyze_readings, reader_agreement
-from QHQGANLib.tasks.reader_study import KEY_NAME, create_study, load_key, load_manifest, produce_methods
+from QHQGANLib.tasks.reader_study import create_study, load_key, load_manifest, produce_methods
 from QHQGANLib.tasks.reading_session import LockedAnswerError, ReadingSession, load_readings, read_responses
 
 REPO = Path(__file__).resolve().parents[1]
@@ -97,7 +97,7 @@ def test_the_same_seed_gives_the_same_study(tmp_path):
 
     def plan(name, cases, seed):
         study = create_study(cases, tmp_path / name, seed=seed)
-        key = json.loads((study / KEY_NAME).read_text())
+        key = load_key(study)  # beside the study, never in it
         return [(it["label"], it["images"]) for it in load_manifest(study)["items"]], key["images"], key["items"]
 
     first = plan("a", vols, 11)
@@ -112,7 +112,7 @@ def test_the_same_seed_gives_the_same_study(tmp_path):
 def test_pairs_are_balanced_and_sides_randomized(tmp_path):
     vols = {f"c{c}": {m: _volume(c * 10 + k, 5.0) for k, m in enumerate(METHODS)} for c in range(8)}
     study = create_study(vols, tmp_path / "pairs", mode="pairs", seed=1)
-    key = json.loads((study / KEY_NAME).read_text())
+    key = load_key(study)  # beside the study, never in it
     manifest = load_manifest(study)
     assert manifest["mode"] == "pairs" and len(manifest["items"]) == 8 * 3
     assert [q["key"] for q in manifest["questions"]] == ["preference", "comment"]

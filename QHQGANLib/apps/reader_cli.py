@@ -14,6 +14,11 @@ Console usage::
     # readers read in Slicer (module "QHQGAN Reader"); then, with the key:
     qhqgan reader-study analyze study1 [--key KEY] [--reference low-dose] [--output-dir study1-analysis]
 
+The unblinding key never goes into the study folder: ``--key`` elsewhere, or by default
+``study1-unblinding-key.json`` beside it (a study folder holding a key is refused for reading).
+``analyze`` refuses response files that are not one genuine file per reader (copies, renamed or
+re-signed files, two files of one reader, another study's file, edited rows) and answers off their
+question's scale, with one line naming the file (and item and value).
 A custom window with a negative bound is written ``--window=-160,240``.
 """
 from __future__ import annotations
@@ -83,7 +88,8 @@ def add_reader_study_commands(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--window", default="abdomen",
                    help=f"display window: {', '.join(DISPLAY_WINDOWS)} or --window=LOW,HIGH in HU")
     p.add_argument("--title", default="", help="shown to the readers (must not name a method)")
-    p.add_argument("--key", help="where to write the unblinding key (default STUDY/unblinding_key.json)")
+    p.add_argument("--key", help="where to write the unblinding key, outside the study folder "
+                                 "(default STUDY-unblinding-key.json beside the study)")
     p.add_argument("--reader-order", default="per-reader", choices=("per-reader", "fixed"),
                    help="each reader in their own seeded order (default), or all in the study's order")
     p.add_argument("--compress", action="store_true",
@@ -94,7 +100,7 @@ def add_reader_study_commands(sub, common: argparse.ArgumentParser) -> None:
     p = actions.add_parser("analyze", parents=[common],
                            help="unblind the answers and write a Markdown report, a plot and JSON results")
     p.add_argument("study", help="the study folder (its responses/ hold one CSV per reader)")
-    p.add_argument("--key", help="the unblinding key (default STUDY/unblinding_key.json)")
+    p.add_argument("--key", help="the unblinding key (default STUDY-unblinding-key.json beside the study)")
     p.add_argument("--reference", help="compare every method with this one (default: the study's reference, "
                                        "else low-dose, else the first method)")
     p.add_argument("--output-dir", help="new folder for report.md, results.json, reader_study.png "
@@ -134,9 +140,10 @@ def cmd_reader_study_create(args: argparse.Namespace) -> int:
     from ..core.io import read_volume
     from ..core.outputs import check_output_path
     from ..core.progress import progress_reporter
-    from ..tasks.reader_study import create_study, produce_methods
+    from ..tasks.reader_study import check_key_path, create_study, produce_methods
 
     check_output_path(args.study, folder=True)  # before any reading or model run
+    key = check_key_path(args.study, args.key)
     cases: Dict[str, Dict[str, object]] = {}
     for name, methods in args.cases or []:
         cases[name] = dict(methods)
@@ -166,9 +173,8 @@ def cmd_reader_study_create(args: argparse.Namespace) -> int:
                               pairs=args.pairs, reference=args.reference, title=args.title, key_path=args.key,
                               reader_order=args.reader_order, compress=args.compress, progress=progress)
     manifest = json.loads((folder / "study.json").read_text(encoding="utf-8"))
-    key = Path(args.key) if args.key else folder / "unblinding_key.json"
     _say(args, f"wrote {folder}: {manifest['n_items']} {args.mode} item(s) from {len(cases)} case(s)")
-    _say(args, f"unblinding key: {key}" + ("" if args.key else " (move it away before readers get the folder)"))
+    _say(args, f"unblinding key: {key} (outside the study folder: keep it from the readers)")
     return 0
 
 

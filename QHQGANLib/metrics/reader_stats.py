@@ -18,6 +18,8 @@ hand-written test: SciPy, scikit-learn and the ``krippendorff`` package compute 
   Krippendorff's alpha (ordinal for scales, nominal for yes/no and preferences) for two or more.
 * **2AFC**: for each pair of methods, how often the first was preferred, with an exact binomial test
   against 50 % and a Wilson interval (over readings: readers of one case are counted separately).
+* Before any of it, :func:`check_readings` refuses an answer off its question's scale (99 on 1-5,
+  "maybe" for yes/no) and an item read twice by one reader, naming the reader, item and value.
 
 Console usage::
 
@@ -254,6 +256,7 @@ def analyze_readings(data: Mapping[str, Any], reference: Optional[str] = None, c
     readings, methods = list(data["readings"]), list(data["methods"])
     if not readings:
         raise ValueError("no answered items yet: nothing to analyse")
+    check_readings(readings, data["questions"])
     if reference is None:
         reference = data.get("reference") or next((m for m in ("low-dose", "normal-dose") if m in methods),
                                                   methods[0])
@@ -283,6 +286,33 @@ def analyze_readings(data: Mapping[str, Any], reference: Optional[str] = None, c
             out["questions"][key] = {"text": q["text"], "type": "choice",
                                      "agreement": reader_agreement(readings, key, "nominal", q["choices"])}
     return out
+
+
+def check_readings(readings: Sequence[Reading], questions: Sequence[Mapping[str, Any]]) -> None:
+    """Refuse (ValueError, one line naming the reader, item and value) a reading off its question's scale
+    (a 1-5 question answered 99, 3.5 or "four"; yes/no answered "maybe"; a choice not offered) and a
+    reader who read one item twice (each reading would count)."""
+    seen = set()
+    for r in readings:
+        who = f"reader {r.get('reader')}, item {r.get('item')}"
+        if r.get("item") is not None:
+            if (r.get("reader"), r["item"]) in seen:
+                raise ValueError(f"{who}: read twice; one reading per reader and item")
+            seen.add((r.get("reader"), r["item"]))
+        for q in questions:
+            value = r.get(q["key"])
+            if value is None or (isinstance(value, str) and not value):
+                continue
+            if q["type"] == "scale":
+                ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) \
+                    and math.isfinite(value) and float(value).is_integer() and q["min"] <= value <= q["max"]
+                if not ok:
+                    raise ValueError(f"{who}: {q['text']}: a whole number from {q['min']} to {q['max']}, "
+                                     f"got {value!r}")
+            elif q["type"] == "yesno" and value not in ("yes", "no"):
+                raise ValueError(f"{who}: {q['text']}: yes or no, got {value!r}")
+            elif q["type"] == "choice" and value not in q.get("choices", ()):
+                raise ValueError(f"{who}: {q['text']}: one of {q.get('choices')}, got {value!r}")
 
 
 def _cases_and_readers(readings: Sequence[Reading]) -> Tuple[List[str], List[str]]:

@@ -112,8 +112,7 @@ class ScannerModel:
         Width at the isocentre of the detector element ``I0`` refers to (Siemens Definition:
         ~0.55 mm); the default 1.0 mm is a round reference width.
     mu_water:
-        Linear attenuation coefficient of water in 1/mm at the effective energy of the
-        beam: 0.0192/mm at ~70 keV (NIST XCOM), the effective energy of a 120 kVp beam.
+        Attenuation of water (1/mm): 0.0192 at ~70 keV (NIST XCOM), a 120 kVp beam's effective energy.
     recon_filter:
         ASTRA FBP filter of the inserted noise ('ram-lak', 'shepp-logan', 'cosine', 'hamming',
         'hann'...): 'hann' approximates a soft-tissue kernel; sharper ones give finer noise.
@@ -280,12 +279,8 @@ def _noise_sinogram(p: np.ndarray, a: float, scanner: ScannerModel, i0: float,
     quanta = rng.poisson(lam)
     sigma_e = math.sqrt(scanner.electronic_noise_var)
     c = scanner.min_counts
-    if sigma_e > 0:
-        e_fd = rng.normal(0.0, sigma_e, size=p.shape)
-        i_fd = quanta + e_fd
-    else:
-        e_fd = 0.0
-        i_fd = quanta.astype(np.float64)
+    e_fd = rng.normal(0.0, sigma_e, size=p.shape) if sigma_e > 0 else 0.0
+    i_fd = quanta + e_fd  # float64 either way
     thinned = rng.binomial(quanta, a)
     i_ld = thinned + a * e_fd
     if sigma_e > 0 and a < 1:
@@ -343,9 +338,6 @@ def simulate_low_dose(volume: Volume, dose_fraction: float, seed: Optional[int] 
         ``"auto"``: a patient cut by the field of view is continued for the forward projection
         (:mod:`QHQGANLib.physics.truncation`); ``"off"``: the image alone.
 
-    The projections are of axial planes: a volume stored coronally or sagittally is simulated on
-    its axial planes and stored back in its own order (:mod:`QHQGANLib.core.orientation`).
-
     Returns a new Volume (same geometry, metadata plus a ``history`` note) with
     ``metadata["low_dose"]``: ``dose_fraction``, ``reference_noise_hu`` and its
     ``reference_noise_source`` ("estimated", "given", "none" with ``photons``, "unmeasurable":
@@ -355,8 +347,8 @@ def simulate_low_dose(volume: Volume, dose_fraction: float, seed: Optional[int] 
     512x512 slice (one CPU core, 720 views), plus ~1 s per pilot slice (at most 3).
     """
     require_finite(volume, "simulate_low_dose")
-    axial, undo = to_axial(volume)
-    if axial is not volume:  # the scanner acquires axial planes: simulate on them, store back (issue #28)
+    axial, undo = to_axial(volume)  # a scanner acquires axial planes: a coronal or sagittal storage is simulated
+    if axial is not volume:         # on its axial planes and stored back in its own order (issue #28)
         return undo(simulate_low_dose(axial, dose_fraction, seed, scanner, progress, cancel, projection_downsample,
                                       reference_noise_hu, photons, truncation))
     scanner = ScannerModel() if scanner is None else scanner

@@ -7,8 +7,11 @@ radiologists see them. :func:`create_study` writes a NEW folder::
       study.json            the manifest readers see: items, questions, display window; no method names
       images/image_001.nrrd  ...  each (case, method) image once, numbered in a seeded random order
       responses/             one CSV per reader (QHQGANLib.tasks.reading_session.ReadingSession)
-    unblinding_key.json     which method each image is: kept apart (``key_path``; default inside the
-                            folder, move it away before readers get the folder)
+    study-unblinding-key.json   which method each image is: never inside the study folder (``key_path``;
+                            default beside the folder, see :func:`default_key_path`)
+
+A study folder that holds an unblinding key (anywhere in it, under any name) is refused for reading
+(:func:`QHQGANLib.tasks.study_files.check_blind`): move the key out before readers get the folder.
 
 Blinding: cases become "Case 01", "Case 02" ... in a seeded random order, the methods of a case become
 "image A", "image B" ... in a per-case random order, images are re-written from their voxels alone (no
@@ -22,7 +25,7 @@ Console usage::
 
     >>> from QHQGANLib.tasks.reader_study import create_study, produce_methods
     >>> cases = {"liver1": {"low-dose": "liver1_low.nrrd", "hqgan": "liver1_hqgan.nrrd"}}
-    >>> create_study(cases, "study1", mode="pairs", seed=7)            # Path('study1')
+    >>> create_study(cases, "study1", mode="pairs", seed=7)            # Path('study1'), key study1-unblinding-key.json
     >>> cases["ct_small"] = produce_methods(ct, ["low-dose", "hqgan-enhance", "redcnn-enhance"], dose=0.25)
 
 or ``qhqgan reader-study create study1 --case liver1 --method low-dose=l.nrrd --method hqgan=h.nrrd``.
@@ -171,7 +174,8 @@ def create_study(cases: Mapping[str, Mapping[str, Source]], folder: PathLike, *,
         pairs: ``"all"`` (every pair of methods of a case) or ``"reference"`` (each method vs
             ``reference``); pairs mode only.
         title: shown to readers; must not name the methods.
-        key_path: where the unblinding key goes (default ``folder/unblinding_key.json``).
+        key_path: where the unblinding key goes: outside the study folder (a path inside it is
+            refused); default :func:`default_key_path` (``<folder>-unblinding-key.json`` beside it).
         reader_order: ``"per-reader"`` (each reader gets their own seeded order) or ``"fixed"``.
         compress: gzip the images (smaller, but file sizes then differ with the noise of each method).
 
@@ -192,11 +196,7 @@ def create_study(cases: Mapping[str, Mapping[str, Source]], folder: PathLike, *,
     pair_list = _pair_plan(table, mode, pairs, reference)
     display = resolve_window(window)
     folder = check_output_path(folder, folder=True)
-    key = Path(key_path).expanduser() if key_path else folder / KEY_NAME
-    if key_path:
-        check_output_path(key, suffixes=(".json",))
-        if _inside(key, folder):
-            raise ValueError(f"{key}: give the key a path outside the study folder, or leave key_path out")
+    key = check_key_path(folder, key_path)
 
     rng = np.random.default_rng(seed)
     case_numbers = rng.permutation(len(table))
@@ -235,6 +235,7 @@ def create_study(cases: Mapping[str, Mapping[str, Source]], folder: PathLike, *,
 
     with claim_output(folder):
         tmp = make_temp_folder(folder.parent)
+        wrote_key = committed = False
         try:
             (tmp / IMAGES_DIR).mkdir()
             (tmp / RESPONSES_DIR).mkdir()
@@ -257,15 +258,17 @@ def create_study(cases: Mapping[str, Mapping[str, Source]], folder: PathLike, *,
                 os.utime(path, (stamp, stamp))
             key_doc["manifest_sha256"] = hashlib.sha256((tmp / MANIFEST_NAME).read_bytes()).hexdigest()
             # the key first: a study is never left without its key
-            _write_json(tmp / KEY_NAME if not key_path else key, key_doc)
+            _write_json(key, key_doc)
+            wrote_key = True
             if folder.exists():
                 folder.rmdir()  # empty (checked): the finished study takes its place
             os.chmod(tmp, 0o755)  # mkdtemp makes it private; readers may be other users
             os.replace(tmp, folder)
+            committed = True
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
-            if key_path and key.exists() and not folder.exists():
-                key.unlink()
+            if wrote_key and not committed and key.exists():
+                key.unlink()  # no key without its study
             raise
     if progress:
         progress(1.0, "study written")
@@ -287,10 +290,45 @@ def load_manifest(folder: PathLike) -> Dict[str, Any]:
     return manifest
 
 
-def load_key(folder: PathLike, key_path: Optional[PathLike] = None) -> Dict[str, Any]:
-    """The unblinding key of a study, checked against its manifest (same study, manifest unchanged)."""
+def default_key_path(folder: PathLike) -> Path:
+    """Where a study's unblinding key goes when no path is given: beside the study folder, never in it
+    (``studies/liver1`` -> ``studies/liver1-unblinding-key.json``)."""
     folder = Path(folder).expanduser()
-    key = Path(key_path).expanduser() if key_path else folder / KEY_NAME
+    if folder.name in ("", ".", ".."):  # "." or "..": its parent is only known from the absolute path
+        folder = Path(os.path.abspath(folder))
+    return folder.parent / f"{folder.name}-unblinding-key.json"
+
+
+def check_key_path(folder: PathLike, key_path: Optional[PathLike] = None) -> Path:
+    """The path the key of a new study at ``folder`` will be written to, checked before any work: outside
+    the study folder, a new ``.json`` file in an existing folder. Returns it (default :func:`default_key_path`)."""
+    from ..core.outputs import check_output_path
+
+    folder = Path(folder).expanduser()
+    key = Path(key_path).expanduser() if key_path else default_key_path(folder)
+    if _inside(key, folder):
+        raise ValueError(f"{printable(key)}: the unblinding key must be written outside the study folder "
+                         "(readers get the folder); give another path, or leave the key path out")
+    try:
+        return check_output_path(key, suffixes=(".json",))
+    except FileExistsError:
+        raise FileExistsError(f"{printable(key)} exists (the unblinding key of an earlier study?); it is never "
+                              "replaced: move it away or give the key another path") from None
+
+
+def load_key(folder: PathLike, key_path: Optional[PathLike] = None) -> Dict[str, Any]:
+    """The unblinding key of a study, checked against its manifest (same study, manifest unchanged).
+
+    Without ``key_path``: the key beside the folder (:func:`default_key_path`), else (a study made
+    before keys were kept out of the folder) ``folder/unblinding_key.json``.
+    """
+    folder = Path(folder).expanduser()
+    if key_path:
+        key = Path(key_path).expanduser()
+    else:
+        key = default_key_path(folder)
+        if not key.exists() and (folder / KEY_NAME).is_file():
+            key = folder / KEY_NAME
     if not key.is_file():
         raise FileNotFoundError(f"{key}: no unblinding key (pass the path of the study's key file)")
     doc = json.loads(key.read_text(encoding="utf-8"))
@@ -300,6 +338,12 @@ def load_key(folder: PathLike, key_path: Optional[PathLike] = None) -> Dict[str,
     if doc.get("manifest_sha256") != hashlib.sha256((folder / MANIFEST_NAME).read_bytes()).hexdigest():
         raise ValueError(f"{folder / MANIFEST_NAME} was changed after the study was created; refusing to unblind")
     return doc
+
+
+def printable(path: PathLike) -> str:
+    """A path for a one-line message: control characters escaped."""
+    text = str(path)
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
 
 
 def spread_cases(order: Sequence[int], case_of: Sequence[str]) -> List[int]:

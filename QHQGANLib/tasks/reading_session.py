@@ -10,10 +10,16 @@ time to ``responses/<reader>.csv`` and never lets an answer change:
   answered in order (no going back, no skipping ahead);
 * :meth:`ReadingSession.pause` records the time spent so far on the current item; a new session
   for the same reader (even after Slicer was closed) resumes at that item, and its time adds up.
+* a study folder that holds its unblinding key is refused (``study_files.check_blind``), and so is
+  a reader ID that differs only in case from one that already has answers (one file per reader).
 
 Nothing in the CSV names a method: only item ids and their neutral labels. :func:`load_readings`
 joins the answers of all readers with the unblinding key for the analysis
-(:mod:`QHQGANLib.metrics.reader_stats`).
+(:mod:`QHQGANLib.metrics.reader_stats`), after checking them (:mod:`QHQGANLib.tasks.study_files`): one file per
+reader, named by the reader ID its rows carry, no copies (byte for byte, or the same answers and
+reading times under another reader's name), rows of this study only, no row changed after it was
+written (a full row whose CRC32 does not match), and every answer on its question's scale. Each
+refusal is one line naming the file (and the item and value).
 
 Console usage::
 
@@ -25,28 +31,22 @@ Console usage::
 """
 from __future__ import annotations
 
-import csv
 import datetime as _dt
-import hashlib
-import io
 import os
-import re
 import time
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
-from .reader_study import RESPONSES_DIR, load_key, load_manifest, spread_cases
+from .reader_study import RESPONSES_DIR, load_key, load_manifest, printable
+from .study_files import (BASE_COLUMNS, READER_ID, ChangedResponsesError, ReaderFilesError,  # noqa: F401 (re-exported)
+                          _crc, _csv_line, check_blind, read_responses, reader_files, reader_order, validate_answers)
 
 PathLike = Any
-#: Columns of a response CSV before the questions' own columns; ``crc32`` closes every row.
-BASE_COLUMNS = ("study_id", "reader_id", "position", "item_id", "item_label", "status", "seconds", "recorded_utc")
 #: Windows opens files in text mode unless told otherwise (it would write CR LF)
 _BINARY = getattr(os, "O_BINARY", 0)
-READER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 class LockedAnswerError(ValueError):
@@ -83,6 +83,14 @@ class ReadingSession:
                              "(no spaces), starting with a letter or digit")
         self.folder = Path(folder).expanduser()
         self.manifest = load_manifest(self.folder)
+        check_blind(self.folder)  # readers never get a folder holding the unblinding key
+        responses = self.folder / RESPONSES_DIR
+        same = sorted(p.name for p in responses.glob("*.csv")
+                      if p.stem != reader_id and p.stem.casefold() == reader_id.casefold())
+        if same:
+            raise ValueError(f"reader ID {reader_id!r}: this study already holds the answers of "
+                             f"{', '.join(repr(Path(n).stem) for n in same)} ({RESPONSES_DIR}/{printable(same[0])}); "
+                             "IDs that differ only in case are one reader: use that ID exactly")
         self.reader_id = reader_id
         self.questions: List[Dict[str, Any]] = self.manifest["questions"]
         self.columns = list(BASE_COLUMNS) + [q["key"] for q in self.questions] + ["crc32"]
@@ -208,109 +216,61 @@ class ReadingSession:
         _append(self.path, _csv_line(fields + [_crc(fields)]))
 
 
-def reader_order(manifest: Mapping[str, Any], reader_id: str) -> List[str]:
-    """The item ids in the order ``reader_id`` reads them: the manifest's order, or (``per-reader``) a
-    permutation seeded by the study and the reader, with no two items of one case in a row where possible."""
-    ids = [it["id"] for it in manifest["items"]]
-    if manifest.get("reader_order", "per-reader") == "fixed":
-        return ids
-    seed = int.from_bytes(hashlib.sha256(f"{manifest['study_id']}/{reader_id}".encode()).digest()[:8], "little")
-    order = np.random.default_rng(seed).permutation(len(ids))
-    cases = [it["case"] for it in manifest["items"]]
-    return [ids[i] for i in spread_cases(order, cases)]
-
-
-def validate_answers(questions: List[Dict[str, Any]], answers: Mapping[str, Any]) -> Dict[str, str]:
-    """The answers as CSV text, checked against the questions (required, range, choices)."""
-    known = {q["key"] for q in questions}
-    unknown = sorted(set(answers) - known)
-    if unknown:
-        raise ValueError(f"unknown question(s) {unknown}; the questions are {sorted(known)}")
-    out: Dict[str, str] = {}
-    for q in questions:
-        value = answers.get(q["key"])
-        if value is None or (isinstance(value, str) and not value.strip()):
-            if q.get("required"):
-                raise ValueError(f"{q['text']}: an answer is required")
-            out[q["key"]] = ""
-            continue
-        kind = q["type"]
-        if kind == "scale":
-            try:
-                number = int(value)
-            except (TypeError, ValueError):
-                number = None
-            if number is None or isinstance(value, bool) or number != float(value) or not q["min"] <= number <= q["max"]:
-                raise ValueError(f"{q['text']}: a whole number from {q['min']} to {q['max']}, got {value!r}")
-            out[q["key"]] = str(number)
-        elif kind == "yesno":
-            text = {True: "yes", False: "no"}.get(value, str(value).strip().lower()) if isinstance(value, bool) \
-                else str(value).strip().lower()
-            if text not in ("yes", "no"):
-                raise ValueError(f"{q['text']}: yes or no, got {value!r}")
-            out[q["key"]] = text
-        elif kind == "choice":
-            if value not in q["choices"]:
-                raise ValueError(f"{q['text']}: one of {q['choices']}, got {value!r}")
-            out[q["key"]] = str(value)
-        else:  # free text: one line
-            out[q["key"]] = " ".join(str(value).split())
-    return out
-
-
-def read_responses(path: PathLike, columns: Optional[List[str]] = None) -> Tuple[List[Dict[str, str]], int, bool]:
-    """(rows whose CRC checks, rows skipped as damaged, whether the file ends in a torn line)."""
-    raw = Path(path).read_bytes()
-    text = raw.decode("utf-8", errors="replace")
-    lines = list(csv.reader(io.StringIO(text)))
-    if not lines:
-        raise ValueError(f"{path}: empty response file")
-    header = lines[0]
-    if columns is not None and header != list(columns):
-        raise ValueError(f"{path}: its columns {header} are not this study's {list(columns)}")
-    rows, skipped = [], 0
-    for fields in lines[1:]:
-        if not fields:
-            continue
-        if len(fields) != len(header) or _crc(fields[:-1]) != fields[-1]:
-            skipped += 1
-            continue
-        rows.append(dict(zip(header[:-1], fields[:-1])))
-    return rows, skipped, bool(raw) and not raw.endswith(b"\n")
-
-
 def load_readings(folder: PathLike, key_path: Optional[PathLike] = None) -> Dict[str, Any]:
     """Every reader's answers joined with the unblinding key, for :mod:`QHQGANLib.metrics.reader_stats`.
+
+    The response files are checked first (:func:`reader_files`), then every answered row: an item of
+    this study, answered once, each answer on its question's scale, a reading time in seconds.
 
     Returns:
         ``{"mode", "questions", "methods", "readers", "n_items", "skipped_rows", "readings"}``; each
         reading is ``{"reader", "case", "item", "seconds", <answers>}`` plus ``"method"`` (single) or
         ``"left"``, ``"right"`` and ``"preferred"`` (the preferred method; pairs).
+
+    Raises:
+        ReaderFilesError, ChangedResponsesError: one line naming the file(s) (and item and value).
     """
     folder = Path(folder).expanduser()
     manifest, key = load_manifest(folder), load_key(folder, key_path)
     questions = manifest["questions"]
-    columns = list(BASE_COLUMNS) + [q["key"] for q in questions] + ["crc32"]
+    items = {it["id"] for it in manifest["items"]}
     readings, readers, skipped = [], [], 0
-    for csv_path in sorted((folder / RESPONSES_DIR).glob("*.csv")):
-        rows, bad, _ = read_responses(csv_path, columns)
+    for csv_path, rows, bad in reader_files(folder, manifest):
         skipped += bad
+        where = f"{RESPONSES_DIR}/{printable(csv_path.name)}"
         seen = set()
         for row in rows:
-            if row["status"] != "answered" or row["item_id"] in seen or row["study_id"] != manifest["study_id"]:
+            if row["status"] != "answered":
                 continue
-            seen.add(row["item_id"])
-            unblinded = key["items"][row["item_id"]]
-            reading: Dict[str, Any] = {"reader": row["reader_id"], "case": unblinded["case"], "item": row["item_id"],
-                                       "seconds": float(row["seconds"])}
+            item_id = row["item_id"]
+            if item_id not in items or item_id not in key["items"]:
+                raise ReaderFilesError(f"{where}: item {printable(item_id)!r} is not an item of this study")
+            if item_id in seen:
+                raise ReaderFilesError(f"{where}: item {item_id} is answered twice (answers are locked: "
+                                       "a reading session writes one answer per item)")
+            seen.add(item_id)
+            try:
+                values = validate_answers(questions, {q["key"]: row[q["key"]] for q in questions})
+            except ValueError as exc:
+                raise ReaderFilesError(f"{where}: item {item_id}: {printable(exc)}") from None
+            try:
+                seconds = float(row["seconds"])
+            except ValueError:
+                seconds = float("nan")
+            if not (np.isfinite(seconds) and seconds >= 0):
+                raise ReaderFilesError(f"{where}: item {item_id}: reading time {row['seconds']!r} is not "
+                                       "a number of seconds")
+            unblinded = key["items"][item_id]
+            reading: Dict[str, Any] = {"reader": row["reader_id"], "case": unblinded["case"], "item": item_id,
+                                       "seconds": seconds}
             for q in questions:
-                value = row[q["key"]]
+                value = values[q["key"]]
                 reading[q["key"]] = int(value) if q["type"] == "scale" and value else value
             if manifest["mode"] == "single":
                 reading["method"] = unblinded["methods"][0]
             else:
                 reading["left"], reading["right"] = unblinded["methods"]
-                side = row.get("preference")
+                side = reading.get("preference")
                 reading["preferred"] = reading[side] if side in ("left", "right") else None
             readings.append(reading)
         if seen:
@@ -318,16 +278,6 @@ def load_readings(folder: PathLike, key_path: Optional[PathLike] = None) -> Dict
     return {"mode": manifest["mode"], "questions": questions, "methods": key["methods"], "readers": readers,
             "n_items": manifest["n_items"], "reference": key.get("reference"), "skipped_rows": skipped,
             "readings": readings}
-
-
-def _csv_line(fields: List[str]) -> str:
-    buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\n").writerow(fields)
-    return buffer.getvalue()
-
-
-def _crc(fields: List[str]) -> str:
-    return f"{zlib.crc32(chr(31).join(fields).encode('utf-8')):08x}"
 
 
 def _append(path: Path, text: str) -> None:
