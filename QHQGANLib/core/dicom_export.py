@@ -112,6 +112,7 @@ def export_dicom_series(volume: Volume, folder: PathLike, source: Any = None, *,
         synthetic: mark the series as synthetic (``SyntheticData`` YES, description "SYNTHETIC
             ... NOT FOR DIAGNOSIS", synthetic patient). ``False`` for processed real images
             (e.g. denoised): ``SyntheticData`` NO, still de-identified unless ``keep_patient``.
+            ``False`` is refused for a synthetic volume (``metadata["synthetic"]``) or source.
         series_description: the description; for synthetic series "SYNTHETIC" and
             "NOT FOR DIAGNOSIS" are added when missing (at most 64 characters in all).
         overwrite: replace the content of a non-empty output folder of DICOM files.
@@ -124,11 +125,16 @@ def export_dicom_series(volume: Volume, folder: PathLike, source: Any = None, *,
         The paths of the written files, in slice order (``IMG0001.dcm``, ...).
 
     Raises:
-        ValueError: NaN/inf voxels, ``keep_patient`` with a synthetic series, a bad description.
+        ValueError: NaN/inf voxels, ``keep_patient`` with a synthetic series, ``synthetic=False``
+            for a synthetic volume or source, a bad description.
         FileExistsError: ``folder`` is not empty (and ``overwrite`` is False) or is a file.
     """
     if not isinstance(volume, Volume):
         raise TypeError(f"export_dicom_series takes a Volume, got {type(volume).__name__}")
+    if not synthetic and (volume.metadata.get("synthetic") or _source_is_synthetic(source)):
+        what = "the volume" if volume.metadata.get("synthetic") else "its source"
+        raise ValueError(f"{what} is synthetic (made by a model, or derived from a synthetic image): it is "
+                         "always exported as synthetic; leave synthetic=True")
     if keep_patient and synthetic:
         raise ValueError("keep_patient=True would put a real patient's identity on synthetic images; "
                          "it is only allowed with synthetic=False")
@@ -324,6 +330,14 @@ def _series_description(given: Optional[str], synthetic: bool) -> str:
         raise ValueError(f"series_description must be one line of at most {LO_MAX} characters "
                          f"without backslash, got {text!r}")
     return text
+
+
+def _source_is_synthetic(source: Any) -> bool:
+    """True for a source marked synthetic: a Volume's mark, or ``SyntheticData`` YES in a data set or mapping."""
+    if isinstance(source, Volume):
+        return bool(source.metadata.get("synthetic"))
+    getter = getattr(source, "get", None)  # a pydicom Dataset or a mapping of keyword -> value
+    return callable(getter) and str(getter("SyntheticData", "") or "").strip().upper() == "YES"
 
 
 def _source_attributes(source: Any) -> Dict[str, Any]:

@@ -84,6 +84,7 @@ def read_dicom_files(files: Sequence[Path], *, source: Path, force: bool, max_vo
             f"(--series-uid): {_describe_series(by_series)}")
     else:
         chosen = next(iter(by_series.values()))
+    _check_one_acquisition(chosen, source)
 
     first = chosen[0][1]
     modality = str(first.get("Modality", "")).upper()
@@ -125,6 +126,8 @@ def read_dicom_files(files: Sequence[Path], *, source: Path, force: bool, max_vo
         "transfer_syntax": str(getattr(first.file_meta, "TransferSyntaxUID", "")),
         "n_files": len(slices),
     }
+    if any(str(ds.get("SyntheticData", "")).strip().upper() == "YES" for _f, ds in chosen):
+        metadata["synthetic"] = True  # the mark travels: every volume derived from it stays marked
     if shear is not None:
         array = _unshear(array, shear, row_cos, col_cos, (col_spacing, row_spacing))
         metadata["gantry_tilt_degrees"] = round(_tilt_degrees(shear, slice_spacing, len(slices)), 3)
@@ -132,6 +135,50 @@ def read_dicom_files(files: Sequence[Path], *, source: Path, force: bool, max_vo
                                "slices resampled (linear) onto a grid stacked along their normal"]
     # DICOM PixelSpacing is (row spacing = between rows = y, column spacing = x)
     return Volume(array, (col_spacing, row_spacing, slice_spacing), tuple(slices[0][1]), direction, metadata)
+
+
+#: What every file of one series must share: (keyword, its plural, one of them, compared only where present).
+SERIES_IDENTITY = (
+    ("PatientID", "patients (PatientID)", "patient", False),
+    ("StudyInstanceUID", "studies (StudyInstanceUID)", "study", False),
+    ("Modality", "modalities", "", False),
+    ("FrameOfReferenceUID", "frames of reference (FrameOfReferenceUID)", "frame of reference", True),
+)
+#: File names quoted in a refusal (a series can hold hundreds).
+NAMES_QUOTED = 3
+
+
+def _check_one_acquisition(chosen: Sequence[Tuple[Path, Any]], source: Path) -> None:
+    """Refuse a series whose files disagree on the patient, study, modality or frame of reference.
+
+    Files are grouped by SeriesInstanceUID only, and a copied or mislabelled file can share a UID
+    with another patient's or another modality's images; such a stack is never one volume. The
+    message names a few files of each group, never the identifiers themselves (patient IDs are
+    patient information); modalities are named, they identify no one.
+    """
+    for keyword, what, one, only_present in SERIES_IDENTITY:
+        groups: Dict[str, List[Path]] = defaultdict(list)
+        for f, ds in chosen:
+            value = str(ds.get(keyword, "") or "").strip()
+            if keyword == "Modality":
+                value = value.upper()
+            if only_present and not value:
+                continue
+            groups[value].append(f)
+        if len(groups) <= 1:
+            continue
+        ordered = sorted(groups.items(), key=lambda item: (-len(item[1]), item[0]))
+        parts = []
+        for number, (value, paths) in enumerate(ordered, 1):
+            names = ", ".join(p.name for p in paths[:NAMES_QUOTED])
+            more = f" and {len(paths) - NAMES_QUOTED} more" if len(paths) > NAMES_QUOTED else ""
+            label = (f"no {keyword}" if not value else value if keyword == "Modality" else f"{one} {number}")
+            parts.append(f"{label}: {len(paths)} file(s), e.g. {names}{more}" if more else
+                         f"{label}: {len(paths)} file(s) ({names})")
+        raise VolumeReadError(
+            f"{source}: one series (SeriesInstanceUID) mixes {len(groups)} {what}: {'; '.join(parts)}; "
+            "a series must be one patient, one study, one modality and one frame of reference: "
+            "remove the files that do not belong")
 
 
 def _tilt_degrees(shear: np.ndarray, spacing: float, n: int) -> float:

@@ -15,15 +15,24 @@ Console usage::
 What is refused, with a :class:`VolumeReadError` that says why:
 non-CT modality (unless ``force=True``), several series in one folder (unless
 ``series_uid=`` picks one), duplicated slice positions, missing slices or uneven
-slice spacing, gantry tilt, mixed orientations or matrix sizes, NaN/inf voxels,
+slice spacing, gantry tilt, mixed orientations or matrix sizes, a series whose files
+disagree on the patient, study, modality or frame of reference, NaN/inf voxels,
 an empty volume, volumes above ``max_voxels``, and files that are not a volume.
+
+The synthetic mark (``metadata["synthetic"] = True``) travels through files: NRRD and
+MetaImage carry a ``QHQGAN_SYNTHETIC`` header field, NIfTI its ``descrip`` field and a
+comment extension, DICOM ``SyntheticData`` YES; each is read back as the mark, and every
+volume derived from a marked one (``Volume.with_array`` / ``with_geometry``) keeps it.
 """
 from __future__ import annotations
 
+import gzip
 import os
 import shutil
+import struct
+import zlib
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
 import numpy as np
 
@@ -42,9 +51,15 @@ PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff")
 DEFAULT_MAX_VOXELS = 1_200_000_000
 
 
-#: Header key and value that mark a synthetic volume in NRRD / NIfTI-less formats (read back too).
+#: Header key and value that mark a synthetic volume in NRRD and MetaImage headers (read back too).
 SYNTHETIC_KEY = "QHQGAN_SYNTHETIC"
 SYNTHETIC_VALUE = "YES: synthetic image made by QHQGAN, not for diagnosis"
+#: NIfTI has no free key/value header: a synthetic volume carries the mark twice, in the 80-byte
+#: ``descrip`` field (shown by most viewers) and in a comment extension (ecode 6) holding JSON,
+#: which survives tools that rewrite ``descrip``. Reading either one back sets the mark.
+NIFTI_DESCRIP = f"{SYNTHETIC_KEY} SYNTHETIC - NOT FOR DIAGNOSIS"
+NIFTI_COMMENT_ECODE = 6
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 
 # ---------------------------------------------------------------------------
@@ -116,6 +131,7 @@ def write_volume(volume: Volume, path: PathLike, *, overwrite: bool = False,
     and then moved to the target, so a failure never leaves a partial file and never harms an
     earlier result. An existing file is refused unless ``overwrite=True``; the files of the
     volume's own source are never written over; another run writing the same path is refused.
+    A synthetic volume (``metadata["synthetic"]``) is marked in the file (module doc).
 
     Example::
 
@@ -138,8 +154,12 @@ def write_volume(volume: Volume, path: PathLike, *, overwrite: bool = False,
         raise ValueError("the volume holds NaN or infinite values; refusing to write it")
 
     image = volume_to_sitk(volume)
-    if volume.metadata.get("synthetic"):
-        image.SetMetaData(SYNTHETIC_KEY, SYNTHETIC_VALUE)
+    synthetic = bool(volume.metadata.get("synthetic"))
+    nifti = path.name.lower().endswith(NIFTI_SUFFIXES)
+    if synthetic:
+        image.SetMetaData(SYNTHETIC_KEY, SYNTHETIC_VALUE)  # NRRD and MetaImage write it into the header
+        if nifti:
+            image.SetMetaData("ITK_FileNotes", NIFTI_DESCRIP)  # ITK's NIfTI writer puts it in descrip
     with claim_output(path):
         # two-file formats (.nhdr, .mhd) name their data file after the header: write both
         # into a private temporary folder, check them, then move them into place.
@@ -147,8 +167,16 @@ def write_volume(volume: Volume, path: PathLike, *, overwrite: bool = False,
         try:
             tmp_path = tmp / path.name
             try:
-                sitk.WriteImage(image, str(tmp_path), useCompression=compress)
-            except RuntimeError as exc:
+                if synthetic and nifti:
+                    # ITK writes no extension: write plain .nii beside, then copy it with the mark added
+                    plain = tmp / ".unmarked" / "image.nii"
+                    plain.parent.mkdir()
+                    sitk.WriteImage(image, str(plain), useCompression=False)
+                    _add_nifti_mark(plain, tmp_path, gz=path.name.lower().endswith(".gz"))
+                    shutil.rmtree(plain.parent)
+                else:
+                    sitk.WriteImage(image, str(tmp_path), useCompression=compress)
+            except (RuntimeError, OSError) as exc:
                 free = shutil.disk_usage(path.parent).free
                 raise OSError(f"{path}: writing failed ({first_line(exc)}); {free / 2**20:.0f} MiB free on that "
                               "disk: is it full? Nothing was written.") from None
@@ -163,6 +191,81 @@ def write_volume(volume: Volume, path: PathLike, *, overwrite: bool = False,
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return path
+
+
+def _nifti_layout(head: bytes) -> Optional[Tuple[str, int, int, str]]:
+    """(byte order, header size, byte position of vox_offset, its struct code) of a NIfTI-1/-2 header."""
+    for endian in "<>":
+        if len(head) >= 348 and struct.unpack(endian + "i", head[:4])[0] == 348:
+            return endian, 348, 108, "f"
+        if len(head) >= 540 and struct.unpack(endian + "i", head[:4])[0] == 540:
+            return endian, 540, 168, "q"
+    return None
+
+
+def _nifti_mark_extension() -> bytes:
+    """A NIfTI comment extension (esize, ecode, JSON text, NUL-padded to a multiple of 16 bytes)."""
+    import json
+
+    from .constants import __version__
+
+    text = json.dumps({SYNTHETIC_KEY: SYNTHETIC_VALUE, "SyntheticData": "YES",
+                       "software": f"QHQGANLib {__version__}"}).encode("ascii")
+    size = -(-(8 + len(text)) // 16) * 16
+    return struct.pack("<ii", size, NIFTI_COMMENT_ECODE) + text.ljust(size - 8, b"\0")
+
+
+def _add_nifti_mark(plain: Path, target: Path, *, gz: bool) -> None:
+    """Copy the uncompressed NIfTI ``plain`` to ``target`` (gzip-compressed when ``gz``) with the
+    synthetic comment extension inserted before the voxels (vox_offset moved; voxels streamed)."""
+    with open(plain, "rb") as src:
+        head = src.read(540)
+        layout = _nifti_layout(head)
+        if layout is None:
+            raise OSError("the NIfTI writer produced no valid header")
+        endian, size, at, code = layout
+        offset = int(struct.unpack(endian + code, head[at:at + struct.calcsize(code)])[0])
+        src.seek(size)
+        extender = src.read(4)
+        kept = src.read(max(offset - size - 4, 0)) if extender[:1] not in (b"", b"\0") else b""
+        extension = _nifti_mark_extension()
+        if endian == ">":  # extension sizes follow the header's byte order
+            extension = struct.pack(">ii", len(extension), NIFTI_COMMENT_ECODE) + extension[8:]
+        header = bytearray(head[:size])
+        header[at:at + struct.calcsize(code)] = struct.pack(endian + code, size + 4 + len(kept) + len(extension))
+        src.seek(offset)
+        with (gzip.open(target, "wb", compresslevel=6) if gz else open(target, "wb")) as out:
+            out.write(bytes(header) + b"\1\0\0\0" + kept + extension)
+            shutil.copyfileobj(src, out, 1 << 22)
+
+
+def _nifti_marked(path: Path) -> bool:
+    """True when a NIfTI file holds QHQGAN's synthetic comment extension (only the header is read)."""
+    try:
+        with open(path, "rb") as fh:
+            gz = fh.read(2) == b"\x1f\x8b"
+        with (gzip.open(path, "rb") if gz else open(path, "rb")) as fh:
+            head = fh.read(544)
+            layout = _nifti_layout(head)
+            if layout is None:
+                return False
+            endian, size, at, code = layout
+            if head[size:size + 1] in (b"", b"\0"):
+                return False
+            offset = int(struct.unpack(endian + code, head[at:at + struct.calcsize(code)])[0])
+            fh.seek(size + 4)
+            area = fh.read(min(max(offset - size - 4, 0), 1 << 20))
+    except (OSError, EOFError, ValueError, struct.error, zlib.error):
+        return False
+    pos = 0
+    while pos + 8 <= len(area):
+        esize, ecode = struct.unpack(endian + "ii", area[pos:pos + 8])
+        if esize < 16 or esize % 16:
+            return False
+        if ecode == NIFTI_COMMENT_ECODE and SYNTHETIC_KEY.encode() in area[pos + 8:pos + esize]:
+            return True
+        pos += esize
+    return False
 
 
 def _verify_written(tmp_path: Path, shape, target: Path) -> None:
@@ -232,6 +335,9 @@ def _read_itk(path: Path, *, max_voxels: int) -> Volume:
     fmt = "nifti" if ".nii" in path.name.lower() else path.name.lower().rsplit(".", 1)[-1]
     metadata = {"source": str(path), "format": fmt}
     if image.HasMetaDataKey(SYNTHETIC_KEY):
+        metadata["synthetic"] = True
+    elif fmt == "nifti" and ((image.HasMetaDataKey("descrip") and SYNTHETIC_KEY in image.GetMetaData("descrip"))
+                             or _nifti_marked(path)):
         metadata["synthetic"] = True
     return volume_from_sitk(image, metadata)
 

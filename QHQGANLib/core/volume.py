@@ -48,7 +48,9 @@ class Volume:
     ``metadata`` holds what later steps need from the source, e.g. DICOM
     attributes for export (``"dicom"``: a dict of keyword -> value), the
     modality, or the provenance of a derived volume (``"history"``: a list of
-    strings). It never holds pixel data.
+    strings). It never holds pixel data. ``metadata["synthetic"] = True`` marks an image
+    made by a model; every volume derived with :meth:`with_array` / :meth:`with_geometry`
+    keeps it, and the writers put it into every file (see ``core.io``).
     """
 
     array: np.ndarray
@@ -135,7 +137,7 @@ class Volume:
 
     def with_geometry(self, array: np.ndarray, spacing: Sequence[float], origin: Sequence[float],
                       note: str = "") -> "Volume":
-        """A new Volume with new values and grid (same direction; metadata copied)."""
+        """A new Volume with new values and grid (same direction; metadata, the synthetic mark included, copied)."""
         metadata = copy.deepcopy(self.metadata)
         if note:
             metadata["history"] = list(metadata.get("history", [])) + [note]
