@@ -33,8 +33,10 @@ if (_SOURCE_ROOT / "QHQGANLib" / "__init__.py").is_file() and str(_SOURCE_ROOT) 
 from QHQGANLib.core.options import ADAPT_DEFAULT_STEPS, FINE_TUNE_DEFAULT_STEPS, option_default, option_range  # noqa: E402
 
 CUSTOM_WEIGHTS = _("Custom weights file…")
-#: Packages of Slicer itself that QHQGAN's requirements must never replace.
-SLICER_OWN_PACKAGES = ["SimpleITK", "vtk", "numpy", "torch"]
+#: Packages of Slicer itself that QHQGAN's requirements must never replace (SciPy is bundled with Slicer).
+SLICER_OWN_PACKAGES = ["SimpleITK", "vtk", "numpy", "scipy", "torch"]
+#: The selectors that stay locked while a task runs (the input is read and the output chosen at Apply).
+LOCKED_WHILE_RUNNING = ("inputSelector", "outputSelector", "taskComboBox")
 #: The panel's spin boxes and the options (QHQGANLib.core.options) whose ranges they take.
 SPIN_BOX_OPTIONS = {"tileSizeSpinBox": "tile_size", "overlapSpinBox": "overlap", "tileBatchSpinBox": "tile_batch",
                     "samplesSpinBox": "n_samples", "seedSpinBox": "seed", "doseSpinBox": "dose",
@@ -292,6 +294,10 @@ class QHQGANWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.doseSpinBox.setEnabled(task is Task.SIMULATE_LOW_DOSE)
         self.ui.strengthSpinBox.setEnabled(task is Task.ENHANCE)
         self.ui.adaptCheckBox.setEnabled(task is Task.ENHANCE)
+        for name in LOCKED_WHILE_RUNNING:  # the input and output chosen at Apply stay as they are
+            widget = getattr(self.ui, name, None)
+            if widget is not None:
+                widget.setEnabled(self._job is None)
         if self._job is not None:
             return
         ready = bool(p.inputVolume) or task is Task.SYNTHESIZE
@@ -315,15 +321,50 @@ class QHQGANWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     fine_tune_steps=FINE_TUNE_DEFAULT_STEPS if fineTune else 0,
                     adapt_steps=ADAPT_DEFAULT_STEPS if adapt else 0)
 
+    def _refuse(self, message):
+        """Tell the user why nothing was started: in the panel's status line and in a message box."""
+        self.ui.statusLabel.text = message
+        logging.warning(f"QHQGAN: {message}")
+        slicer.util.errorDisplay(message)
+
     def onApplyButton(self):
         if self._job is not None:
             self.onCancel()
             return
+        from QHQGANLib.apps.dependencies import MissingPackages
+        from QHQGANLib.apps.node_task import OutputRefused
+        p = self._parameterNode
+        task = p.task.value
+        options = self._options()
+        # the output is chosen now: the node checked here is the one written when the task ends
+        outputNode = p.outputVolume or None
+        refusal = self.logic.outputRefusal(p.inputVolume, outputNode, task)
+        if refusal:
+            self._refuse(_("Not started: {reason}.").format(reason=refusal))
+            return
+        problem = None
         with slicer.util.tryWithErrorDisplay(_("QHQGAN could not start."), waitCursor=True):
-            p = self._parameterNode
-            if not self.logic.installDependencies(askConfirmation=True, task=p.task.value):
+            try:
+                installed = self.logic.installDependencies(askConfirmation=True, task=task,
+                                                           quantumBackend=options["quantum_backend"])
+            except MissingPackages as error:  # offline: which package, and how to install it
+                problem = str(error)
+            except Exception as error:  # e.g. the PyTorch extension is not installed
+                problem = _("QHQGAN could not start: {error}").format(error=error)
+        if problem:  # said after the wait cursor is gone
+            self._refuse(problem)
+            return
+        if not installed:
+            self.ui.statusLabel.text = _("Not started: the packages were not installed.")
+            return
+        with slicer.util.tryWithErrorDisplay(_("QHQGAN could not start."), waitCursor=True):
+            target = {"outputNode": outputNode} if outputNode is not None else {}
+            try:
+                self._job = self.logic.process(p.inputVolume, task=task, blocking=False, **target, **options)
+            except OutputRefused as error:
+                self._refuse(_("Not started: {reason}.").format(reason=error))
                 return
-            self._job = self.logic.process(p.inputVolume, task=p.task.value, blocking=False, **self._options())
+            self._updateGui()  # locks the input and output selectors
             self.ui.applyButton.text = _("Cancel")
             self.ui.applyButton.toolTip = _("Stop the running task; the scene is left unchanged")
             self.ui.progressBar.setValue(0)
@@ -344,7 +385,7 @@ class QHQGANWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._job = None
         self.ui.progressBar.setVisible(False)
         try:
-            node = self.logic.finish(job, self._parameterNode.outputVolume if self._parameterNode else None)
+            node = self.logic.finish(job)  # into the output chosen at Apply, never the selector's value now
         except Exception as exc:  # OperationCancelled, TaskFailed: one line for the user
             self.ui.statusLabel.text = str(exc)
             if job.task.cancelled:
@@ -356,6 +397,8 @@ class QHQGANWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             # whatever that run is: a synthetic result must never land in a real patient's node)
             self._lastOutput = node
             self.ui.statusLabel.text = _("Done: {name}").format(name=node.GetName())
+            if getattr(job, "note", ""):
+                self.ui.statusLabel.text += " (" + job.note + ")"
             self.onCompareButton()
         self._updateGui()
 
@@ -433,35 +476,38 @@ class QHQGANLogic(ScriptedLoadableModuleLogic):
         self._rawNode(parameterNode).SetParameter(CUSTOM_WEIGHTS_PARAMETER, "" if path in (".", "") else path)
 
     def process(self, inputNode, task="enhance", blocking=True, progress=None, cancel=None, outputNode=None, **options):
-        """Run ``task`` on ``inputNode``: the new output node (blocking) or a running NodeTask.
+        """Run ``task`` on ``inputNode``: the output node (blocking) or a running NodeTask.
 
-        Blocking, Slicer's events are processed between polls (the application stays responsive).
+        The output is a new node, or ``outputNode`` when it is an earlier QHQGAN result of the
+        same input; any other ``outputNode`` is refused before anything runs
+        (``QHQGANLib.apps.node_task.OutputRefused``, a ValueError saying why). Blocking,
+        Slicer's events are processed between polls (the application stays responsive).
         """
         from QHQGANLib.apps import background as background
         request = background.TaskRequest(task, **options)
         scene = inputNode.GetScene() if inputNode is not None else slicer.mrmlScene
+        job = background.start_node_task(request, inputNode, scene=scene, output_node=outputNode)
         if not blocking:
-            return background.start_node_task(request, inputNode, scene=scene)
-        job = background.start_node_task(request, inputNode, scene=scene)
+            return job
         app = getattr(slicer, "app", None)
         background.wait(job, progress=progress, cancel=cancel, idle=app.processEvents if app is not None else None)
-        return self.finish(job, outputNode)
+        return self.finish(job)
 
-    def finish(self, job, outputNode=None):
-        """The output of a finished NodeTask, moved into ``outputNode`` when one is given and allowed.
+    def outputRefusal(self, inputNode, outputNode, task):
+        """Why ``outputNode`` may not receive ``task``'s result on ``inputNode`` (None: it may, or it is None)."""
+        from QHQGANLib.apps.node_task import output_refusal
+        return output_refusal(outputNode, inputNode if task != "synthesize" else None, task)
 
-        Never into the input, never a synthetic result into a volume that is not synthetic (nor
-        the reverse): the result then stays a new volume and the reason is logged.
+    def finish(self, job):
+        """The output of a finished NodeTask: in the output node chosen at its start, or a new node.
+
+        When that node was deleted or changed while the task ran, the result is a new node and
+        ``job.note`` says why (logged too).
         """
         node = job.finish()
-        if outputNode is None:
-            return node
-        from QHQGANLib.apps.node_task import move_refusal, move_volume_into
-        refusal = move_refusal(node, outputNode, job.input_node)
-        if refusal:
-            logging.info(f"QHQGAN: output not moved into {outputNode.GetName()}: {refusal}")
-            return node
-        return move_volume_into(node, outputNode)
+        if getattr(job, "note", ""):
+            logging.warning(f"QHQGAN: {job.note}")
+        return node
 
     def compare(self, inputNode, outputNode):
         """Input and output side by side in linked axial slice views, with the same window/level."""
@@ -475,15 +521,19 @@ class QHQGANLogic(ScriptedLoadableModuleLogic):
         show_side_by_side(inputNode, outputNode, views)
         slicer.util.resetSliceViews()
 
-    def installDependencies(self, askConfirmation=True, task="enhance", needTorch=None):
-        """What ``task`` needs: torch through the PyTorch extension, the rest from its requirement files.
+    def installDependencies(self, askConfirmation=True, task="enhance", needTorch=None, quantumBackend="torch"):
+        """What ``task``'s worker imports: torch through the PyTorch extension, the rest from its
+        requirement files (PennyLane's only for ``quantumBackend="pennylane:..."``).
 
-        False if declined. "Simulate low dose" needs no torch: only requirements-base.txt, in
-        which nothing pulls a generic torch from PyPI. Slicer >= 5.12 installs through
+        Nothing is installed that already imports: "Simulate low dose" needs only Slicer's own
+        packages and runs offline. False if declined. Raises
+        ``QHQGANLib.apps.dependencies.MissingPackages`` naming the missing package and how to
+        install it when the installation fails (offline). Slicer >= 5.12 installs through
         ``slicer.packaging.pip_ensure`` (it asks, and installs nothing in testing mode); 5.8 and
         5.10 through ``slicer.util.pip_install`` with a constraints file keeping Slicer's packages.
         """
-        from QHQGANLib.apps.dependencies import ensure_requirements, requirement_files, task_needs_torch
+        from QHQGANLib.apps.dependencies import (MissingPackages, constraints_file, ensure_requirements,
+                                                 requirement_files, task_needs_torch)
         if needTorch is None:
             needTorch = task_needs_torch(task)
         if needTorch and not self.torchInstalled():
@@ -493,16 +543,23 @@ class QHQGANLogic(ScriptedLoadableModuleLogic):
                 raise RuntimeError(_("QHQGAN needs the PyTorch extension: install it from the Extensions Manager."))
             # fepegar/SlicerPyTorch PyTorchUtils.py: installTorch(askConfirmation, forceComputationBackend,
             # torchVersionRequirement, ...) returns None when the user declines
-            if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=askConfirmation,
-                                                             torchVersionRequirement=">=2.2") is None:
+            try:
+                installed = PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=askConfirmation,
+                                                                          torchVersionRequirement=">=2.2")
+            except Exception as error:  # offline: say so, with the way to install torch
+                raise MissingPackages(["torch>=2.2"], f"the PyTorch extension could not install it: {error}",
+                                      task) from error
+            if installed is None:
                 return False
         try:
             import slicer.packaging as packaging  # Slicer >= 5.12 (Base/Python/slicer/packaging.py)
         except ImportError:
             packaging = None
         confirm = slicer.util.confirmOkCancelDisplay if askConfirmation else (lambda text: True)
-        return ensure_requirements(requirement_files(task, self._resourcesFolder()), confirm,
-                                   slicer.util.pip_install, packaging, keep=SLICER_OWN_PACKAGES)
+        folder = self._resourcesFolder()
+        return ensure_requirements(requirement_files(task, folder, quantum_backend=quantumBackend), confirm,
+                                   slicer.util.pip_install, packaging, keep=SLICER_OWN_PACKAGES,
+                                   constraints=constraints_file(folder), task=task)
 
     @staticmethod
     def torchInstalled():
@@ -528,8 +585,15 @@ class QHQGANLogic(ScriptedLoadableModuleLogic):
 
 
 class QHQGANTest(ScriptedLoadableModuleTest):
-    """Self-test on a small synthetic CT made in the scene (no download); a task whose packages or
-    model are missing is skipped, with the reason (Slicer installs nothing in testing mode)."""
+    """Self-test on a small synthetic CT made in the scene (no download, no network).
+
+    "Simulate low dose" needs only Slicer's own packages: it must run (it is never skipped),
+    and so must the checks that a result never replaces another patient's volume. A task with
+    a network whose packages or model are missing is skipped, with the reason (Slicer installs
+    nothing in testing mode)."""
+
+    #: the task that runs with the packages of every Slicer build (numpy, SciPy, SimpleITK)
+    ALWAYS_RUNS = "simulate-low-dose"
 
     def setUp(self):
         slicer.mrmlScene.Clear()
@@ -537,6 +601,8 @@ class QHQGANTest(ScriptedLoadableModuleTest):
     def runTest(self):
         self.setUp()
         self.test_QHQGAN_tasks_on_a_small_phantom()
+        self.setUp()
+        self.test_QHQGAN_results_never_replace_another_patients_volume()
 
     @staticmethod
     def phantomNode(slices=3, size=64):
@@ -563,6 +629,8 @@ class QHQGANTest(ScriptedLoadableModuleTest):
         source = ct
         for task, scale in (("simulate-low-dose", 1), ("enhance", 1), ("super-resolve", 2), ("synthesize", None)):
             reason = logic.taskUnavailableReason(task)
+            if reason and task == self.ALWAYS_RUNS:
+                raise AssertionError(f"{task} must run with Slicer's own packages, but: {reason}")
             if reason:
                 self.delayDisplay(f"Skipped {task}: {reason}")
                 continue
@@ -587,6 +655,40 @@ class QHQGANTest(ScriptedLoadableModuleTest):
             self.delayDisplay(f"super-resolve slices: OK ({out.GetName()})")
         self.delayDisplay(f"QHQGAN self-test passed ({', '.join(ran) or 'no task could run here'})")
         return ran
+
+    def test_QHQGAN_results_never_replace_another_patients_volume(self):
+        """Another patient's volume is refused before anything runs; an earlier result of the same
+        input is replaced; the output captured at the start is the one written (needs no torch)."""
+        from QHQGANLib.apps.node_task import OutputRefused
+        logic = QHQGANLogic()
+        sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(slicer.mrmlScene)
+        patients = []
+        for name in ("PatientA", "PatientB"):
+            node = self.phantomNode(slices=1, size=32)
+            node.SetName(f"{name}_CT")
+            study = sh.CreateStudyItem(sh.CreateSubjectItem(sh.GetSceneItemID(), name), f"{name} study")
+            item = sh.GetItemByDataNode(node)
+            if item:
+                sh.SetItemParent(item, study)
+            else:
+                sh.CreateItem(study, node)
+            patients.append(node)
+        a, b = patients
+        before = slicer.util.arrayFromVolume(b).copy()
+        for target in (b, a):  # another patient's volume; the input itself
+            try:
+                logic.process(a, task="simulate-low-dose", dose=0.5, seed=0, outputNode=target)
+            except OutputRefused as refusal:
+                self.delayDisplay(f"Refused as it should be: {refusal}")
+            else:
+                raise AssertionError(f"a result of {a.GetName()} was written into {target.GetName()}")
+        if not (slicer.util.arrayFromVolume(b) == before).all() or b.GetName() != "PatientB_CT":
+            raise AssertionError("PatientB_CT was changed")
+        first = logic.process(a, task="simulate-low-dose", dose=0.5, seed=0)
+        again = logic.process(a, task="simulate-low-dose", dose=0.25, seed=1, outputNode=first)
+        if again is not first or first.GetAttribute("QHQGAN.dose_fraction") != "0.25":
+            raise AssertionError("an earlier result of the same input was not replaced")
+        self.delayDisplay("Output safety: OK")
 
     def _checkGrid(self, reference, node, scale, axis="in-plane"):
         import numpy as np

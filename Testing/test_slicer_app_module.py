@@ -346,7 +346,9 @@ def test_synthesis_is_not_placed_under_the_input_nor_moved_into_a_real_volume(mo
     assert sh.GetItemParent(sh.GetItemByDataNode(low)) == study and not is_synthetic_node(low)
     before = slicer.util.arrayFromVolume(low).copy()
 
-    synthetic = logic.process(ct, task="synthesize", n_samples=1, seed=0, outputNode=low)
+    with pytest.raises(ValueError, match="choose 'Create new volume'"):  # refused before it runs (#29)
+        logic.process(ct, task="synthesize", n_samples=1, seed=0, outputNode=low)
+    synthetic = logic.process(ct, task="synthesize", n_samples=1, seed=0)
     assert synthetic is not low, "a synthetic result was moved into a real patient's volume"
     np.testing.assert_array_equal(slicer.util.arrayFromVolume(low), before)
     assert is_synthetic_node(synthetic) and synthetic.GetAttribute("QHQGAN.synthetic") == "true"
@@ -356,8 +358,9 @@ def test_synthesis_is_not_placed_under_the_input_nor_moved_into_a_real_volume(mo
     assert not item or sh.GetItemParent(item) == sh.GetSceneItemID()
 
     # the reverse: a result from real CT is not moved into a synthetic volume
-    again = logic.process(ct, task="simulate-low-dose", dose=0.5, seed=1, outputNode=synthetic)
-    assert again is not synthetic and is_synthetic_node(synthetic)
+    with pytest.raises(ValueError, match="is synthetic"):
+        logic.process(ct, task="simulate-low-dose", dose=0.5, seed=1, outputNode=synthetic)
+    assert is_synthetic_node(synthetic)
     # and an earlier output picked on purpose takes the new result and its name
     picked = logic.process(ct, task="simulate-low-dose", dose=0.25, seed=1, outputNode=low)
     assert picked is low and low.GetName() == "CT_small_dose25pct"

@@ -6,6 +6,12 @@ and the temporary folder is removed in every case. Works in Slicer and in plain
 Python with the slicer-core wheels; the MRML bridge :mod:`QHQGANLib.apps.scene` is
 imported only when a node is read or made.
 
+The output goes into a NEW node, unless an existing output node is given; that one is checked
+before the child starts (:func:`output_refusal`: only an earlier QHQGAN result of the same input,
+filed under the same patient and study, may be replaced; :class:`OutputRefused` otherwise) and
+captured then: :meth:`NodeTask.finish` writes into that very node, or, if it was deleted or changed
+while the task ran, into a new node, with :attr:`NodeTask.note` saying why.
+
 Console usage (Slicer's Python console)::
 
     >>> from QHQGANLib.apps.node_task import process_node
@@ -101,15 +107,26 @@ def _volume_of_node(node):
     return volume_from_node(node)
 
 
+class OutputRefused(ValueError):
+    """The chosen output volume may not receive the result (raised before anything runs)."""
+
+
 class NodeTask:
     """A task running in the background on a volume node; :meth:`finish` adds the output node.
 
     The scene is not touched until :meth:`finish` succeeds: a cancelled or failed
     task leaves it unchanged. The temporary folder is removed in all cases.
+
+    ``output_node`` (optional) is the existing volume to replace: checked here, before the
+    child starts (:class:`OutputRefused` with the reason), and remembered with its state, so
+    that :meth:`finish` writes into this node and no other (never a selector's later value).
     """
 
     def __init__(self, request: TaskRequest, input_node=None, scene=None, name: Optional[str] = None,
-                 python: Optional[str] = None):
+                 python: Optional[str] = None, output_node=None):
+        refusal = output_refusal(output_node, input_node if request.needs_input else None, request.task)
+        if refusal:
+            raise OutputRefused(refusal)
         # synthesis uses no voxel of an input: it only names the scene, and the result is
         # neither named after it, placed under its patient, nor linked to it
         if not request.needs_input and input_node is not None:
@@ -123,6 +140,10 @@ class NodeTask:
         if self.scene is None:
             raise ValueError("no MRML scene: give an input node or a scene")
         self.name = name or default_output_name(request, input_node)
+        self.output_node = output_node
+        self._output_state = target_state(output_node) if output_node is not None else None
+        #: why the result went to a new node instead of :attr:`output_node` ("" when it did not)
+        self.note = ""
         # synthetic images are marked synthetic in their names, files included (core.naming)
         self.workspace = TemporaryWorkspace(input_node if request.needs_input else None,
                                             output_name=output_file_name(request.task))
@@ -149,8 +170,12 @@ class NodeTask:
             self.workspace.cleanup()
 
     def finish(self):
-        """The new output node (raises OperationCancelled / TaskFailed; cleans up either way)."""
-        from .scene import node_from_volume
+        """The output node (raises OperationCancelled / TaskFailed; cleans up either way).
+
+        A new node, or the output node given at the start when it is still as it was then
+        (otherwise a new node, and :attr:`note` says why).
+        """
+        from .scene import dicom_series_uid, node_from_volume
 
         try:
             self.task.finish()
@@ -160,9 +185,22 @@ class NodeTask:
         attributes = dict(self.request.attributes())
         if self.input_node is not None:
             attributes["source_node"] = self.input_node.GetID()
+            uid = dicom_series_uid(self.input_node)
+            if uid:
+                attributes["source_uid"] = uid
         node = node_from_volume(volume, self.scene, self.name, reference_node=self.input_node,
                                 attributes=attributes)
-        return node
+        target = self.output_node
+        if target is None:
+            return node
+        changed = target_change(target, self._output_state)
+        if changed is None:  # still the node that was checked: the checks still hold
+            changed = output_refusal(target, self.input_node, self.request.task)
+        if changed:
+            self.note = (f"{changed}: the result was not written into it; it is the new volume "
+                         f"{node.GetName()}")
+            return node
+        return move_volume_into(node, target)
 
 
 def start_node_task(request: TaskRequest, input_node=None, **kwargs) -> NodeTask:
@@ -172,13 +210,92 @@ def start_node_task(request: TaskRequest, input_node=None, **kwargs) -> NodeTask
 
 def process_node(input_node, request: TaskRequest, progress: Optional[ProgressCallback] = None,
                  cancel=None, poll_interval: float = 0.1, idle=None, **kwargs):
-    """Run ``request`` on ``input_node`` to the end and return the new output node (blocking).
+    """Run ``request`` on ``input_node`` to the end and return the output node (blocking).
 
-    ``idle`` runs between polls (in Slicer: ``slicer.app.processEvents``).
+    ``idle`` runs between polls (in Slicer: ``slicer.app.processEvents``); ``output_node``
+    (in ``kwargs``) is an existing volume to replace, checked before anything runs.
     """
     job = NodeTask(request, input_node, **kwargs)
     wait(job, progress, cancel, poll_interval, idle=idle)
     return job.finish()
+
+
+def output_refusal(target_node, input_node=None, task: Optional[str] = None) -> Optional[str]:
+    """Why the result of ``task`` on ``input_node`` must not replace ``target_node`` (None: it may).
+
+    Checked before a task starts. None for no target (a new node). An existing volume may be
+    replaced only when it is a result QHQGAN derived from the same input: its ``QHQGAN.task``
+    attribute is set, its ``QHQGAN.source_node`` is the input's node ID (and its recorded
+    DICOM series, where there is one, the input's), and it is filed under no other patient or
+    study in the subject hierarchy. A synthetic result (no input) replaces only an earlier
+    synthetic result; a result of real CT never a synthetic one. An empty volume (no voxels),
+    filed under no other patient or study, counts as a new node.
+    """
+    from .scene import dicom_series_uid, placement_mismatch
+
+    if target_node is None:
+        return None
+    name = target_node.GetName()
+    if target_node.GetScene() is None:
+        return f"the output volume {name} is no longer in the scene"
+    if input_node is not None and (target_node is input_node or target_node.GetID() == input_node.GetID()):
+        return f"the output volume {name} is the input volume: choose 'Create new volume'"
+    synthetic_result = task == "synthesize"
+    mismatch = placement_mismatch(target_node, input_node if not synthetic_result else None)
+    if mismatch:
+        return f"{mismatch}: choose 'Create new volume'"
+    made_by = target_node.GetAttribute(ATTRIBUTE_PREFIX + "task")
+    if made_by is None:
+        if target_node.GetImageData() is None:
+            return None  # an empty volume: nothing of anybody's is replaced
+        return (f"{name} is not a QHQGAN result: a result replaces only an earlier QHQGAN result of the "
+                f"same input. Choose 'Create new volume'")
+    if synthetic_result:
+        if not is_synthetic_node(target_node):
+            return f"the result is synthetic and {name} is not: choose 'Create new volume'"
+        return None  # an earlier synthetic result (of no patient)
+    if is_synthetic_node(target_node):
+        return f"{name} is synthetic and the result is computed from real CT: choose 'Create new volume'"
+    source = target_node.GetAttribute(ATTRIBUTE_PREFIX + "source_node")
+    if input_node is None or not source or source != input_node.GetID():
+        origin = None
+        if source and target_node.GetScene() is not None:
+            origin = target_node.GetScene().GetNodeByID(source)
+        made_from = f"from {origin.GetName()}" if origin is not None else "from another volume"
+        return (f"{name} was made {made_from}, not from "
+                f"{input_node.GetName() if input_node is not None else 'this input'}: choose 'Create new volume'")
+    recorded_uid = target_node.GetAttribute(ATTRIBUTE_PREFIX + "source_uid")
+    if recorded_uid and recorded_uid != dicom_series_uid(input_node):
+        return f"{name} was made from another DICOM series than {input_node.GetName()}: choose 'Create new volume'"
+    return None
+
+
+def target_state(node) -> tuple:
+    """What must not change between the start and the end of a task for ``node`` to be written."""
+    import vtk
+
+    from .scene import subject_placement
+
+    if node is None or node.GetScene() is None:
+        return ("gone",)
+    image = node.GetImageData()
+    matrix = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(matrix)
+    attributes = tuple(sorted((n, node.GetAttribute(n)) for n in (node.GetAttributeNames() or ())
+                              if n.startswith(ATTRIBUTE_PREFIX)))
+    return (node.GetID(), node.GetName(), attributes,
+            None if image is None else (image.__this__, image.GetMTime()),
+            tuple(matrix.GetElement(i, j) for i in range(4) for j in range(4)),
+            tuple(sorted(subject_placement(node).items())))
+
+
+def target_change(node, before: tuple) -> Optional[str]:
+    """Why ``node`` is not as :func:`target_state` recorded it (None: unchanged)."""
+    if node is None or node.GetScene() is None:
+        return "the chosen output volume was deleted while the task ran"
+    if target_state(node) != before:
+        return f"the chosen output volume {node.GetName()} was changed while the task ran"
+    return None
 
 
 def move_refusal(source_node, target_node, input_node=None) -> Optional[str]:

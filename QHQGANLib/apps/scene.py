@@ -23,7 +23,7 @@ import numpy as np
 
 from ..core.constants import CT_DISPLAY_WINDOW, __version__
 from ..core.kinds import default_model
-from ..core.naming import ATTRIBUTE_PREFIX, output_name, synthetic_attributes
+from ..core.naming import ATTRIBUTE_PREFIX, is_synthetic_node, output_name, synthetic_attributes
 from ..core.volume import Volume
 
 #: The LPS <-> RAS flip (its own inverse).
@@ -54,6 +54,8 @@ def volume_from_node(node) -> Volume:
     spacing = np.linalg.norm(linear, axis=0)
     direction = linear / spacing
     metadata = {"source": f"MRML node {node.GetName()} ({node.GetID()})", "format": "mrml"}
+    if is_synthetic_node(node):
+        metadata["synthetic"] = True  # the mark travels into every result computed from it
     return Volume(array, tuple(spacing), tuple(ijk_to_lps[:3, 3]), direction, metadata)
 
 
@@ -75,7 +77,10 @@ def node_from_volume(volume: Volume, scene, name: str, reference_node=None,
     if display is not None:
         display.SetAutoWindowLevel(False)
         display.SetWindowLevel(*window)
-    for key, value in (attributes or {}).items():
+    attributes = dict(attributes or {})
+    if volume.metadata.get("synthetic"):
+        attributes.update(synthetic_attributes())  # a result of a synthetic input is synthetic
+    for key, value in attributes.items():
         node.SetAttribute(ATTRIBUTE_PREFIX + key, str(value))
     node.SetAttribute(ATTRIBUTE_PREFIX + "version", __version__)
     if reference_node is not None:
@@ -104,6 +109,69 @@ def _place_beside(node, reference_node) -> None:
         sh.SetItemParent(item, parent)
     else:
         sh.CreateItem(parent, node)
+
+
+#: Subject-hierarchy levels and the UID name Slicer's DICOM module uses
+#: (``vtkMRMLSubjectHierarchyConstants``: GetDICOMLevelPatient, GetDICOMLevelStudy, GetDICOMUIDName).
+PATIENT_LEVEL, STUDY_LEVEL, DICOM_UID = "Patient", "Study", "DICOM"
+
+
+def subject_placement(node) -> Dict[str, Tuple[int, str, str]]:
+    """Where ``node`` is filed in the subject hierarchy: ``{"Patient": (item, name, DICOM UID), "Study": ...}``.
+
+    Only the levels it sits under are given (empty when the node is not filed under a patient or
+    study, or the scene has no subject hierarchy). For DICOM-loaded data the UID is the PatientID
+    of the patient item and the StudyInstanceUID of the study item (Slicer's DICOM plugins set
+    them); otherwise "".
+    """
+    import slicer
+
+    scene = node.GetScene() if node is not None else None
+    if scene is None:
+        return {}
+    sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    item = sh.GetItemByDataNode(node) if sh is not None else 0
+    if not item:
+        return {}
+    placement = {}
+    for level in (PATIENT_LEVEL, STUDY_LEVEL):
+        ancestor = sh.GetItemAncestorAtLevel(item, level)
+        if ancestor:
+            placement[level] = (int(ancestor), sh.GetItemName(ancestor) or "", sh.GetItemUID(ancestor, DICOM_UID) or "")
+    return placement
+
+
+def dicom_series_uid(node) -> str:
+    """The DICOM SeriesInstanceUID of a DICOM-loaded volume ("" when unknown)."""
+    import slicer
+
+    scene = node.GetScene() if node is not None else None
+    if scene is None:
+        return ""
+    sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    item = sh.GetItemByDataNode(node) if sh is not None else 0
+    return (sh.GetItemUID(item, DICOM_UID) or "") if item else ""
+
+
+def placement_mismatch(target_node, input_node) -> Optional[str]:
+    """Why ``target_node`` is filed under another patient or study than ``input_node`` (None: it is not).
+
+    A level counts when the target sits under it: the input must sit under the same item, or
+    under one with the same DICOM UID (the same patient or study loaded twice).
+    """
+    target = subject_placement(target_node)
+    source = subject_placement(input_node) if input_node is not None else {}
+    for level in (PATIENT_LEVEL, STUDY_LEVEL):
+        if level not in target:
+            continue
+        item, name, uid = target[level]
+        other = source.get(level)
+        same = other is not None and (other[0] == item or (uid and other[2] == uid))
+        if not same:
+            where = f"'{other[1]}'" if other is not None else "none"
+            return (f"{target_node.GetName()} is filed under {level.lower()} '{name}', "
+                    f"the input under {where}")
+    return None
 
 
 def _output_name(input_node, task: str, **kwargs) -> str:
