@@ -28,7 +28,7 @@ from ..core.constants import __version__
 from ..core.devices import DEVICES
 from ..core.kinds import ENHANCE_ARCHS, SYNTH_METHODS, TRAINABLE_IMAGE_TASKS, default_model, preferred_models
 from ..core.options import add_option_argument, add_task_arguments, check_task_values
-from . import commands
+from . import commands, train_commands
 from .reader_cli import add_reader_study_commands
 
 #: Errors with a message meant for the user (OSError: full disk, a folder given as output, permissions).
@@ -131,14 +131,16 @@ def _add_training_commands(sub, common: argparse.ArgumentParser) -> None:
                    help="l1-ssim-adv (default): L1 + SSIM + adversarial; mse: MSE alone, no critic "
                         "(RED-CNN's published loss)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--output-dir", help="checkpoints, config and losses.jsonl go here")
+    p.add_argument("--output-dir", help="checkpoints, config and losses.jsonl go here (a new or empty folder, "
+                                        "unless --resume or --overwrite)")
     p.add_argument("--checkpoint-every", type=positive_int, default=500)
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/checkpoint.pt")
     p.add_argument("--save-model", help="write the trained model as PATH.safetensors + PATH.json")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --save-model PATH")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --save-model PATH and an earlier run in a non-empty --output-dir")
     p.add_argument("--force", action="store_true", help="accept a non-CT modality or non-HU values")
     add_compute(p)
-    p.set_defaults(func=commands.cmd_train_enhance)
+    p.set_defaults(func=train_commands.cmd_train_enhance)
 
     p = sub.add_parser("train-synth", parents=[common],
                        help="train a synthetic-CT generator on the slices of CT volumes")
@@ -166,14 +168,16 @@ def _add_training_commands(sub, common: argparse.ArgumentParser) -> None:
                    help="augmentation of the critic's inputs, comma-separated from translation,cutout; "
                         "'' for none (default translation)")
     p.add_argument("--seed", type=int, help="default 0")
-    p.add_argument("--output-dir", help="config, losses.jsonl and checkpoint.pt go here")
+    p.add_argument("--output-dir", help="config, losses.jsonl and checkpoint.pt go here (a new or empty folder, "
+                                        "unless --resume or --overwrite)")
     p.add_argument("--checkpoint-every", type=positive_int, help="updates between checkpoints (default 500)")
     p.add_argument("--resume", action="store_true", help="continue from --output-dir's checkpoint.pt")
     p.add_argument("--save-model", required=True, help="write PATH.safetensors + PATH.json")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --save-model PATH")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --save-model PATH and an earlier run in a non-empty --output-dir")
     p.add_argument("--force", action="store_true", help="accept a non-CT modality or non-HU values")
     add_compute(p)
-    p.set_defaults(func=commands.cmd_train_synth)
+    p.set_defaults(func=train_commands.cmd_train_synth)
 
 
 def _add_evaluation_commands(sub, common: argparse.ArgumentParser) -> None:
@@ -186,7 +190,8 @@ def _add_evaluation_commands(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--task", default=TRAINABLE_IMAGE_TASKS[0], choices=TRAINABLE_IMAGE_TASKS)
     p.add_argument("--doses", default="0.25,0.1", help="comma-separated dose fractions (enhance)")
     p.add_argument("--seed", type=int, default=1234)
-    p.add_argument("--json", help="also write the rows to this JSON file")
+    p.add_argument("--json", help="also write the rows to this JSON file (a new file, checked before the run)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=commands.cmd_evaluate)
 
@@ -199,7 +204,8 @@ def _add_evaluation_commands(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--c2st", action=argparse.BooleanOptionalAction, default=True,
                    help="classifier two-sample test: 5-fold accuracy of a small CNN telling samples from "
                         "the real slices, and real half vs real half (~0.5); seconds on a CPU (default: on)")
-    p.add_argument("--json", help="also write the full result to this JSON file")
+    p.add_argument("--json", help="also write the full result to this JSON file (a new file, checked before the run)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=commands.cmd_evaluate_synth)
 

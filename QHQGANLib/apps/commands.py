@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import json
 import os
 import platform
@@ -23,10 +22,13 @@ import sys
 import warnings
 from importlib import metadata
 from pathlib import Path
+from typing import Optional
 
 from ..core.constants import __version__
 from ..core.kinds import default_model, preferred_models
-from ..core.outputs import check_not_input, check_output_path, claim_output, require_synthetic_name
+from ..core.file_checks import require_regular_file
+from ..core.outputs import (check_not_input, check_output_path, check_report_path, claim_output,
+                            require_synthetic_name, write_text_output)
 
 #: Endings of the volume files the commands write (DICOM goes to a folder).
 VOLUME_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
@@ -36,9 +38,47 @@ def _prepare_output(args: argparse.Namespace, folder: bool = False) -> contextli
     """Check the output path before any work (exists, missing folder, a folder, wrong ending, the input
     itself) and claim it for this run; the returned context holds the claim until the command ends."""
     if getattr(args, "input", None) and isinstance(args.input, str):
+        _check_input(args.input)
         check_not_input(args.input, args.output)
     out = check_output_path(args.output, overwrite=args.overwrite, suffixes=VOLUME_SUFFIXES, folder=folder)
     return claim_output(out)
+
+
+def _check_input(path) -> None:
+    """An input that exists must be a folder or a regular file: a FIFO, socket or device is refused
+    before anything opens it (reading one blocks for ever). A missing input is left to the reader."""
+    p = Path(path).expanduser()
+    if p.exists() and not p.is_dir():
+        require_regular_file(p)
+
+
+def _model_files(model) -> list:
+    """The files a ``--model`` given as a path is made of (the path, its weights and its card); [] for a name."""
+    from ..nn.weights import model_paths
+
+    if not isinstance(model, (str, os.PathLike)):
+        return []
+    text = str(model)
+    if not (text.endswith((".json", ".safetensors")) or os.path.sep in text or Path(text).expanduser().exists()):
+        return []  # a shipped model's name
+    path = Path(text).expanduser()
+    return [path] + model_paths(path)
+
+
+def _check_model_files(model) -> None:
+    """Every file of a model given as a path is a regular file, checked before any is opened (a FIFO as
+    ``--model`` would block the loader for ever)."""
+    for f in _model_files(model):
+        if f.exists():
+            require_regular_file(f, role="model")
+
+
+def _prepare_report(args: argparse.Namespace, inputs) -> Optional[Path]:
+    """``--json PATH``: checked before any work like a volume output (folder exists, not an input,
+    not existing unless --overwrite) and claimed by the caller; None when not asked for."""
+    if not args.json:
+        return None
+    return check_report_path(args.json, inputs, overwrite=args.overwrite)
 
 
 def _check_model_outputs(args: argparse.Namespace) -> None:
@@ -48,29 +88,6 @@ def _check_model_outputs(args: argparse.Namespace) -> None:
     if args.save_model:
         for target in model_paths(args.save_model):
             check_output_path(target, overwrite=args.overwrite)
-
-
-def _training_data(volumes) -> dict:
-    """What a model card records of its training data: how many volumes and a content hash of each.
-
-    File paths are never recorded: they often hold patient names or record numbers.
-    """
-    hashes = []
-    for v in volumes:
-        digest = hashlib.sha256(repr((v.shape, tuple(round(s, 6) for s in v.spacing))).encode())
-        digest.update(v.array.tobytes())
-        hashes.append(digest.hexdigest()[:16])
-    return {"n_volumes": len(volumes), "n_slices": int(sum(v.shape[0] for v in volumes)), "voxel_sha256_16": hashes}
-
-
-def _speed(model) -> dict:
-    """Updates per second of this training run (this process's updates: a resumed run counts its own)."""
-    seconds, updates = getattr(model, "training_seconds", None), getattr(model, "training_updates", None)
-    if not seconds or updates is None:
-        return {}
-    return {"speed": {"updates": int(updates), "seconds": round(float(seconds), 1),
-                      "updates_per_second": round(updates / seconds, 4), "machine": platform.processor() or
-                      platform.machine()}}
 
 
 def _check_model_task(model, task: str) -> None:
@@ -173,6 +190,7 @@ def _run_model_command(args: argparse.Namespace, task: str) -> int:
     model = args.model or (None if through_plane else
                            default_model(task) if task == "enhance" else default_model(task, args.scale))
     _check_model_task(model, task)
+    _check_model_files(model)
     with _prepare_output(args):
         volume = read_volume(args.input, force=args.force, series_uid=args.series_uid,
                              regularize_tilt=args.regularize_tilt)
@@ -204,69 +222,6 @@ def cmd_super_resolve(args: argparse.Namespace) -> int:
     return _run_model_command(args, "super-resolve")
 
 
-def cmd_train_enhance(args: argparse.Namespace) -> int:
-    from ..core.io import read_volume
-    from ..nn.weights import save_model
-    from ..training.enhancement import TrainConfig, train_enhancer
-
-    _check_model_outputs(args)
-    volumes = [read_volume(p, force=args.force) for p in args.input]
-    cfg = TrainConfig(arch=args.arch, task=args.task, steps=args.steps, batch_size=args.batch_size,
-                      patch_size=args.patch_size, lr=args.lr, adv_weight=args.adv_weight,
-                      ssim_weight=args.ssim_weight, dose_range=(args.dose_min, args.dose_max), seed=args.seed,
-                      output_dir=args.output_dir, resume=args.resume, pool_size=args.pool_size,
-                      checkpoint_every=args.checkpoint_every, redcnn_width=args.redcnn_width,
-                      redcnn_context=args.redcnn_context, loss=args.loss,
-                      n_qubits=args.n_qubits, n_layers=args.n_layers, width=args.width,
-                      device=args.device, amp=args.amp)
-    with _progress(args, f"training {args.arch}") as progress:
-        model = train_enhancer(cfg, volumes, progress=progress)
-    if args.save_model and int(os.environ.get("RANK", "0")) == 0:
-        card = save_model(model, args.save_model, {"task": args.task, "training": {**cfg.to_dict(), "output_dir": None},
-                                                   "training_data": _training_data(volumes), **_speed(model)},
-                          overwrite=args.overwrite)
-        _say(args, f"saved {card['weights']} (sha256 {card['sha256'][:12]}...)")
-    return 0
-
-
-#: train-synth options that set the SynthConfig field of the same name when given
-SYNTH_OPTIONS = ("steps", "batch_size", "seed", "n_qubits", "n_layers", "n_circuits", "n_critic", "lr_g", "lr_d",
-                 "width", "blocks",
-                 "diffaugment", "checkpoint_every")
-
-
-def cmd_train_synth(args: argparse.Namespace) -> int:
-    from ..core.io import read_volume
-    from ..nn.weights import save_model
-    from ..training.synthesis import SynthConfig, train_synth
-
-    _check_model_outputs(args)
-    volumes = [read_volume(p, force=args.force) for p in args.input]
-    roi = None
-    if args.roi:
-        if len(args.roi) != len(volumes):
-            raise ValueError(f"give one --roi per --input ({len(volumes)} inputs, {len(args.roi)} ROIs)")
-        roi = []
-        for path, volume in zip(args.roi, volumes):
-            mask = read_volume(path, force=True)
-            if mask.shape != volume.shape:
-                raise ValueError(f"{path}: ROI shape {mask.shape} differs from its volume {volume.shape}")
-            roi.append(mask.array > 0)
-    # options left out keep SynthConfig's defaults (the parser does not repeat them)
-    given = {key: getattr(args, key) for key in SYNTH_OPTIONS if getattr(args, key) is not None}
-    given.update(device=args.device, amp=args.amp)
-    cfg = SynthConfig(method=args.method, size=args.size, output_dir=args.output_dir, resume=args.resume, **given)
-    with _progress(args, f"training {args.method} synthesis") as progress:
-        model = train_synth(cfg, volumes, roi=roi, progress=progress)
-    card = save_model(model, args.save_model, {"task": "synthesize", "training": {**cfg.to_dict(), "output_dir": None},
-                                                "training_data": _training_data(volumes), **_speed(model),
-                                                "roi": f"{len(args.roi)} label volume(s)" if args.roi else None},
-                      overwrite=args.overwrite)
-    _say(args, f"saved {card['weights']} (sha256 {card['sha256'][:12]}...); generate with "
-               f"qhqgan synthesize OUT_synthetic.nrrd --model {Path(args.save_model).with_suffix('.safetensors')}")
-    return 0
-
-
 def cmd_synthesize(args: argparse.Namespace) -> int:
     from ..core.io import write_volume
     from ..tasks.synthesize import synthesize
@@ -274,6 +229,7 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
     require_synthetic_name(args.output)
     model = args.model or default_model("synthesize")
     _check_model_task(model, "synthesize")
+    _check_model_files(model)
     with _prepare_output(args, folder=args.dicom):
         with _progress(args, "synthesizing") as progress:
             volume = synthesize(model, n=args.n_samples, seed=args.seed,
@@ -296,11 +252,21 @@ def _print_rows(rows, keys) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    models = [m for m in args.models.split(",") if m] if args.models else list(preferred_models(args.task))
+    for path in args.input:
+        _check_input(path)
+    for m in models:
+        _check_model_files(m)
+    report = _prepare_report(args, list(args.input) + [f for m in models for f in _model_files(m)])
+    with claim_output(report) if report else contextlib.nullcontext():
+        return _evaluate(args, models, report)
+
+
+def _evaluate(args: argparse.Namespace, models, report) -> int:
     from ..core.io import read_volume
     from ..tasks.evaluate import evaluate_enhancement, evaluate_super_resolution
 
     volumes = [read_volume(p, force=args.force) for p in args.input]
-    models = [m for m in args.models.split(",") if m] if args.models else list(preferred_models(args.task))
     if args.task == "enhance":
         doses = [float(d) for d in args.doses.split(",")]
         rows = evaluate_enhancement({m: m for m in models}, volumes, doses=doses, seed=args.seed)
@@ -309,12 +275,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         rows = evaluate_super_resolution({m: m for m in models}, volumes)
         keys = ["psnr_abdomen", "ssim_abdomen", "psnr_full", "ssim_full", "noise_hu", "seconds_per_slice"]
     _print_rows(rows, keys)
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2))
+    if report:
+        write_text_output(report, json.dumps(rows, indent=2), overwrite=args.overwrite)
     return 0
 
 
 def cmd_evaluate_synth(args: argparse.Namespace) -> int:
+    inputs = [args.samples] + list(args.real) + list(args.train or [])
+    for path in inputs:
+        _check_input(path)
+    report = _prepare_report(args, inputs)
+    with claim_output(report) if report else contextlib.nullcontext():
+        return _evaluate_synth(args, report)
+
+
+def _evaluate_synth(args: argparse.Namespace, report) -> int:
     from ..core.io import read_volume
     from ..metrics.synthetic import evaluate_synthetic
     from ..training.slices import training_slices
@@ -340,8 +315,8 @@ def cmd_evaluate_synth(args: argparse.Namespace) -> int:
               f"{ref['n_per_class']} each)")
     elif result.get("c2st_reason"):
         print(f"{'C2ST':<28} skipped: {result['c2st_reason']}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2, default=str))
+    if report:
+        write_text_output(report, json.dumps(result, indent=2, default=str), overwrite=args.overwrite)
     return 0
 
 

@@ -5,6 +5,8 @@ simulates a lower-dose acquisition, runs the best enhancement model that ships
 (``hqgan-enhance``; when none ships the demo says so plainly), and writes into a
 new folder: ``normal_dose.nrrd``, ``low_dose_<N>pct.nrrd``, ``enhanced_<model>.nrrd``,
 ``figure.png`` (normal dose / low dose / enhanced / difference) and ``metrics.json``.
+Neither the metrics nor the figure name the input: a path such as ``SMITH_JANE/MRN778899.dcm``
+is patient information, so they say only ``INPUT_LABEL`` (or that the bundled sample was used).
 
 Console usage::
 
@@ -31,6 +33,10 @@ from ..core.volume import Volume
 
 #: Enhancement models the demo prefers, best first (the first one that ships is used).
 PREFERRED_MODELS = preferred_models("enhance")
+#: How the metrics and the figure name a user's input (never its path or file name: patient information).
+INPUT_LABEL = "user-supplied CT"
+#: How they name the bundled sample.
+SAMPLE_LABEL = "bundled sample CT (pydicom)"
 
 
 @dataclass
@@ -74,6 +80,7 @@ def run_demo(input_path: Optional[str] = None, dose: float = 0.25, seed: int = 0
     from ..core.progress import tqdm_progress
     from ..core.resources import model_cards
 
+    label = INPUT_LABEL if input_path is not None else SAMPLE_LABEL  # never the path: patient information
     if input_path is None:
         from pydicom.data import get_testdata_file
 
@@ -147,11 +154,11 @@ def run_demo(input_path: Optional[str] = None, dose: float = 0.25, seed: int = 0
         windows.extend([(-160, 240)] * (len(panels) - 3) + [(-100, 100)])
         files["figure"] = save_panels_png(
             panels, staging / "figure.png", windows=windows,
-            footer=f"{Path(str(input_path)).name}, slice {k}; " + (
+            footer=f"{label}, slice {k}; " + (
                 f"model {model}" if model else "no enhancement model ships yet"))
         files["metrics"] = staging / "metrics.json"
         files["metrics"].write_text(json.dumps(
-            {"input": str(input_path), "dose_fraction": dose, "seed": seed, "model": model,
+            {"input": label, "dose_fraction": dose, "seed": seed, "model": model,
              "metrics": metrics, "notes": notes}, indent=2))
         if folder.exists():
             folder.rmdir()

@@ -93,11 +93,16 @@ def data_files(path: Path) -> List[Path]:
     """The files a volume is made of: the file itself plus, for ``.nhdr``/``.mhd``, its detached data file(s).
 
     Used to keep outputs off every file of the input (writing ``b.nhdr`` also writes ``b.raw.gz``).
-    Unreadable headers give just the file itself.
+    A folder (a DICOM series) gives the files in it. Unreadable headers, and anything that is not a
+    regular file (a FIFO would block the parser), give just the path itself.
     """
     path = Path(path)
     files = [path]
     try:
+        if path.is_dir():
+            return files + [p for p in sorted(path.iterdir()) if p.is_file()]
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return files
         if path.name.lower().endswith((".nrrd", ".nhdr")):
             files += _nrrd_header(path)[2]
         elif path.name.lower().endswith((".mha", ".mhd")):

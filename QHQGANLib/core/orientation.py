@@ -9,8 +9,10 @@ the slice axis, with the geometry permuted alike (every voxel keeps its physical
 the storage order changes); ``undo`` puts a result computed there back into the input's storage
 order and index axes. A pure permutation: the round trip is exact, bit for bit.
 
-An oblique volume is placed by the axis nearest superior-inferior (its planes are then "nearly
-axial", as a tilted gantry's are); a volume already axial is returned as it is.
+A volume is reordered only when one of its other index axes lies within ``AXIAL_TOLERANCE_DEG``
+(25 degrees) of superior-inferior (a coronal or sagittal storage, possibly tilted, like a gantry
+tilt); a volume already axial, or oblique with no axis near superior-inferior (no storage order has
+axial planes: only resampling would), is returned as it is.
 
 Console usage::
 
@@ -27,6 +29,8 @@ import numpy as np
 
 from .volume import Volume
 
+#: How far (degrees) from superior-inferior an index axis may lie to be taken as the slice axis.
+AXIAL_TOLERANCE_DEG = 25.0
 #: LPS axis of each anatomical plane's normal: L (sagittal), P (coronal), S (axial).
 PLANE_OF_AXIS = {0: "sagittal", 1: "coronal", 2: "axial"}
 
@@ -60,7 +64,8 @@ def to_axial(volume: Volume) -> Tuple[Volume, Callable[[Volume], Volume]]:
     order is undone). For an axial input both are the identity (no copy).
     """
     s = superior_index_axis(volume.direction)
-    if s == 2:
+    near_s = abs(float(volume.direction[2, s])) >= np.cos(np.radians(AXIAL_TOLERANCE_DEG))
+    if s == 2 or not near_s:
         return volume, (lambda result: result)
     # in-plane: the axis nearest left-right first (i), then the one nearest posterior (j), as axial CT is stored
     others = sorted((c for c in range(3) if c != s), key=lambda c: int(np.argmax(np.abs(volume.direction[:2, c]))))

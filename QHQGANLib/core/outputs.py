@@ -97,6 +97,38 @@ def check_output_path(path: PathLike, *, overwrite: bool = False, suffixes: Sequ
     return out
 
 
+def check_report_path(path: PathLike, inputs: Sequence[Optional[PathLike]] = (), *, overwrite: bool = False) -> Path:
+    """A report (JSON, text) is an output like a volume: checked before any work. Its folder must exist,
+    it must not be any file of ``inputs`` (volumes, DICOM folders, model files), and an existing file is
+    refused unless ``overwrite``. Returns the path (``~`` expanded); write it with :func:`write_text_output`.
+    """
+    for source in inputs:
+        if source is not None and Path(source).expanduser().exists():
+            check_not_input(Path(source).expanduser(), Path(path).expanduser())
+    return check_output_path(path, overwrite=overwrite)
+
+
+def write_text_output(path: PathLike, text: str, *, overwrite: bool = False) -> Path:
+    """Write ``text`` to ``path`` as every output is written: claimed, into a temporary folder beside it,
+    then moved into place (a file that appeared meanwhile is not replaced unless ``overwrite``).
+    A failed write (full disk) leaves nothing behind and says so."""
+    out = Path(path).expanduser()
+    with claim_output(out):
+        tmp = make_temp_folder(out.parent)
+        try:
+            staged = tmp / out.name
+            try:
+                staged.write_text(text)
+            except OSError as exc:
+                free = shutil.disk_usage(out.parent).free
+                raise OSError(f"{out}: writing failed ({exc.strerror or exc}); {free / 2**20:.0f} MiB free on that "
+                              "disk. Nothing was written.") from None
+            commit_file(staged, out, overwrite)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
 def check_new_output(output_path: PathLike, overwrite: bool = False) -> None:
     """Refuse an existing output file (or non-empty folder) unless ``overwrite``."""
     out = Path(output_path)

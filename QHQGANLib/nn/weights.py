@@ -118,6 +118,7 @@ def load_model(name_or_path: Union[str, Path], device: Optional[str] = None,
     from safetensors import safe_open
     from safetensors.torch import load_file
 
+    from ..core.file_checks import require_regular_file
     from .build import build_from_config, set_quantum_backend
 
     text = str(name_or_path)
@@ -128,6 +129,7 @@ def load_model(name_or_path: Union[str, Path], device: Optional[str] = None,
             raise FileNotFoundError(f"{path}: no such model file")
         card_path = path.with_suffix(".json")
         if card_path.exists():
+            require_regular_file(card_path, role="model card")  # a FIFO would block for ever
             card = json.loads(card_path.read_text())
         weights = path.with_suffix(".safetensors")
     else:
@@ -139,6 +141,7 @@ def load_model(name_or_path: Union[str, Path], device: Optional[str] = None,
         weights = models_dir() / card["weights"]
     if not weights.exists():
         raise FileNotFoundError(f"{weights}: the weights file is missing")
+    require_regular_file(weights, role="model weights file")
     if card is not None and "sha256" in card:
         actual = sha256_of(weights)
         if actual != card["sha256"]:

@@ -53,9 +53,10 @@ from ..nn.critics import PatchCritic
 from ..nn.build import LEGACY_ENHANCE_ARCHS
 from ..nn.enhancer import MIXER_OF_ARCH, HQGANGenerator
 from .distributed import frozen, gather_from_ranks, setup_distributed, unwrap, wrap_ddp
-from .loop import Precision, in_training_layout, resume_state, run_loop
+from .loop import Precision, check_output_dir, claim_output_dir, in_training_layout, resume_state, run_loop
 from .losses import gradient_penalty, ssim_loss
 from .pairs import PairPool
+from .provenance import write_training_data
 
 
 ARCHS = ("hqgan", "mlp-control", "no-circuit", "bottleneck-ablation", "redcnn")
@@ -92,6 +93,7 @@ class TrainConfig:
     checkpoint_every: int = 500
     output_dir: Optional[str] = None
     resume: bool = False
+    overwrite: bool = False              # a non-empty output_dir: replace the earlier run (not compared on resume)
     threads: Optional[int] = None
     device: str = "auto"                 # "auto", "cpu", "cuda" or "cuda:N" (one GPU per rank under torchrun)
     amp: bool = False                    # mixed precision: float16 on CUDA, bfloat16 on the CPU
@@ -225,9 +227,18 @@ def train_enhancer(cfg: TrainConfig, volumes: Sequence[Volume],
     ``progress(fraction, message)`` and ``cancel`` as everywhere in QHQGANLib;
     ``show_progress`` draws a tqdm bar. With ``cfg.output_dir`` set, checkpoints and
     ``losses.jsonl`` go there and ``cfg.resume`` continues from ``checkpoint.pt`` (a fresh
-    run when there is none yet).
+    run when there is none yet); a non-empty ``output_dir`` is refused before any work unless
+    ``cfg.resume`` or ``cfg.overwrite``, and the folder is claimed for the run.
     """
+    check_output_dir(cfg.output_dir, resume=cfg.resume, overwrite=cfg.overwrite)
     rank, world, device = setup_distributed(cfg.device)  # a missing GPU is an error before any work
+    with claim_output_dir(cfg.output_dir, rank):
+        return _train_enhancer(cfg, volumes, progress, cancel, show_progress, rank, world, device)
+
+
+def _train_enhancer(cfg: TrainConfig, volumes: Sequence[Volume], progress, cancel, show_progress: bool,
+                    rank: int, world: int, device: torch.device) -> nn.Module:
+    """:func:`train_enhancer` once its output folder is checked and claimed."""
     check_cancel(cancel)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -251,8 +262,10 @@ def train_enhancer(cfg: TrainConfig, volumes: Sequence[Volume],
     seconds = run_loop(task, cfg.steps, start=start, output_dir=cfg.output_dir,
                        checkpoint_every=cfg.checkpoint_every, config=cfg.to_dict(), rank=rank, world=world,
                        progress=progress, cancel=cancel, progress_range=(0.1, 1.0), show_progress=show_progress,
-                       description=f"training {cfg.arch} ({cfg.task})")
+                       description=f"training {cfg.arch} ({cfg.task})", resume=cfg.resume,
+                       overwrite=cfg.overwrite)
     if rank == 0 and cfg.output_dir:
+        write_training_data(cfg.output_dir, volumes)  # what this run read: voxel sha256 per volume (#27)
         (Path(cfg.output_dir) / "summary.json").write_text(json.dumps({
             "steps": cfg.steps, "seconds": seconds, "parameters": count_parameters(model),
             "world_size": world, "device": str(device), "amp": cfg.amp,

@@ -9,6 +9,10 @@ The loop owns everything else:
 * steps ``start`` .. ``steps - 1``; ``cancel`` checked before every step and before every
   checkpoint (once it is set nothing more is written; :class:`OperationCancelled` is raised);
 * ``progress(fraction, message)`` over ``progress_range``, an optional tqdm bar;
+* ``output_dir`` must be new or empty unless the run resumes (``resume`` or ``start`` > 0) or
+  ``overwrite`` is set (:func:`check_output_dir`: an earlier run's checkpoint and log are never
+  replaced silently); rank 0 claims it for the whole run (:func:`claim_output_dir`: a second
+  run into the same folder is refused at once);
 * in ``output_dir`` (rank 0 only): ``config.json``, ``losses.jsonl`` (one line per step; on
   resume the lines after the checkpoint are dropped and the log continues), and
   ``checkpoint.pt`` every ``checkpoint_every`` steps and after the last one (never twice),
@@ -49,6 +53,9 @@ from .distributed import barrier
 
 CHECKPOINT = "checkpoint.pt"
 LOSS_LOG = "losses.jsonl"
+#: Files a run leaves in its output folder that an ``overwrite`` run removes first (its own kind only:
+#: a stale checkpoint must not be resumed with another run's log).
+RUN_FILES = (CHECKPOINT, "checkpoint.tmp", LOSS_LOG, "config.json", "summary.json")
 #: Memory layout of the networks and batches while training: NHWC ("channels last"), the native
 #: layout of oneDNN's convolutions. The same arithmetic as NCHW, 15-30 % faster updates on the CPU
 #: (issue #16; ``Testing/Benchmarks/bench_profile.py`` sets ``torch.contiguous_format`` for "previous").
@@ -81,6 +88,39 @@ def to_cpu(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return type(value)(to_cpu(v) for v in value)
     return value
+
+
+def check_output_dir(output_dir: Optional[str], resume: bool = False, overwrite: bool = False) -> None:
+    """Refuse, before any work, an ``output_dir`` that is a file, or a non-empty folder when the run
+    neither resumes nor overwrites: a new run would replace the earlier run's checkpoint, config and
+    loss log, or mix its files with them."""
+    if not output_dir:
+        return
+    out = Path(output_dir).expanduser()
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out} exists and is not a folder; give a folder for the training run's files")
+    if resume or overwrite or not out.is_dir():
+        return
+    if any(out.iterdir()):
+        raise ValueError(f"{out}: the output folder is not empty (an earlier run's files are there); use --resume "
+                         "(resume=True) to continue that run, --overwrite (overwrite=True) to replace it, or "
+                         "another folder")
+
+
+@contextlib.contextmanager
+def claim_output_dir(output_dir: Optional[str], rank: int = 0):
+    """Hold ``output_dir`` for this run (rank 0 only: the one that writes): a second run, in another
+    process, into the same folder gets a ``FileExistsError`` at once (:func:`QHQGANLib.core.outputs.claim_output`;
+    the claim is a hidden file beside the folder, removed on exit)."""
+    if not output_dir or rank != 0:
+        yield
+        return
+    from ..core.outputs import claim_output
+
+    out = Path(output_dir).expanduser()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with claim_output(out):
+        yield
 
 
 def resume_state(output_dir: Optional[str], cfg, keys: Sequence[str], steps: int, world: int = 1,
@@ -125,18 +165,32 @@ def run_loop(task: TrainStep, steps: int, *, start: int = 0, output_dir: Optiona
              checkpoint_every: int = 0, config: Optional[Dict[str, Any]] = None, rank: int = 0, world: int = 1,
              progress: Optional[Callable[[float, str], None]] = None, cancel=None,
              progress_range: Tuple[float, float] = (0.0, 1.0), show_progress: bool = False,
-             description: str = "training") -> float:
+             description: str = "training", resume: bool = False, overwrite: bool = False) -> float:
     """Run ``task.train_step`` for steps ``start`` .. ``steps - 1``; returns the seconds it took.
 
     See the module docstring for what the loop writes, when, and how cancel acts.
     ``config`` (a JSON-able dict) goes into ``config.json`` and every checkpoint.
+    A non-empty ``output_dir`` is refused unless ``resume`` (or ``start`` > 0) or ``overwrite``.
     """
     check_cancel(cancel)
-    out_dir = Path(output_dir) if (output_dir and rank == 0) else None
+    out_dir = Path(output_dir).expanduser() if (output_dir and rank == 0) else None
+    if out_dir is not None:
+        check_output_dir(str(out_dir), resume=resume or start > 0, overwrite=overwrite)
+    with claim_output_dir(str(out_dir) if out_dir is not None else None):
+        return _run_claimed(task, steps, start, output_dir, out_dir, checkpoint_every, config, rank, world,
+                            progress, cancel, progress_range, show_progress, description, overwrite)
+
+
+def _run_claimed(task, steps, start, output_dir, out_dir, checkpoint_every, config, rank, world, progress, cancel,
+                 progress_range, show_progress, description, overwrite) -> float:
+    """:func:`run_loop` once its folder is checked and claimed."""
     config_text = json.dumps(config or {})
     log = None
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
+        if overwrite and start == 0:  # the earlier run's files go: none of them is resumed or mixed in
+            for name in RUN_FILES:
+                (out_dir / name).unlink(missing_ok=True)
         (out_dir / "config.json").write_text(json.dumps(config or {}, indent=2))
         log = _open_log(out_dir / LOSS_LOG, start)
     bar = None

@@ -49,7 +49,8 @@ from ..nn.critics import Critic
 from ..nn.synthesis import SynthGenerator, canonical_method, hu_to_unit
 from .augment import diff_augment, parse_diffaugment
 from .distributed import broadcast_buffers, frozen, gather_from_ranks, setup_distributed, unwrap, wrap_ddp
-from .loop import Precision, in_training_layout, resume_state, run_loop
+from .loop import Precision, check_output_dir, claim_output_dir, in_training_layout, resume_state, run_loop
+from .provenance import write_training_data
 from .losses import gradient_penalty
 from .slices import training_slices
 
@@ -80,6 +81,7 @@ class SynthConfig:
     output_dir: Optional[str] = None
     checkpoint_every: int = 500        # with output_dir: checkpoint.pt every this many updates and at the end
     resume: bool = False               # with output_dir: continue from its checkpoint.pt (exactly)
+    overwrite: bool = False            # a non-empty output_dir: replace the earlier run (not compared on resume)
     device: str = "auto"               # "auto", "cpu", "cuda" or "cuda:N" (one GPU per rank under torchrun)
     amp: bool = False                  # mixed precision: float16 on CUDA, bfloat16 on the CPU
 
@@ -228,13 +230,22 @@ def train_synth(cfg: SynthConfig, volumes: Optional[Sequence[Volume]] = None,
     """Train a synthesis generator on ``volumes`` (or ready ``slices`` (n, s, s) in HU); seeded.
 
     Returns the generator (its exponential moving average with ``ema_decay`` > 0) in eval mode,
-    on the training device (``cfg.device``), with ``training_seconds`` set.
+    on the training device (``cfg.device``), with ``training_seconds`` set. A non-empty ``cfg.output_dir``
+    is refused before any work unless ``cfg.resume`` or ``cfg.overwrite``; the folder is claimed for the run.
     """
     canonical_method(cfg.method)  # ValueError naming METHODS for an unknown one
     if not 0.0 <= cfg.ema_decay < 1.0:
         raise ValueError(f"ema_decay must be in [0, 1), got {cfg.ema_decay}")
     parse_diffaugment(cfg.diffaugment)
+    check_output_dir(cfg.output_dir, resume=cfg.resume, overwrite=cfg.overwrite)
     rank, world, device = setup_distributed(cfg.device)  # a missing GPU is an error before any work
+    with claim_output_dir(cfg.output_dir, rank):
+        return _train_synth(cfg, volumes, slices, roi, progress, cancel, show_progress, rank, world, device)
+
+
+def _train_synth(cfg: SynthConfig, volumes, slices, roi, progress, cancel, show_progress: bool,
+                 rank: int, world: int, device: torch.device) -> SynthGenerator:
+    """:func:`train_synth` once its output folder is checked and claimed."""
     check_cancel(cancel)
     torch.manual_seed(cfg.seed)
     if slices is None:
@@ -260,7 +271,10 @@ def train_synth(cfg: SynthConfig, volumes: Optional[Sequence[Volume]] = None,
     seconds = run_loop(task, cfg.steps, start=start, output_dir=cfg.output_dir,
                        checkpoint_every=cfg.checkpoint_every, config=cfg.to_dict(), rank=rank, world=world,
                        progress=progress, cancel=cancel, show_progress=show_progress,
-                       description=f"training {cfg.method} synthesis")
+                       description=f"training {cfg.method} synthesis", resume=cfg.resume,
+                       overwrite=cfg.overwrite)
+    if rank == 0 and cfg.output_dir and volumes:
+        write_training_data(cfg.output_dir, volumes)  # what this run read: voxel sha256 per volume (#27)
     result = (gen if task.ema is None else task.ema).to(memory_format=torch.contiguous_format)
     result.eval()
     result.training_seconds, result.training_updates = seconds, cfg.steps - start

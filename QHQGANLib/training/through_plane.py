@@ -167,7 +167,7 @@ def train_through_plane(cfg: ZTrainConfig, volumes: Sequence[Volume], model: Opt
         start = int(state["step"])
     seconds = run_loop(task, cfg.steps, start=start, output_dir=cfg.output_dir, checkpoint_every=cfg.checkpoint_every,
                        config=cfg.to_dict(), progress=progress, cancel=cancel, show_progress=show_progress,
-                       description=f"training {cfg.arch} (through-plane x{cfg.scale})")
+                       description=f"training {cfg.arch} (through-plane x{cfg.scale})", resume=cfg.resume)
     model.eval()
     model.card = {"name": f"{cfg.arch}-srz{cfg.scale}", "task": "super-resolve", "axis": "z", "scale": cfg.scale,
                   "slice_profile_width_px": cfg.width_px if cfg.width_px is not None else float(cfg.scale),

@@ -114,7 +114,7 @@ def tune() -> None:
         results["steps"][str(steps)] = list(results["steps"][str(steps)])
     best = max(r[0] for r in results["steps"].values())
     chosen = min(s for s in STEPS if results["steps"][str(s)][0] >= best - WITHIN_DB)
-    results.update(chosen_lr=best_lr, chosen_steps=chosen, alpha=ADAPT_ALPHA, rule=__doc__.split("\n\n")[1])
+    results.update(chosen_lr=best_lr, chosen_steps=chosen, alpha=ADAPT_ALPHA, rule=" ".join(__doc__.split("\n\n")[2].split()))
     TUNING_JSON.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps({k: results[k] for k in ("chosen_lr", "chosen_steps")}))
 

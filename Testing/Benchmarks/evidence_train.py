@@ -241,7 +241,7 @@ EXTRA_LIMITATIONS = {"redcnn-mse": "; at this budget (learning rate 1e-4, chosen
 
 def ship(out: Path) -> None:
     """Write the seed-0 model of each ``SHIPPED`` method, with its card, into ``out`` (Resources/Models)."""
-    from QHQGANLib.apps.commands import _training_data
+    from QHQGANLib.training.provenance import training_data as _training_data
     from QHQGANLib.nn.weights import load_model
 
     tuning = _load_json(RUNS / "tuning.json")
