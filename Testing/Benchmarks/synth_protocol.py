@@ -110,6 +110,7 @@ def _train_run(run: Path, cfg: SynthConfig, train: np.ndarray):
         return None
     keep_budget(run)  # the shorter budget's model stays beside the run (model-<N>.safetensors), for `ship`
     cfg.output_dir, cfg.resume, cfg.checkpoint_every = str(run), (run / "checkpoint.pt").exists(), 200
+    cfg.overwrite = not cfg.resume  # no checkpoint yet: a fresh start in the run folder (it holds the queue's claim)
     t0 = time.time()
     model = train_synth(cfg, slices=train, show_progress=False)
     card = {"name": run.name, "task": "synthesize", "training": {**cfg.to_dict(), "output_dir": None},
