@@ -24,7 +24,8 @@ The rules, written before any run of this script:
   is "not resolvable", not "no difference".
 
     python Testing/Benchmarks/bench_adapt.py tune       # writes adapt_tuning.json beside this file
-    python Testing/Benchmarks/bench_adapt.py evaluate   # BENCHMARKS.md section 'adapt'
+    python Testing/Benchmarks/bench_adapt.py evaluate   # BENCHMARKS.md section 'adapt' (continues a stopped run)
+    python Testing/Benchmarks/bench_adapt.py render     # the section again from adapt_rows.jsonl
 """
 from __future__ import annotations
 
@@ -141,20 +142,57 @@ def _t_interval(values: List[float]) -> Tuple[float, float, float]:
     return mean, mean - half, mean + half
 
 
+METHODS = ("hqgan-enhance", "hqgan-enhance circuit frozen", "hqgan-enhance adapted", "mlp-control-enhance",
+           "mlp-control-enhance MLP frozen", "redcnn-enhance", "redcnn-enhance adapted", "BM3D (blind)")
+#: one JSON row per (condition, case, method) as it is measured: a run stopped anywhere continues there
+ROWS = HERE / "adapt_rows.jsonl"
+
+
+def _rows() -> List[dict]:
+    return [json.loads(line) for line in ROWS.read_text().splitlines() if line.strip()] if ROWS.exists() else []
+
+
+def import_log(log: Path) -> int:
+    """Rows from the printed lines of an ``evaluate`` run that kept no row file (the first run did not):
+    ``condition | patient (n slices) | method: +g dB, noise x HU`` in the order of the loops."""
+    import re
+
+    cases = _evaluation_cases()
+    done = {(r["condition"], r["case"], r["method"]) for r in _rows()}
+    order = [(c, k, m) for c in CONDITIONS for k in range(len(cases)) for m in METHODS]
+    pattern = re.compile(r"^(.*) \| (.*) \((\d+) slices\) \| (.*): ([-+]\d+\.\d+) dB, noise ([\d.]+|nan) HU$")
+    lines = [ln for ln in log.read_text().splitlines() if pattern.match(ln)]
+    added = 0
+    with ROWS.open("a") as f:
+        for (condition, k, method), line in zip(order, lines):
+            m = pattern.match(line)
+            assert (m.group(1), m.group(2), m.group(4)) == (condition, cases[k][0], method), line
+            if (condition, k, method) in done:
+                continue
+            f.write(json.dumps({"condition": condition, "case": k, "patient": cases[k][0], "method": method,
+                                "slices": int(m.group(3)), "gain_db": float(m.group(5)),
+                                "noise_hu": float(m.group(6)), "seconds": None, "from_log": True}) + "\n")
+            added += 1
+    return added
+
+
+def _ci(lo: float, hi: float) -> str:
+    return f"[{lo:+.2f}, {hi:+.2f}]" if np.isfinite(lo) and np.isfinite(hi) else "(one patient: no interval)"
+
+
 def evaluate() -> None:
     torch.set_num_threads(2)
     tuning = json.loads(TUNING_JSON.read_text())
     lr, steps = tuning["chosen_lr"], tuning["chosen_steps"]
     texture = phantom_texture()
-    methods = ("hqgan-enhance", "hqgan-enhance circuit frozen", "hqgan-enhance adapted", "mlp-control-enhance",
-               "mlp-control-enhance MLP frozen", "redcnn-enhance", "redcnn-enhance adapted", "BM3D (blind)")
-    # per (condition, method, patient): slice-weighted sums of gains and noise, and slice counts
-    acc: Dict[Tuple[str, str, str], List[float]] = {}
-    seconds: Dict[str, float] = {}
+    done = {(r["condition"], r["case"], r["method"]) for r in _rows()}
     for condition in CONDITIONS:
         for k, (patient, v) in enumerate(_evaluation_cases()):
+            todo = [m for m in METHODS if (condition, k, m) not in done]
+            if not todo:
+                continue
             low = degrade(v, condition, 500 + k, texture)
-            for method in methods:
+            for method in todo:
                 t0 = time.perf_counter()
                 if method == "BM3D (blind)":
                     out = bm3d_denoise(low).array
@@ -165,19 +203,34 @@ def evaluate() -> None:
                     out = enhance(low, model).array
                 else:
                     out = enhance(low, method).array
-                seconds[method] = seconds.get(method, 0.0) + time.perf_counter() - t0
-                noise = estimate_noise(low.with_array(out)).noise_hu
-                row = acc.setdefault((condition, method, patient), [0.0, 0.0, 0.0])
-                row[0] += gain(out, low, v) * v.shape[0]
-                row[1] += noise * v.shape[0]
-                row[2] += v.shape[0]
-                print(f"{condition} | {patient} ({v.shape[0]} slices) | {method}: {gain(out, low, v):+.2f} dB, "
-                      f"noise {noise:.1f} HU", flush=True)
-    (HERE / "adapt_results.json").write_text(json.dumps({"|".join(k): v for k, v in acc.items()}, indent=1) + "\n")
-    (HERE / "adapt_seconds.json").write_text(json.dumps(seconds, indent=1) + "\n")
+                row = {"condition": condition, "case": k, "patient": patient, "method": method,
+                       "slices": v.shape[0], "gain_db": gain(out, low, v),
+                       "noise_hu": estimate_noise(low.with_array(out)).noise_hu,
+                       "seconds": time.perf_counter() - t0}
+                with ROWS.open("a") as f:
+                    f.write(json.dumps(row) + "\n")
+                print(f"{condition} | {patient} ({v.shape[0]} slices) | {method}: {row['gain_db']:+.2f} dB, "
+                      f"noise {row['noise_hu']:.1f} HU", flush=True)
 
 
-def render(acc, methods, tuning, seconds) -> str:
+def _accumulate(rows: List[dict]):
+    """Per (condition, method, patient): slice-weighted sums of gain and noise, and the slice count."""
+    acc: Dict[Tuple[str, str, str], List[float]] = {}
+    seconds: Dict[str, float] = {}
+    timed: Dict[str, int] = {}
+    for r in rows:
+        row = acc.setdefault((r["condition"], r["method"], r["patient"]), [0.0, 0.0, 0.0])
+        row[0] += r["gain_db"] * r["slices"]
+        row[1] += r["noise_hu"] * r["slices"]
+        row[2] += r["slices"]
+        if r.get("seconds") is not None:
+            seconds[r["method"]] = seconds.get(r["method"], 0.0) + r["seconds"]
+            timed[r["method"]] = timed.get(r["method"], 0) + r["slices"]
+    return acc, seconds, timed
+
+
+def render(acc, methods, tuning, seconds, slices_timed=None) -> str:
+    slices_timed = slices_timed or {}
     patients = list(dict.fromkeys(k[2] for k in acc))
     lines = ["## Adaptation to one scan (issue #26): self-supervised fine-tuning on the user's own volume", "",
              "`enhance(volume, adapt_steps=N)` / `qhqgan enhance --adapt-steps N` / the panel's *Adapt to this "
@@ -185,12 +238,13 @@ def render(acc, methods, tuning, seconds) -> str:
              "(the scan plus noise of its own measured spectrum and level, alpha 0.5), then applied "
              "(`QHQGANLib/tasks/adapt.py`). Script: `Testing/Benchmarks/bench_adapt.py`; its docstring holds the "
              "rules, written before the runs.", "",
-             f"**Tuning** (KiTS tuning patient, 4 slices, both conditions; `adapt_tuning.json`): adaptation added "
+             "**Tuning** (KiTS tuning patient, 4 slices, both conditions; `adapt_tuning.json`): adaptation added "
              + ", ".join(f"{float(k):g}: {v:+.2f} dB" for k, v in tuning["lr"].items())
-             + f" by learning rate at 300 updates; "
+             + " by learning rate at 300 updates; "
              + ", ".join(f"{k} updates {v[0]:+.2f} dB" for k, v in tuning["steps"].items())
              + f" at {tuning['chosen_lr']:g}. Chosen: learning rate {tuning['chosen_lr']:g}, "
-             f"{tuning['chosen_steps']} updates.", "",
+             f"{tuning['chosen_steps']} updates (the best rate lies at the edge of the grid written in the rules: a "
+             "wider sweep may find more).", "",
              "**Evaluation** (once; the evaluation patients, never trained or tuned on). PSNR gain over the noisy "
              "input in the soft-tissue window [-160, 240] HU, averaged over each patient's slices first "
              "(Lung_Dx-A0002: slices 10-19 of B40f and of the sharp B70f together); the mean over patients with "
@@ -202,12 +256,15 @@ def render(acc, methods, tuning, seconds) -> str:
                   "|---|" + "---|" * len(patients) + "---|---|"]
         per = {}
         for method in methods:
-            rows = [acc[(condition, method, p)] for p in patients]
-            gains = [r[0] / r[2] for r in rows]
+            rows = [acc.get((condition, method, p)) for p in patients]  # None: not measured yet
+            gains = [None if r is None else r[0] / r[2] for r in rows]
+            if all(g is None for g in gains):
+                continue
             per[method] = gains
-            mean, lo, hi = _t_interval(gains)
-            lines.append(f"| {method} | " + " | ".join(f"{g:+.2f}" for g in gains)
-                         + f" | {mean:+.2f} [{lo:+.2f}, {hi:+.2f}] | {np.mean([r[1] / r[2] for r in rows]):.1f} |")
+            mean, lo, hi = _t_interval([g for g in gains if g is not None])
+            noise = np.mean([r[1] / r[2] for r in rows if r is not None])
+            lines.append(f"| {method} | " + " | ".join("-" if g is None else f"{g:+.2f}" for g in gains)
+                         + f" | {mean:+.2f} {_ci(lo, hi)} | {noise:.1f} |")
         lines.append("")
         for a, b in (("hqgan-enhance adapted", "hqgan-enhance"), ("redcnn-enhance adapted", "redcnn-enhance"),
                      ("hqgan-enhance adapted", "BM3D (blind)"), ("hqgan-enhance adapted", "redcnn-enhance adapted"),
@@ -216,39 +273,46 @@ def render(acc, methods, tuning, seconds) -> str:
                      ("hqgan-enhance", "mlp-control-enhance"), ("hqgan-enhance", "redcnn-enhance")):
             if a not in per or b not in per:
                 continue
-            d = [x - y for x, y in zip(per[a], per[b])]
+            d = [x - y for x, y in zip(per[a], per[b]) if x is not None and y is not None]
+            if not d:
+                continue
             mean, lo, hi = _t_interval(d)
             ahead = sum(x > 0 for x in d)
-            verdict = (f"{a} better" if lo > 0 else f"{b} better" if hi < 0 else
-                       f"not resolvable with {len(d)} patients")
-            lines.append(f"- {a} minus {b}: {mean:+.2f} dB [{lo:+.2f}, {hi:+.2f}]; ahead on {ahead} of {len(d)} "
+            verdict = (f"not resolvable with {len(d)} patient" if len(d) < 2 else f"{a} better" if lo > 0 else
+                       f"{b} better" if hi < 0 else f"not resolvable with {len(d)} patients")
+            lines.append(f"- {a} minus {b}: {mean:+.2f} dB {_ci(lo, hi)}; ahead on {ahead} of {len(d)} "
                          f"patients: {verdict}.")
         lines.append("")
-    n_slices = sum(r[2] for k, r in acc.items() if k[1] == methods[0]) or 1
     if seconds:
-        lines.append("Seconds per slice (adaptation included, 2 threads, while other work shared the 2 cores): "
-                     + ", ".join(f"{m} {seconds[m] / n_slices:.2f}" for m in methods if m in seconds) + ".")
+        lines.append("Seconds per slice of the rows timed (adaptation included, 2 threads, while other work shared "
+                     "the 2 cores): " + ", ".join(f"{m} {seconds[m] / slices_timed[m]:.2f}" for m in methods
+                                                  if m in seconds and slices_timed.get(m)) + ".")
     return "\n".join(lines)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("command", choices=("tune", "evaluate", "render"))
+    ap.add_argument("command", choices=("tune", "evaluate", "render", "import-log"))
+    ap.add_argument("--log", help="import-log: the printed output of an evaluate run")
     args = ap.parse_args()
     if args.command == "tune":
         tune()
+    if args.command == "import-log":
+        print(f"{import_log(Path(args.log))} rows imported into {ROWS.name}")
     if args.command == "evaluate":
         evaluate()
-    if args.command in ("evaluate", "render"):  # render: BENCHMARKS.md again from the saved results
-        saved = json.loads((HERE / "adapt_results.json").read_text())
-        acc = {tuple(k.split("|")): v for k, v in saved.items()}
-        methods = list(dict.fromkeys(k[1] for k in acc))
-        write_section("adapt", render(acc, methods, json.loads(TUNING_JSON.read_text()), _seconds_from_log()))
-
-
-def _seconds_from_log() -> Dict[str, float]:
-    path = HERE / "adapt_seconds.json"
-    return json.loads(path.read_text()) if path.exists() else {}
+    if args.command in ("evaluate", "render"):  # render: BENCHMARKS.md from the rows measured so far
+        rows = _rows()
+        acc, seconds, timed = _accumulate(rows)
+        expected = len(CONDITIONS) * len(_evaluation_cases()) * len(METHODS)
+        body = render(acc, [m for m in METHODS if any(k[1] == m for k in acc)],
+                      json.loads(TUNING_JSON.read_text()), seconds, timed)
+        if len(rows) < expected:
+            body = body.replace("**Evaluation** (once;", f"**Evaluation, partial: {len(rows)} of {expected} "
+                                "(condition, scan, method) rows measured so far; patients missing from a table "
+                                "are not measured yet** (once;", 1)
+        write_section("adapt", body)
+        print(body)
 
 
 if __name__ == "__main__":
