@@ -162,6 +162,22 @@ def _local_levels(image: np.ndarray, mask: np.ndarray, lag: int, window: int) ->
     return np.sqrt(ms[mask & (fill >= 0.8)])
 
 
+def slice_stack(volume: Union[Volume, np.ndarray], pixel_mm: Optional[float], what: str) -> Tuple[np.ndarray, float]:
+    """``(z, y, x)`` array and in-plane pixel size (mm) of a Volume, or of a 2D/3D array with ``pixel_mm`` given."""
+    if isinstance(volume, Volume):
+        array = volume.array
+        pixel_mm = float(pixel_mm if pixel_mm is not None else 0.5 * (volume.spacing[0] + volume.spacing[1]))
+    else:
+        array = np.asarray(volume)
+        if pixel_mm is None:
+            raise ValueError(f"{what} needs pixel_mm for a plain array")
+    if array.ndim == 2:
+        array = array[None]
+    if array.ndim != 3:
+        raise ValueError(f"{what} takes a 2D slice or a (z, y, x) volume, got shape {array.shape}")
+    return array, float(pixel_mm)
+
+
 def estimate_noise(volume: Union[Volume, np.ndarray], pixel_mm: Optional[float] = None,
                    slices: Optional[Sequence[int]] = None) -> NoiseEstimate:
     """Estimate the standard deviation (HU) of a CT's own noise in uniform soft tissue.
@@ -170,17 +186,7 @@ def estimate_noise(volume: Union[Volume, np.ndarray], pixel_mm: Optional[float] 
     ``pixel_mm``). ``slices``: the slice indices to use (default: up to 8 evenly spaced, more
     when slices are small). Method and bias: see the module docstring. ~0.05 s per 512x512 slice.
     """
-    if isinstance(volume, Volume):
-        array = volume.array
-        pixel_mm = float(pixel_mm if pixel_mm is not None else 0.5 * (volume.spacing[0] + volume.spacing[1]))
-    else:
-        array = np.asarray(volume)
-        if pixel_mm is None:
-            raise ValueError("estimate_noise needs pixel_mm for a plain array")
-    if array.ndim == 2:
-        array = array[None]
-    if array.ndim != 3:
-        raise ValueError(f"estimate_noise takes a 2D slice or a (z, y, x) volume, got shape {array.shape}")
+    array, pixel_mm = slice_stack(volume, pixel_mm, "estimate_noise")
     nz, ny, nx = array.shape
     chosen = list(slices) if slices is not None else sample_slices(nz, ny * nx)
     lag = max(1, int(round(LAG_MM / pixel_mm)))

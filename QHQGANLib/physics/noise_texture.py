@@ -42,7 +42,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from ..core.volume import Volume
-from .calibration import estimate_noise, sample_slices, soft_tissue_mask
+from .calibration import estimate_noise, sample_slices, slice_stack, soft_tissue_mask
 from .image_noise import radial_frequency
 
 #: Side of the regions the NPS is measured in (mm); clipped to 16-64 pixels.
@@ -167,15 +167,7 @@ def estimate_nps(volume: Union[Volume, np.ndarray], pixel_mm: Optional[float] = 
     filtered back-projection is assumed (``n_rois`` 0 says so). A ValueError when the noise level
     cannot be measured and no ``std_hu`` is given.
     """
-    if isinstance(volume, Volume):
-        array = volume.array
-        pixel_mm = float(pixel_mm if pixel_mm is not None else 0.5 * (volume.spacing[0] + volume.spacing[1]))
-    else:
-        array = np.asarray(volume)
-        if pixel_mm is None:
-            raise ValueError("estimate_nps needs pixel_mm for a plain array")
-    if array.ndim == 2:
-        array = array[None]
+    array, pixel_mm = slice_stack(volume, pixel_mm, "estimate_nps")
     nz, ny, nx = array.shape
     chosen = list(slices) if slices is not None else sample_slices(nz, ny * nx)
     if where is not None:
