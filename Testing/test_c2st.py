@@ -133,7 +133,7 @@ def test_evaluate_synth_prints_the_c2st(tmp_path, capsys):
     assert len(result["c2st"]["fold_accuracies"]) == 5
 
     assert main(["evaluate-synth", str(samples), "--real", str(shared_path(ABDOMEN_SMALL)),
-                 "--json", str(out), "--quiet", "--no-c2st"]) == 0
+                 "--json", str(out), "--quiet", "--no-c2st", "--overwrite"]) == 0  # the report exists now
     assert "C2ST" in capsys.readouterr().out  # the "skipped" line
     result = json.loads(out.read_text())
     assert result["c2st_accuracy"] is None and result["c2st_reason"].startswith("not asked")
