@@ -304,3 +304,18 @@ def test_no_partial_output_after_a_failure(tmp_path, synthetic, monkeypatch):
         export_dicom_series(synthetic, tmp_path / "out", overwrite=True)
     assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == before
     assert _leftovers(tmp_path) == ["out"]
+
+
+def test_export_with_the_pydicom_2_4_save_as(tmp_path, synthetic, monkeypatch):
+    """Slicer 5.6-5.10 bundle pydicom 2.4, whose ``Dataset.save_as`` knows ``write_like_original`` but not
+    ``enforce_file_format`` (issue #29, item 5): the export works with that signature too."""
+    def save_as_2_4(self, filename, write_like_original=True):
+        pydicom.dcmwrite(filename, self, enforce_file_format=not write_like_original)
+
+    monkeypatch.setattr(pydicom.dataset.Dataset, "save_as", save_as_2_4)
+    files = export_dicom_series(synthetic, tmp_path / "old_pydicom")
+    assert len(files) == synthetic.shape[0]
+    first = pydicom.dcmread(str(files[0]))
+    assert first.preamble == b"\x00" * 128 and first.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
+    expected = np.clip(np.round(synthetic.array), -32768, 32767)  # the fixture holds values beyond int16
+    np.testing.assert_allclose(read_volume(tmp_path / "old_pydicom").array, expected, atol=1.0)

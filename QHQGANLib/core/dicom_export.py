@@ -8,8 +8,7 @@ intercept 0), with the exact LPS geometry of the volume:
 * ``PixelSpacing`` = ``[spacing[1], spacing[0]]`` (row spacing, column spacing);
 * ``SliceThickness`` = ``SpacingBetweenSlices`` = ``spacing[2]``.
 
-Every export gets new Study, Series, SOP Instance and Frame of Reference UIDs.
-
+Every export gets new Study, Series, SOP Instance and Frame of Reference UIDs. Works with pydicom 2.4 and 3.
 Synthetic images (``synthetic=True``, the default) are marked as such in every file:
 ``SyntheticData`` (0008,001C) = ``YES``, ``ImageType`` = ``DERIVED\\SECONDARY``, a series
 description that says "SYNTHETIC ... NOT FOR DIAGNOSIS", patient name ``SYNTHETIC^QHQGAN``
@@ -188,7 +187,10 @@ def _write_series(volume: Volume, folder: Path, *, attributes, synthetic, keep_p
             meta.ImplementationVersionName = "QHQGAN_" + _version()[:16 - len("QHQGAN_")]
             ds.file_meta = meta
             ds.preamble = b"\x00" * 128
-            ds.save_as(tmp / names[k], enforce_file_format=True)
+            try:  # pydicom 3; the pydicom 2.4 of Slicer 5.6-5.10 spells it write_like_original=False (#29)
+                ds.save_as(tmp / names[k], enforce_file_format=True)
+            except TypeError:
+                ds.save_as(tmp / names[k], write_like_original=False)
             expected = 128 + 4 + len(ds.PixelData)  # a full disk leaves short files: never moved into place
             if (tmp / names[k]).stat().st_size < expected:
                 raise OSError(f"{folder}: writing {names[k]} failed (the disk may be full); nothing was written")
