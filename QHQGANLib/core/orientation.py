@@ -46,14 +46,13 @@ def slice_axis_name(volume: Volume) -> str:
     return PLANE_OF_AXIS[normal_lps]
 
 
-def _permuted(volume: Volume, order: Tuple[int, int, int], note: str) -> Volume:
+def _permuted(volume: Volume, order: Tuple[int, int, int]) -> Volume:
     """``volume`` with its index axes reordered: new index axis ``n`` is old index axis ``order[n]``."""
     # array axes are (k, j, i): index axis c is array axis 2 - c
     array = np.transpose(volume.array, tuple(2 - order[2 - a] for a in range(3)))
     spacing = tuple(volume.spacing[c] for c in order)
     direction = volume.direction[:, list(order)]
-    out = Volume(np.ascontiguousarray(array), spacing, volume.origin, direction, volume.metadata)
-    return out.with_array(out.array, note=note) if note else out
+    return Volume(np.ascontiguousarray(array), spacing, volume.origin, direction, volume.metadata)
 
 
 def to_axial(volume: Volume) -> Tuple[Volume, Callable[[Volume], Volume]]:
@@ -72,10 +71,10 @@ def to_axial(volume: Volume) -> Tuple[Volume, Callable[[Volume], Volume]]:
     order = (others[0], others[1], s)
     inverse = tuple(int(np.argsort(order)[n]) for n in range(3))
     plane = slice_axis_name(volume)
-    axial = _permuted(volume, order, "")
+    axial = _permuted(volume, order)
 
     def undo(result: Volume) -> Volume:
-        back = _permuted(result, inverse, "")
+        back = _permuted(result, inverse)
         back.metadata = dict(back.metadata)
         back.metadata["history"] = list(back.metadata.get("history", [])) + [
             f"processed on axial planes (the input is stored {plane}) and stored back as the input"]

@@ -43,6 +43,13 @@ def report(progress: Optional[ProgressCallback], fraction: float, message: str =
         progress(min(max(float(fraction), 0.0), 1.0), message)
 
 
+def sub_progress(progress: Optional[ProgressCallback], low: float, high: float) -> Optional[ProgressCallback]:
+    """``progress`` for one part of a task: its fractions 0-1 mapped onto ``[low, high]`` (None stays None)."""
+    if progress is None:
+        return None
+    return lambda f, m="": report(progress, low + (high - low) * f, m)
+
+
 #: Prefix of the machine-readable progress lines that ``qhqgan --progress lines`` prints on
 #: stdout, e.g. ``QHQGAN-PROGRESS 0.4200 slice 42/100``; the Slicer module parses them.
 PROGRESS_LINE_PREFIX = "QHQGAN-PROGRESS"

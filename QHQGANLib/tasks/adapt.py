@@ -102,7 +102,9 @@ def adapt_model(volume: Volume, model, steps: int = ADAPT_DEFAULT_STEPS, *, alph
     base = _resolve_model(model, device, quantum_backend)
     if getattr(base, "scale", 1) != 1:
         raise ValueError("adaptation is for enhancement (denoising) models, not super-resolution ones")
-    net = copy.deepcopy(base).to(device=device, memory_format=torch.contiguous_format).float()
+    # a model loaded here by name or path is this call's own; a given network is copied, never changed
+    net = (base if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__") else copy.deepcopy(base))
+    net = net.to(device=device, memory_format=torch.contiguous_format).float()
     context = (getattr(net, "in_slices", 1) - 1) // 2
     multiple = int(getattr(net, "multiple", 1))
     report(progress, 0.0, "measuring the scan's noise texture")

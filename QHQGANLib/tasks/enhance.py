@@ -36,6 +36,7 @@ import numpy as np
 from ..core.constants import HU_MAX, HU_MIN
 from ..core.kinds import default_model
 from ..core.orientation import to_axial
+from ..core.progress import sub_progress
 from ..core.volume import Volume
 from .geometry import super_resolved_geometry
 from .inference import DEFAULT_OVERLAP, DEFAULT_TILE, DEFAULT_TILE_BATCH, run_model
@@ -91,8 +92,8 @@ def enhance(volume: Volume, model: Union[str, object] = default_model("enhance")
 
         model, adaptation = adapt_model(volume, model, adapt_steps, max_seconds=float(adapt_time_limit),
                                         device=device, quantum_backend=quantum_backend,
-                                        progress=_part(progress, 0.0, 0.7), cancel=cancel)
-        run_progress = _part(progress, 0.7, 1.0)
+                                        progress=sub_progress(progress, 0.0, 0.7), cancel=cancel)
+        run_progress = sub_progress(progress, 0.7, 1.0)
         net_name += f" adapted to this scan ({adaptation['steps']} updates)"
     array = run_model(volume, model, device=device, quantum_backend=quantum_backend, tile_size=tile_size,
                       overlap=overlap, tile_batch=tile_batch, progress=run_progress, cancel=cancel)
@@ -113,13 +114,6 @@ def enhance(volume: Volume, model: Union[str, object] = default_model("enhance")
         result.metadata["warnings"] = list(result.metadata.get("warnings", [])) + [
             f"adaptation stopped early: {adaptation['stopped']}"]
     return result
-
-
-def _part(progress: Optional[Callable[[float, str], None]], low: float, high: float):
-    """``progress`` mapped onto ``[low, high]`` of the whole task (None stays None)."""
-    if progress is None:
-        return None
-    return lambda f, m: progress(low + (high - low) * f, m)
 
 
 def blend(original: np.ndarray, enhanced: np.ndarray, strength: float) -> np.ndarray:

@@ -38,7 +38,7 @@ import numpy as np
 from ..core.constants import HU_MAX, HU_MIN
 from ..core.kinds import default_model
 from ..core.options import FINE_TUNE_DEFAULT_STEPS
-from ..core.progress import check_cancel, report
+from ..core.progress import check_cancel, report, sub_progress
 from ..core.volume import Volume, require_finite
 from ..physics.slice_profile import (INTERPOLATION_ORDER, PatchSampler, check_scale, patch_size_for, slice_profile,
                                      upsample_along_axis)
@@ -63,12 +63,6 @@ def no_model_message(scale: int) -> str:
             f"(super_resolve(..., axis='z', fine_tune_steps={FINE_TUNE_DEFAULT_STEPS}); CLI --fine-tune-steps "
             f"{FINE_TUNE_DEFAULT_STEPS}; in Slicer tick 'Fine-tune on this volume'), or train one: "
             "QHQGANLib.training.through_plane.train_through_plane (Testing/Benchmarks/bench_through_plane.py train)")
-
-
-def _sub(progress: ProgressFn, low: float, high: float) -> ProgressFn:
-    if progress is None:
-        return None
-    return lambda f, m: report(progress, low + (high - low) * f, m)
 
 
 def resolve_z_model(model: Union[str, object, None], scale: int, device: Optional[str] = None,
@@ -121,7 +115,7 @@ def apply_planes(model, fine: np.ndarray, planes: Sequence[str] = ("coronal", "s
     for n, plane in enumerate(planes):
         order = PLANES[plane]
         restored = restore_images(model, np.transpose(fine, order), cancel=cancel,
-                                  progress=_sub(progress, n / len(planes), (n + 1) / len(planes)), **options)
+                                  progress=sub_progress(progress, n / len(planes), (n + 1) / len(planes)), **options)
         total += np.transpose(restored, np.argsort(order))
     return np.clip(total / len(planes), HU_MIN, HU_MAX).astype(np.float32)
 
@@ -209,7 +203,7 @@ def super_resolve_z(volume: Volume, scale: int = 2, model: Union[str, object, No
         start = 0.7
         report(progress, 0.0, f"fine-tuning on this volume ({fine_tune_steps} steps)")
         net = fine_tune(net, volume, scale, steps=fine_tune_steps, device=device, seed=seed,
-                        progress=_sub(progress, 0.0, start), cancel=cancel)
+                        progress=sub_progress(progress, 0.0, start), cancel=cancel)
         card = dict(net.card)
     else:
         trained_width = float(card.get("slice_profile_width_px", scale))
@@ -221,7 +215,7 @@ def super_resolve_z(volume: Volume, scale: int = 2, model: Union[str, object, No
             card["profile_warning"] = note
     order = INTERPOLATION_ORDER.get(card.get("interpolation", "linear"), 1)
     fine = upsample_along_axis(np.clip(volume.array, HU_MIN, HU_MAX), scale, axis=0, order=order)
-    array = apply_planes(net, fine, planes=planes, progress=_sub(progress, start, 1.0), cancel=cancel,
+    array = apply_planes(net, fine, planes=planes, progress=sub_progress(progress, start, 1.0), cancel=cancel,
                          device=device, quantum_backend=quantum_backend, tile_size=tile_size, overlap=overlap,
                          tile_batch=tile_batch)
     spacing, origin = super_resolved_geometry(volume, scale, axis="z")

@@ -61,9 +61,8 @@ class PairPool:
         for v in volumes:
             if min(v.shape[1:]) < cfg.patch_size:
                 raise ValueError(f"a training slice of {v.shape[1:]} is smaller than the patch size {cfg.patch_size}")
-        unknown = [f for f in getattr(cfg, "recon_filters", ()) if f not in RECON_FILTERS]
-        if unknown or not getattr(cfg, "recon_filters", ("hann",)):
-            raise ValueError(f"recon_filters must be a non-empty choice of {RECON_FILTERS}, got {unknown or '()'}")
+        if not cfg.recon_filters or not set(cfg.recon_filters) <= set(RECON_FILTERS):
+            raise ValueError(f"recon_filters must be a non-empty choice of {RECON_FILTERS}, got {list(cfg.recon_filters)}")
         self.cfg, self.context, self.seed_key = cfg, context, list(seed_key)
         self.rng = np.random.default_rng(self.seed_key)  # replaced by the training stream
         self.volumes = list(volumes)
@@ -116,7 +115,7 @@ class PairPool:
         seed, photons = int(r.integers(2**31)), self._photons(i)
         # the noise texture: one of the configured reconstruction filters (a single one draws nothing, so
         # runs configured before there was a choice rebuild exactly the pool they had)
-        filters = tuple(getattr(self.cfg, "recon_filters", ("hann",)))
+        filters = tuple(self.cfg.recon_filters)
         recon = filters[int(r.integers(len(filters)))] if len(filters) > 1 else filters[0]
         key = self._keys[i] + (dose, seed, photons, recon)
         if key in _SIMULATIONS:

@@ -47,7 +47,7 @@ from QHQGANLib import Volume  # noqa: E402
 from QHQGANLib.metrics.image import psnr  # noqa: E402
 from QHQGANLib.physics.calibration import estimate_noise  # noqa: E402
 from QHQGANLib.physics.lowdose import simulate_low_dose  # noqa: E402
-from QHQGANLib.physics.noise_texture import estimate_nps  # noqa: E402
+from QHQGANLib.physics.noise_texture import NoiseTexture, estimate_nps  # noqa: E402
 from QHQGANLib.tasks.adapt import ADAPT_ALPHA, adapt_model  # noqa: E402
 from QHQGANLib.tasks.classical import bm3d_denoise  # noqa: E402
 from QHQGANLib.tasks.enhance import enhance  # noqa: E402
@@ -69,7 +69,7 @@ def phantom_texture():
     """The GE water phantom's measured noise spectrum (both water images pooled by averaging the profiles)."""
     textures = [estimate_nps(v) for v in load_split("reference")]
     power = np.mean([t.power for t in textures], axis=0)
-    return textures[0].__class__(textures[0].frequencies, tuple(float(p) for p in power), PHANTOM_HU,
+    return NoiseTexture(textures[0].frequencies, tuple(float(p) for p in power), PHANTOM_HU,
                                  sum(t.n_rois for t in textures), textures[0].roi_px)
 
 
@@ -85,6 +85,11 @@ CONDITIONS = ("simulator 25 %", f"phantom texture {PHANTOM_HU:g} HU")
 
 def gain(out: np.ndarray, low: Volume, ref: Volume) -> float:
     return psnr(out, ref.array, "abdomen") - psnr(low.array, ref.array, "abdomen")
+
+
+def tuning_rule() -> str:
+    """The docstring's tuning rule alone (its evaluation rule is not part of the tuning record)."""
+    return " ".join(__doc__.split("* **Tuning**", 1)[1].split("* **Evaluation**", 1)[0].split())
 
 
 def tune() -> None:
@@ -115,7 +120,7 @@ def tune() -> None:
         results["steps"][str(steps)] = list(results["steps"][str(steps)])
     best = max(r[0] for r in results["steps"].values())
     chosen = min(s for s in STEPS if results["steps"][str(s)][0] >= best - WITHIN_DB)
-    results.update(chosen_lr=best_lr, chosen_steps=chosen, alpha=ADAPT_ALPHA, rule=" ".join(__doc__.split("\n\n")[2].split()))
+    results.update(chosen_lr=best_lr, chosen_steps=chosen, alpha=ADAPT_ALPHA, rule="Tuning " + tuning_rule())
     TUNING_JSON.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps({k: results[k] for k in ("chosen_lr", "chosen_steps")}))
 
