@@ -65,3 +65,54 @@ def test_recon_filters_set_the_noise_texture():
     np.testing.assert_array_equal(plain.inputs[0][0], default_pool.inputs[0][0])
     with pytest.raises(ValueError, match="recon_filters"):
         pairs.PairPool([ct], _config(recon_filters=("bilateral",)), context=1, seed_key=[0, 0])
+
+
+def test_a_disk_cache_rebuilds_the_same_pool_without_simulating_and_shares_work(ct_small_path, monkeypatch, tmp_path):
+    """A resumed run (a fresh process: empty memory caches) reads its realisations back from the disk
+    cache bit for bit; a realisation another live process is simulating is left to it (and waited for),
+    one whose process died is taken over."""
+    import os
+    import subprocess
+    import sys
+
+    monkeypatch.setattr(pairs, "_SIMULATIONS", pairs.OrderedDict())
+    monkeypatch.setattr(pairs, "_PHOTONS", {})
+    monkeypatch.setattr(pairs, "_DISK", None)
+    pairs.use_disk_cache(tmp_path / "sims")
+    ct = read_volume(ct_small_path)
+    first = pairs.PairPool([ct], _config(), context=1, seed_key=[0, 0])
+    kept = sorted(p.name for p in (tmp_path / "sims").iterdir())
+    assert len(kept) == 3 and all(n.endswith(".npy") for n in kept)  # the calibration and two realisations
+
+    monkeypatch.setattr(pairs, "_SIMULATIONS", pairs.OrderedDict())
+    monkeypatch.setattr(pairs, "_PHOTONS", {})
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("simulated although the disk cache holds it")
+
+    real = pairs.simulate_low_dose
+    monkeypatch.setattr(pairs, "simulate_low_dose", refuse)
+    again = pairs.PairPool([ct], _config(), context=1, seed_key=[0, 0])
+    for a, b in zip(first.inputs[0], again.inputs[0]):
+        np.testing.assert_array_equal(a, b)
+        assert not b.flags.writeable
+
+    # another seed: two new realisations; one is claimed by a live process (this test's parent shell
+    # stands in), the other by a process that has exited
+    monkeypatch.setattr(pairs, "simulate_low_dose", real)
+    fresh = pairs.PairPool.__new__(pairs.PairPool)
+    fresh.cfg, fresh.seed_key, fresh.volumes, fresh._keys = _config(), [5, 0], [ct], [pairs._volume_key(ct)]
+    assert fresh._simulate(0, 0, None, wait=False) is not None  # the photons are on disk already
+    names = set(os.listdir(tmp_path / "sims"))
+    assert len(names) == 4
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    r = np.random.default_rng([5, 0, 1, 0, 1])
+    dose = float(r.uniform(0.1, 0.5))
+    key = fresh._keys[0] + (dose, int(r.integers(2**31)), pairs._PHOTONS[fresh._keys[0] + (0,)], "hann")
+    claim = tmp_path / "sims" / (pairs.hashlib.sha1(repr(key).encode()).hexdigest() + ".claim")
+    claim.write_text(str(os.getppid()))
+    assert fresh._simulate(0, 1, None, wait=False) is None  # a live claim: left to its process
+    claim.write_text(dead.stdout.strip())
+    assert fresh._simulate(0, 1, None, wait=False) is not None  # a dead one: taken over
+    assert not claim.exists() and len(os.listdir(tmp_path / "sims")) == 5
+    pairs.use_disk_cache(None)

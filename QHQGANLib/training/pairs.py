@@ -17,7 +17,10 @@ Console usage::
 from __future__ import annotations
 
 import hashlib
+import os
+import time
 from collections import OrderedDict
+from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -36,6 +39,8 @@ from ..physics.resolution import degrade_resolution
 _SIMULATIONS: "OrderedDict[tuple, np.ndarray]" = OrderedDict()
 _PHOTONS: Dict[tuple, float] = {}
 _CACHE_SIZE = 48
+#: A folder where realisations and calibrations are kept as well (:func:`use_disk_cache`), or None.
+_DISK: Optional[Path] = None
 #: The simulator's reconstruction filters a training pool may draw (ASTRA's FBP filters, smooth to sharp).
 RECON_FILTERS = ("hann", "hamming", "cosine", "shepp-logan", "ram-lak")
 
@@ -45,6 +50,70 @@ def _volume_key(volume: Volume) -> tuple:
     which Python may reuse for another volume)."""
     digest = hashlib.sha1(memoryview(np.ascontiguousarray(volume.array)).cast("B")).hexdigest()
     return (digest, volume.shape, tuple(round(s, 6) for s in volume.spacing))
+
+
+def use_disk_cache(folder) -> None:
+    """Keep every low-dose realisation and photon calibration in ``folder`` too (None: memory only).
+
+    A realisation is a pure function of its key, so the runs of one training queue (several methods,
+    resumed runs, processes running side by side) share them: a pool of a few hundred 512x512 slices
+    costs tens of minutes of simulation and seconds to read back. Processes building pools at the same
+    time split the work: each claims a realisation before simulating it (a ``.claim`` file holding its
+    process id; a claim whose process has died is taken over) and reads those the others made.
+    """
+    global _DISK
+    _DISK = None if folder is None else Path(folder)
+    if _DISK is not None:
+        _DISK.mkdir(parents=True, exist_ok=True)
+
+
+def _claim_is_stale(claim: Path) -> bool:
+    try:
+        text, age = claim.read_text().strip(), time.time() - claim.stat().st_mtime
+    except OSError:
+        return False  # gone already: the next look finds the result
+    if not text.isdigit():
+        return age > 60  # a claim is written right after it is made
+    try:
+        os.kill(int(text), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def _on_disk(key: tuple, compute: Callable[[], np.ndarray], wait: bool) -> Optional[np.ndarray]:
+    """``compute()``, or its copy in the disk cache; None when another process is computing it and
+    ``wait`` is False."""
+    if _DISK is None:
+        return compute()
+    path = _DISK / (hashlib.sha1(repr(key).encode()).hexdigest() + ".npy")
+    claim = path.with_suffix(".claim")
+    while True:
+        if path.exists():
+            return np.load(path, allow_pickle=False)
+        try:
+            fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        except FileExistsError:
+            if _claim_is_stale(claim):
+                claim.unlink(missing_ok=True)
+            elif not wait:
+                return None
+            else:
+                time.sleep(1.0)
+            continue
+        try:
+            os.write(fd, str(os.getpid()).encode())
+            os.close(fd)
+            array = np.asarray(compute())
+            tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp")
+            with open(tmp, "wb") as f:
+                np.save(f, array, allow_pickle=False)
+            os.replace(tmp, path)
+            return array
+        finally:
+            claim.unlink(missing_ok=True)
 
 
 class PairPool:
@@ -82,12 +151,18 @@ class PairPool:
             if cfg.refresh_every:
                 for step in range(cfg.refresh_every, start_step + 1, cfg.refresh_every):
                     latest[self._refresh_slot(step)] = step
-            total = len(latest)
+            total, done = len(latest), 0
             self.inputs = [[None] * cfg.pool_size for _ in volumes]
-            for n, ((i, j), step) in enumerate(sorted(latest.items())):
-                check_cancel(cancel)
-                self.inputs[i][j] = self._simulate(i, j, step)
-                report(progress, (n + 1) / total, "simulating low-dose training pairs")
+            # with a disk cache, first what no other process is simulating, then wait for the rest
+            for wait in (False, True):
+                for (i, j), step in sorted(latest.items()):
+                    if self.inputs[i][j] is not None:
+                        continue
+                    check_cancel(cancel)
+                    self.inputs[i][j] = self._simulate(i, j, step, wait)
+                    if self.inputs[i][j] is not None:
+                        done += 1
+                        report(progress, done / total, "simulating low-dose training pairs")
         self.weights = np.array([t.size for t in self.targets], float)
         self.weights /= self.weights.sum()
 
@@ -95,7 +170,7 @@ class PairPool:
         r = np.random.default_rng(self.seed_key + [2, step])
         return int(r.integers(len(self.volumes))), int(r.integers(self.cfg.pool_size))
 
-    def _photons(self, i: int) -> float:
+    def _photons(self, i: int, wait: bool = True) -> Optional[float]:
         """The incident photon count of volume ``i``'s scan, calibrated once to its own noise.
 
         A dose reduction scales the photons of one scanner and patient, so every realisation of a
@@ -104,15 +179,20 @@ class PairPool:
         """
         key = self._keys[i] + (i,)
         if key not in _PHOTONS:
-            calibrated = simulate_low_dose(self.volumes[i], 0.25, seed=i)
-            _PHOTONS[key] = float(calibrated.metadata["low_dose"]["photons"])
+            photons = _on_disk(("photons",) + key, lambda: np.float64(
+                simulate_low_dose(self.volumes[i], 0.25, seed=i).metadata["low_dose"]["photons"]), wait)
+            if photons is None:
+                return None
+            _PHOTONS[key] = float(photons)
         return _PHOTONS[key]
 
-    def _simulate(self, i: int, j: int, step: Optional[int]) -> np.ndarray:
+    def _simulate(self, i: int, j: int, step: Optional[int], wait: bool = True) -> Optional[np.ndarray]:
         key = self.seed_key + ([1, i, j] if step is None else [3, step])
         r = np.random.default_rng(key)
         dose = float(r.uniform(*self.cfg.dose_range))
-        seed, photons = int(r.integers(2**31)), self._photons(i)
+        seed, photons = int(r.integers(2**31)), self._photons(i, wait)
+        if photons is None:
+            return None
         # the noise texture: one of the configured reconstruction filters (a single one draws nothing, so
         # runs configured before there was a choice rebuild exactly the pool they had)
         filters = tuple(self.cfg.recon_filters)
@@ -122,7 +202,10 @@ class PairPool:
             _SIMULATIONS.move_to_end(key)
             return _SIMULATIONS[key]
         scanner = None if recon == "hann" else ScannerModel().with_(recon_filter=recon)
-        array = simulate_low_dose(self.volumes[i], dose, seed=seed, photons=photons, scanner=scanner).array
+        array = _on_disk(key, lambda: simulate_low_dose(self.volumes[i], dose, seed=seed, photons=photons,
+                                                        scanner=scanner).array, wait)
+        if array is None:
+            return None
         array.setflags(write=False)  # shared between pools: never modified
         _SIMULATIONS[key] = array
         while len(_SIMULATIONS) > _CACHE_SIZE:

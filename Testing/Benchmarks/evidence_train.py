@@ -49,6 +49,7 @@ from run_queue import claim, keep_budget, load_json, save_json, trained_steps, w
 from QHQGANLib.nn.weights import save_model  # noqa: E402
 from QHQGANLib.tasks.evaluate import evaluate_enhancement  # noqa: E402
 from QHQGANLib.training.enhancement import TrainConfig, train_enhancer  # noqa: E402
+from QHQGANLib.training.pairs import use_disk_cache  # noqa: E402
 
 RUNS = Path(os.environ.get("QHQGAN_EVIDENCE_RUNS", Path(__file__).resolve().parents[2] / "runs" / "evidence"))
 
@@ -329,6 +330,11 @@ def main() -> None:
         raise SystemExit(f"unknown method(s) {unknown}; choose from {list(METHODS)}")
     if args.recon_filters:
         COMMON["recon_filters"] = tuple(f for f in args.recon_filters.split(",") if f)
+    if args.command in ("tune", "train", "converge"):
+        # the queue's runs share their low-dose realisations (a pool of the training patients costs ~an hour
+        # of simulation; resumed runs and parallel processes read it back); delete the folder when the
+        # simulator changes
+        use_disk_cache(RUNS / "simulations")
     if args.command == "tune":
         tune(methods)
     elif args.command == "train":
