@@ -174,7 +174,8 @@ def test_synthesis_counts_at_the_shipped_depth_and_the_legacy_name():
 # every variant trains, runs on real CT, and round-trips through a model card
 # ---------------------------------------------------------------------------
 @pytest.mark.parametrize("arch, extra", [("mlp-control", {}), ("no-circuit", {}), ("bottleneck-ablation", {}),
-                                         ("ablation", {}), ("redcnn", {"redcnn_context": 1, "loss": "mse"})])
+                                         ("ablation", {}), ("redcnn", {"redcnn_context": 1, "loss": "mse"}),
+                                         ("hqgan-film", {}), ("mlp-control-film", {})])
 def test_every_variant_trains_runs_and_round_trips(ct, tmp_path, arch, extra):
     cfg = tiny(arch, **extra)
     untrained = build_model(cfg)
@@ -189,10 +190,12 @@ def test_every_variant_trains_runs_and_round_trips(ct, tmp_path, arch, extra):
     if arch == "redcnn":
         assert config == {"arch": "redcnn", "width": 4, "context": 1}
     else:  # the description is self-contained: the MLP's hidden width is stored
-        expected = {"mlp-control": "mlp", "no-circuit": "none"}.get(arch, "bottleneck")
+        expected = {"mlp-control": "mlp", "no-circuit": "none", "hqgan-film": "quantum",
+                    "mlp-control-film": "mlp"}.get(arch, "bottleneck")
         assert config["mixer"] == expected and config["arch"] == ("bottleneck-ablation" if arch == "ablation"
                                                                   else arch)
-        assert config["mlp_hidden"] == {"mlp": 3, "bottleneck": 1, "none": None}[expected]
+        assert config["mlp_hidden"] == {"mlp": 3, "bottleneck": 1, "none": None, "quantum": None}[expected]
+        assert config["placement"] == ("film" if arch.endswith("-film") else "residual")
     reloaded = load_model(tmp_path / "m.json")
     x = torch.from_numpy(np.repeat(ct.array[:, 32:96, 32:96], model.in_slices, 0))[None]
     same_outputs(model, reloaded, x)
@@ -243,6 +246,10 @@ def test_a_legacy_ablation_synth_card_still_loads(tmp_path):
 def test_inconsistent_descriptions_are_refused():
     with pytest.raises(ValueError, match="mixer"):
         build_from_config({"arch": "hqgan", "mixer": "mlp"})
+    with pytest.raises(ValueError, match="placement"):
+        build_from_config({"arch": "hqgan-film", "mixer": "quantum", "placement": "residual"})
+    with pytest.raises(ValueError, match="placement"):
+        HQGANGenerator(mixer="none", placement="film")
     with pytest.raises(ValueError, match="arch must be one of"):
         build_model(TrainConfig(arch="classical"))
     with pytest.raises(ValueError, match="loss must be one of"):

@@ -23,8 +23,10 @@ from typing import Dict, List, Optional, Tuple
 
 #: ``train-enhance --arch``: the enhancement / super-resolution architectures (QHQGANLib.training.enhancement):
 #: HQGAN, its controls (``mlp-control``: the circuit replaced by a fair MLP; ``no-circuit``: the block
-#: removed; ``bottleneck-ablation``: the legacy 8 -> 1 -> 8 MLP, not a fair control) and RED-CNN.
-ENHANCE_ARCHS: Tuple[str, ...] = ("hqgan", "mlp-control", "no-circuit", "bottleneck-ablation", "redcnn")
+#: removed; ``bottleneck-ablation``: the legacy 8 -> 1 -> 8 MLP, not a fair control), RED-CNN, and the
+#: modulating placement of the circuit and its MLP control (``hqgan-film``, ``mlp-control-film``; issue #26).
+ENHANCE_ARCHS: Tuple[str, ...] = ("hqgan", "mlp-control", "no-circuit", "bottleneck-ablation", "redcnn", "hqgan-film",
+                                  "mlp-control-film")
 #: ``train-synth --method``: the synthesis methods (QHQGANLib.nn.synthesis.METHODS), the same controls.
 SYNTH_METHODS: Tuple[str, ...] = ("hqgan", "mlp-control", "no-circuit", "bottleneck-ablation", "wgan-gp", "dcgan")
 #: Names of earlier versions, still accepted by ``TrainConfig.arch`` / ``SynthConfig.method`` and

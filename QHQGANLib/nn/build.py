@@ -23,20 +23,21 @@ from typing import Any, Dict
 from ..core.kinds import LEGACY_NAMES
 from ..quantum.layer import QuantumLayer
 from .baselines import REDCNN
-from .enhancer import ARCH_OF_MIXER, MIXER_OF_ARCH, HQGANGenerator
+from .enhancer import MIXER_OF_ARCH, HQGANGenerator, placement_of_arch
 from .mixers import LEGACY_MIXERS
 from .synthesis import ARCH_OF_METHOD
 from .synthesis import build_from_config as build_synth_from_config
 
 #: Enhancement architecture names of earlier versions: "ablation" was the bottleneck.
 LEGACY_ENHANCE_ARCHS = LEGACY_NAMES
-_GENERATOR_KEYS = ("task", "context", "width", "n_qubits", "n_layers", "reupload", "mixer", "scale", "mlp_hidden")
+_GENERATOR_KEYS = ("task", "context", "width", "n_qubits", "n_layers", "reupload", "mixer", "scale", "mlp_hidden",
+                   "placement")
 
 
 def model_config(model) -> Dict[str, Any]:
     """The architecture description stored with the weights."""
     if isinstance(model, HQGANGenerator):
-        return {"arch": ARCH_OF_MIXER[model.config.mixer], **model.config.to_dict()}
+        return {"arch": model.arch, **model.config.to_dict()}
     return dict(model.config)
 
 
@@ -50,8 +51,11 @@ def build_from_config(config: Dict[str, Any]):
         kwargs = {k: config[k] for k in _GENERATOR_KEYS if k in config}
         mixer = kwargs.get("mixer", MIXER_OF_ARCH[arch])
         kwargs["mixer"] = LEGACY_MIXERS.get(mixer, mixer)
-        if kwargs["mixer"] != MIXER_OF_ARCH[arch]:
-            raise ValueError(f"architecture {config.get('arch')!r} with mixer {mixer!r} in the model description")
+        # cards written before there was a choice of placement hold none: the residual one
+        kwargs["placement"] = kwargs.get("placement", "residual")
+        if kwargs["mixer"] != MIXER_OF_ARCH[arch] or kwargs["placement"] != placement_of_arch(arch):
+            raise ValueError(f"architecture {config.get('arch')!r} with mixer {mixer!r} and placement "
+                             f"{kwargs['placement']!r} in the model description")
         return HQGANGenerator(**kwargs)
     if arch in set(ARCH_OF_METHOD.values()):
         return build_synth_from_config(config)

@@ -16,6 +16,15 @@
   residual path alone (the network has exactly the :class:`PixelwiseMixer`'s parameters fewer);
   ``"bottleneck"`` (arch ``bottleneck-ablation``) is the legacy 8 -> 1 -> 8 bottleneck, not a
   fair control, kept so weights trained with it (the earlier ``ablation-enhance``) still load.
+* Where the slot sits (``placement``; issue #26: a circuit the network cannot route around):
+  ``"residual"`` (the archs above) adds its outputs to the deepest features, beside a path that
+  carries the same features without it, so a network can learn to ignore it (and the shipped one
+  did: freezing it costs nothing). ``"film"`` (archs ``hqgan-film`` and its control
+  ``mlp-control-film``) gives the slot no path of its own back into the features: its outputs are
+  the only source of a per-position scale and shift (feature-wise linear modulation) of the deepest
+  features and of every decoder stage (``features * (1 + gamma) + beta``, the 1/4-resolution map
+  upsampled bilinearly), so what varies from position to position in the modulation comes from the
+  slot alone; frozen to its mean, the modulation is one constant per channel.
 * RED-CNN is :mod:`QHQGANLib.nn.baselines`; the patch critic :mod:`QHQGANLib.nn.critics`.
 
 All networks take and return HU; internally they work on ``HU / 1000`` (water 0,
@@ -46,7 +55,19 @@ from .mixers import PixelwiseMixer, check_mixer, default_hidden
 
 #: The architecture name (``config["arch"]`` of a model card) of each mixer.
 ARCH_OF_MIXER = {"quantum": "hqgan", "mlp": "mlp-control", "none": "no-circuit", "bottleneck": "bottleneck-ablation"}
-MIXER_OF_ARCH = {arch: mixer for mixer, arch in ARCH_OF_MIXER.items()}
+#: The modulating placement's architectures (its mixers: the circuit and the fair MLP control).
+FILM_ARCHS = {"hqgan-film": "quantum", "mlp-control-film": "mlp"}
+MIXER_OF_ARCH = {**{arch: mixer for mixer, arch in ARCH_OF_MIXER.items()}, **FILM_ARCHS}
+PLACEMENTS = ("residual", "film")
+
+
+def arch_name(mixer: str, placement: str = "residual") -> str:
+    """The architecture name of a mixer in a placement (``hqgan``, ``mlp-control-film``, ...)."""
+    return ARCH_OF_MIXER[mixer] + ("-film" if placement == "film" else "")
+
+
+def placement_of_arch(arch: str) -> str:
+    return "film" if arch in FILM_ARCHS else "residual"
 
 
 @dataclass
@@ -62,6 +83,7 @@ class GeneratorConfig:
     mixer: str = "quantum"           # "quantum" (HQGAN), "mlp", "none" or "bottleneck" (controls)
     scale: int = 2                   # super-resolution factor (task "super-resolve")
     mlp_hidden: Optional[int] = None  # hidden width of the "mlp" / "bottleneck" mixer (None otherwise)
+    placement: str = "residual"      # PLACEMENTS: where the slot's outputs enter (module docstring)
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -89,8 +111,12 @@ class HQGANGenerator(nn.Module):
     def __init__(self, task: str = "enhance", context: int = 1, width: int = 16, n_qubits: int = 8,
                  n_layers: int = 2, reupload: bool = True, mixer: str = "quantum", scale: int = 2,
                  quantum_backend: str = "torch", quantum_device: str = "default.qubit",
-                 mlp_hidden: Optional[int] = None):
+                 mlp_hidden: Optional[int] = None, placement: str = "residual"):
         super().__init__()
+        if placement not in PLACEMENTS:
+            raise ValueError(f"placement must be one of {PLACEMENTS}, got {placement!r}")
+        if placement == "film" and mixer not in ("quantum", "mlp"):
+            raise ValueError(f"the modulating placement holds the circuit or its MLP control, not {mixer!r}")
         if task not in ("enhance", "super-resolve"):
             raise ValueError(f"task must be 'enhance' or 'super-resolve', got {task!r}")
         if context < 0:
@@ -102,7 +128,8 @@ class HQGANGenerator(nn.Module):
             mlp_hidden = int(mlp_hidden) if mlp_hidden is not None else default_hidden(mixer, n_qubits, n_layers)
         else:
             mlp_hidden = None  # stored explicitly only where there is an MLP
-        self.config = GeneratorConfig(task, context, width, n_qubits, n_layers, reupload, mixer, scale, mlp_hidden)
+        self.config = GeneratorConfig(task, context, width, n_qubits, n_layers, reupload, mixer, scale, mlp_hidden,
+                                      placement)
         w = width
         self.enc1 = _conv(2 * context + 1, w)
         self.enc2 = _conv(w, 2 * w, stride=2)
@@ -110,7 +137,14 @@ class HQGANGenerator(nn.Module):
         # "none": no block at all, the encoder's features go straight on (the residual path alone)
         self.mix = (nn.Identity() if mixer == "none" else
                     PixelwiseMixer(4 * w, n_qubits, n_layers, mixer, reupload, quantum_backend, quantum_device,
-                                   hidden=mlp_hidden))
+                                   hidden=mlp_hidden, residual=placement == "residual"))
+        # "film": per stage (deepest, 1/2, full resolution) a 1x1 map from the slot's outputs to a scale and a
+        # shift per channel, zero at first (the unmodulated network)
+        self.film = nn.ModuleList([nn.Conv2d(n_qubits, 2 * c, 1) for c in (4 * w, 2 * w, w)]
+                                  if placement == "film" else [])
+        for conv in self.film:
+            nn.init.zeros_(conv.weight)
+            nn.init.zeros_(conv.bias)
         self.bottleneck = _conv(4 * w, 4 * w)
         self.up2 = nn.ConvTranspose2d(4 * w, 2 * w, 2, stride=2)
         self.dec2 = _conv(4 * w, 2 * w)
@@ -142,8 +176,8 @@ class HQGANGenerator(nn.Module):
 
     @property
     def arch(self) -> str:
-        """The architecture name of a model card (``hqgan``, ``mlp-control``, ...)."""
-        return ARCH_OF_MIXER[self.config.mixer]
+        """The architecture name of a model card (``hqgan``, ``mlp-control``, ``hqgan-film``, ...)."""
+        return arch_name(self.config.mixer, self.config.placement)
 
     def quantum_layer(self) -> Optional[QuantumLayer]:
         mixer = getattr(self.mix, "mixer", None)
@@ -158,10 +192,26 @@ class HQGANGenerator(nn.Module):
         centre = x[:, self.config.context:self.config.context + 1]
         e1 = self.enc1(x)
         e2 = self.enc2(e1)
-        e3 = self.bottleneck(self.mix(self.enc3(e2)))
-        d2 = _conv_of_concat(self.dec2, self.up2(e3), e2)
-        d1 = _conv_of_concat(self.dec1, self.up1(d2), e1)
+        if self.film:
+            deep = self.enc3(e2)
+            outputs = self.mix(deep)  # the slot's outputs alone, (B, n_qubits, H/4, W/4)
+            e3 = self._modulate(self.bottleneck(deep), outputs, 0)
+            d2 = self._modulate(_conv_of_concat(self.dec2, self.up2(e3), e2), outputs, 1)
+            d1 = self._modulate(_conv_of_concat(self.dec1, self.up1(d2), e1), outputs, 2)
+        else:
+            e3 = self.bottleneck(self.mix(self.enc3(e2)))
+            d2 = _conv_of_concat(self.dec2, self.up2(e3), e2)
+            d1 = _conv_of_concat(self.dec1, self.up1(d2), e1)
         residual = self.head(self.upscale(d1))
         if self.scale > 1:
             centre = F.interpolate(centre, scale_factor=self.scale, mode="bicubic", align_corners=False)
         return net_to_hu(centre + residual)
+
+    def _modulate(self, features: torch.Tensor, outputs: torch.Tensor, stage: int) -> torch.Tensor:
+        """``features * (1 + gamma) + beta``, gamma and beta from the slot's outputs (upsampled to the stage)."""
+        gamma, beta = self.film[stage](outputs).to(features.dtype).chunk(2, dim=1)
+        if gamma.shape[-2:] != features.shape[-2:]:
+            size = features.shape[-2:]
+            gamma = F.interpolate(gamma, size=size, mode="bilinear", align_corners=False)
+            beta = F.interpolate(beta, size=size, mode="bilinear", align_corners=False)
+        return torch.addcmul(beta, features, 1 + gamma)

@@ -115,20 +115,22 @@ class PixelwiseMixer(nn.Module):
     """Applies a feature-vector mixer (quantum or classical) at every position of a feature map.
 
     features (B, C, H, W) -> angles = pi * tanh(1x1 conv) (B, n, H, W) -> mixer per position
-    -> 1x1 conv back to C channels, added to the features (residual path).
+    -> 1x1 conv back to C channels, added to the features (residual path). With ``residual=False`` the
+    mixer's outputs themselves, (B, n, H, W) (the enhancer's modulating placement uses them).
     """
 
     def __init__(self, channels: int, n_qubits: int, n_layers: int, mixer: str = "quantum",
                  reupload: bool = True, quantum_backend: str = "torch",
-                 quantum_device: str = "default.qubit", hidden: Optional[int] = None):
+                 quantum_device: str = "default.qubit", hidden: Optional[int] = None, residual: bool = True):
         super().__init__()
         if check_mixer(mixer) == "none":
             raise ValueError("mixer 'none' has no per-pixel block: leave the PixelwiseMixer out")
         self.to_angles = nn.Conv2d(channels, n_qubits, 1)
         self.mixer = make_mixer(mixer, n_qubits, n_layers, hidden, reupload, quantum_backend, quantum_device)
-        self.from_outputs = nn.Conv2d(n_qubits, channels, 1)
-        nn.init.zeros_(self.from_outputs.weight)  # starts as identity: the residual path alone
-        nn.init.zeros_(self.from_outputs.bias)
+        self.from_outputs = nn.Conv2d(n_qubits, channels, 1) if residual else None
+        if residual:
+            nn.init.zeros_(self.from_outputs.weight)  # starts as identity: the residual path alone
+            nn.init.zeros_(self.from_outputs.bias)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         angles = math.pi * torch.tanh(self.to_angles(features))
@@ -136,4 +138,4 @@ class PixelwiseMixer(nn.Module):
         flat = angles.permute(0, 2, 3, 1).reshape(-1, n)
         out = self.mixer(flat).to(features.dtype)
         out = out.reshape(b, h, w, n).permute(0, 3, 1, 2)
-        return features + self.from_outputs(out)
+        return features + self.from_outputs(out) if self.from_outputs is not None else out

@@ -5,7 +5,9 @@ Pairs are made from normal-dose CT with the physics simulator (:mod:`QHQGANLib.t
 Architectures (``arch``, ``ARCHS``): ``hqgan``; its controls ``mlp-control`` (the circuit
 replaced by a fair classical MLP), ``no-circuit`` (the quantum block removed) and
 ``bottleneck-ablation`` (the legacy 8 -> 1 -> 8 MLP, not a fair control; ``"ablation"`` is
-still accepted for it, the name the earlier ``ablation-enhance`` was trained under); and
+still accepted for it, the name the earlier ``ablation-enhance`` was trained under);
+``hqgan-film`` and its control ``mlp-control-film`` (the slot's outputs modulate the features
+instead of being added to them: :mod:`QHQGANLib.nn.enhancer`); and
 ``redcnn`` (``redcnn_context`` 0: one slice, as published; 1: the 3 slices HQGAN sees).
 
 Loss (``loss``): ``"l1-ssim-adv"`` (default) = L1 + ``ssim_weight`` x (1 - SSIM) +
@@ -45,13 +47,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..core.kinds import ENHANCE_ARCHS
 from ..core.progress import check_cancel, report
 from ..core.volume import Volume
 from ..nn.baselines import REDCNN
 from ..nn.common import count_parameters
 from ..nn.critics import PatchCritic
 from ..nn.build import LEGACY_ENHANCE_ARCHS
-from ..nn.enhancer import MIXER_OF_ARCH, HQGANGenerator
+from ..nn.enhancer import MIXER_OF_ARCH, HQGANGenerator, placement_of_arch
 from .distributed import frozen, gather_from_ranks, setup_distributed, unwrap, wrap_ddp
 from .loop import Precision, check_output_dir, claim_output_dir, in_training_layout, resume_state, run_loop
 from .losses import gradient_penalty, ssim_loss
@@ -59,7 +62,7 @@ from .pairs import PairPool
 from .provenance import write_training_data
 
 
-ARCHS = ("hqgan", "mlp-control", "no-circuit", "bottleneck-ablation", "redcnn")
+ARCHS = ENHANCE_ARCHS
 LOSSES = ("l1-ssim-adv", "mse")
 
 
@@ -120,7 +123,7 @@ def build_model(cfg: TrainConfig) -> nn.Module:
         return REDCNN(width=cfg.redcnn_width, context=cfg.redcnn_context)
     return HQGANGenerator(task=cfg.task, context=cfg.context, width=cfg.width, n_qubits=cfg.n_qubits,
                           n_layers=cfg.n_layers, mixer=MIXER_OF_ARCH[arch], scale=cfg.scale,
-                          mlp_hidden=cfg.mlp_hidden)
+                          mlp_hidden=cfg.mlp_hidden, placement=placement_of_arch(arch))
 
 
 def model_context(model: nn.Module) -> int:

@@ -62,7 +62,14 @@ METHODS: Dict[str, dict] = {
     "redcnn-3slice": dict(arch="redcnn", redcnn_width=32, redcnn_context=1),           # HQGAN's input and loss
     "redcnn-1slice": dict(arch="redcnn", redcnn_width=32, redcnn_context=0),           # the published input
     "redcnn-mse": dict(arch="redcnn", redcnn_width=32, redcnn_context=0, loss="mse"),  # the published recipe (width cut)
+    # issue #26 item 5: the circuit and its fair MLP control where their outputs modulate the features
+    "hqgan-film": dict(arch="hqgan-film"),
+    "mlp-control-film": dict(arch="mlp-control-film"),
 }
+#: Placement variants take their residual twin's tuned learning rate (a rule written before their first run,
+#: 2026-12-07: both twins were tuned to 1e-3 with the same sweep, so the circuit and its control get the same
+#: rate and neither gets a sweep of its own).
+LR_OF_TWIN = {"hqgan-film": "hqgan", "mlp-control-film": "mlp-control"}
 COMMON = dict(task="enhance", batch_size=16, patch_size=64, dose_range=(0.05, 0.5), pool_size=4,
               checkpoint_every=100, threads=1)
 LR_CANDIDATES = (3e-3, 1e-3, 3e-4, 1e-4)
@@ -89,8 +96,14 @@ def _tuning_score(model, tune) -> float:
 
 def _load_json(path: Path) -> dict:
     if not path.exists() and path.name == "tuning.json" and TUNING_SNAPSHOT.exists():
-        return json.loads(TUNING_SNAPSHOT.read_text())  # a fresh machine: the committed results
-    return load_json(path)
+        results = json.loads(TUNING_SNAPSHOT.read_text())  # a fresh machine: the committed results
+    else:
+        results = load_json(path)
+    if path.name == "tuning.json":
+        for method, twin in LR_OF_TWIN.items():
+            if method not in results and "lr" in results.get(twin, {}):
+                results[method] = {"lr": results[twin]["lr"], "inherited_from": twin}
+    return results
 
 
 def tuned_rates() -> Dict[str, float]:
