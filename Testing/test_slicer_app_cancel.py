@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 from QHQGANLib import Volume
-from QHQGANLib.apps.background import BackgroundTask, TaskFailed, TaskRequest, TemporaryWorkspace, build_command, run_task
+from QHQGANLib.apps.background import (BackgroundTask, CancelledAfterCommit, TaskFailed, TaskRequest, TemporaryWorkspace,
+                                       build_command, run_task)
 from QHQGANLib.core.progress import OperationCancelled
 
 PY = sys.executable
@@ -147,6 +148,10 @@ WRITER = textwrap.dedent("""
         sys.exit("qhqgan: error: failed after writing")
     if mode == "fail":
         sys.exit("qhqgan: error: failed before writing")
+    if mode == "commit-then-sleep":  # as qhqgan writes: a temporary file moved into place
+        import os
+        open(path + ".tmp", "w").write("the new result")
+        os.replace(path + ".tmp", path)
     print("QHQGAN-PROGRESS 0.1 working", flush=True)
     time.sleep(30)
 """)
@@ -175,6 +180,21 @@ def test_a_file_that_was_there_is_kept_when_the_run_is_cancelled(writer, tmp_pat
         run_task([PY, str(writer), str(earlier), "sleep"], progress=lambda f, m: stop.set(), cancel=stop,
                  poll_interval=0.02, output_path=earlier)
     assert earlier.read_text() == "an earlier result"
+
+
+def test_a_cancel_after_the_result_was_written_keeps_it_and_says_so(writer, tmp_path):
+    """Issue #28 item 8: with --overwrite the earlier result is gone once the new one is moved into place; a
+    Cancel arriving after that (before the child exits) must not delete the new one too."""
+    earlier = tmp_path / "result.nrrd"
+    earlier.write_text("an earlier result")
+    os.utime(earlier, (1, 1))
+    stop = threading.Event()
+    with pytest.raises(CancelledAfterCommit, match="the output file holds the new result and is kept") as caught:
+        run_task([PY, str(writer), str(earlier), "commit-then-sleep"], progress=lambda f, m: stop.set(),
+                 cancel=stop, poll_interval=0.02, output_path=earlier)
+    assert isinstance(caught.value, OperationCancelled) and caught.value.output == earlier
+    assert earlier.read_text() == "the new result"
+    assert "result" not in str(caught.value).replace("new result", "")  # no file name in the message
 
 
 def test_a_file_the_failed_run_wrote_is_removed(writer, tmp_path):

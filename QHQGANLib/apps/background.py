@@ -39,11 +39,11 @@ from .node_task import (NodeTask, TemporaryWorkspace, move_refusal, move_volume_
                         start_node_task)
 from .request import (TaskRequest, build_command, default_output_name, python_executable,
                       task_unavailable_reason)
-from .runner import (TERMINATE_GRACE_S, BackgroundTask, TaskFailed, child_environment, end_process_tree,
-                     remove_if_created, run_task, wait)
+from .runner import (TERMINATE_GRACE_S, BackgroundTask, CancelledAfterCommit, TaskFailed, child_environment,
+                     end_process_tree, remove_if_created, run_task, wait)
 
 __all__ = [
-    "BackgroundTask", "DEVICES", "INPUT_TASKS", "MODEL_TASKS", "NodeTask", "TASKS", "TERMINATE_GRACE_S",
+    "BackgroundTask", "CancelledAfterCommit", "DEVICES", "INPUT_TASKS", "MODEL_TASKS", "NodeTask", "TASKS", "TERMINATE_GRACE_S",
     "TaskFailed", "TaskRequest", "TemporaryWorkspace", "build_command", "child_environment",
     "default_model", "default_output_name", "end_process_tree", "ensure_requirements", "missing_requirements",
     "models_for_task", "move_refusal", "move_volume_into", "process_node", "python_executable",

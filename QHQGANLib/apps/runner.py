@@ -36,6 +36,15 @@ class TaskFailed(RuntimeError):
     """The child process failed; the message is its one-line error."""
 
 
+class CancelledAfterCommit(OperationCancelled):
+    """Cancel came after the run had written its result (``output``): the new result is kept (issue #28)."""
+
+    def __init__(self, output: Path):
+        super().__init__("cancelled after the result was written: the output file holds the new result and "
+                         "is kept")  # no file name: names can identify a patient (the path is .output)
+        self.output = Path(output)
+
+
 def child_environment(base: Optional[Dict[str, str]] = None) -> Dict[str, str]:
     """The child's environment: unbuffered output and this QHQGANLib first on ``PYTHONPATH``."""
     env = dict(os.environ if base is None else base)
@@ -231,8 +240,12 @@ def run_task(argv: Sequence[str], progress: Optional[ProgressCallback] = None, c
     ``cancel`` is any object with ``is_set()``: when set, the child is ended and
     :class:`OperationCancelled` raised. A failing child raises :class:`TaskFailed`
     (a ``RuntimeError``) with its one-line error. With ``output_path``, a file that
-    this run left there when it failed or was cancelled is removed; a file that was
-    already there before the run (and that the run did not replace) is never touched.
+    this run left there when it failed is removed; a file that was already there before
+    the run (and that the run did not replace) is never touched. A cancel that comes after
+    the run wrote its result (``qhqgan`` commands write atomically, so a new file at
+    ``output_path`` is the whole result, and with ``--overwrite`` the earlier file is gone
+    by then) keeps that result and raises :class:`CancelledAfterCommit` (an
+    :class:`OperationCancelled`) saying so.
     ``idle`` is called between polls (``slicer.app.processEvents`` keeps Slicer responsive).
     """
     before = _file_identity(Path(output_path)) if output_path is not None else None
@@ -240,11 +253,21 @@ def run_task(argv: Sequence[str], progress: Optional[ProgressCallback] = None, c
     try:
         wait(task, progress, cancel, poll_interval, idle=idle)  # ends the child on cancel or on an exception here
         task.finish()
+    except OperationCancelled:
+        if output_path is not None and _replaced(Path(output_path), before):
+            raise CancelledAfterCommit(Path(output_path)) from None
+        raise
     except BaseException:
         if output_path is not None:
             remove_if_created(output_path, before)
         raise
     return task
+
+
+def _replaced(path: Path, before: Optional[tuple]) -> bool:
+    """A file at ``path`` that was not there, or not this one, before the run."""
+    now = _file_identity(path)
+    return now is not None and now != before and path.is_file()
 
 
 def remove_if_created(path: PathLike, before: Optional[tuple]) -> bool:
@@ -253,8 +276,7 @@ def remove_if_created(path: PathLike, before: Optional[tuple]) -> bool:
     ``before`` is what :func:`_file_identity` said before the run. Returns True if a file was removed.
     """
     path = Path(path)
-    now = _file_identity(path)
-    if now is None or (before is not None and now == before) or not path.is_file():
+    if not _replaced(path, before):
         return False
     path.unlink(missing_ok=True)
     return True
