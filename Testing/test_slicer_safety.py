@@ -494,3 +494,24 @@ def test_intel_macs_get_numpy_below_2_for_torch_2_2(monkeypatch, tmp_path, platf
         assert "numpy==" not in text and "numpy<2" in text
     else:
         assert installed == []
+
+
+# ---------------------------------------------------------------------------
+# item 6: a result too large to load is refused before it is computed
+# ---------------------------------------------------------------------------
+def test_a_result_above_the_voxel_limit_is_refused_before_anything_runs(module, ct_small_path, no_child,
+                                                                        monkeypatch):
+    from QHQGANLib.core import io
+
+    node = ct_node(slicer.mrmlScene, ct_small_path)  # 128 x 128 x 1
+    monkeypatch.setattr(io, "DEFAULT_MAX_VOXELS", 128 * 128 * 3)  # a stand-in limit: x2 in-plane gives 4x
+    logic = module.QHQGANLogic()
+    with pytest.raises(ValueError, match=r"65,536 voxels .* above the limit of 49,152: choose a smaller scale"):
+        logic.process(node, task="super-resolve", scale=2, blocking=False)
+    monkeypatch.setattr(io, "DEFAULT_MAX_VOXELS", 128 * 128 - 1)  # a result the input's size: refused too
+    with pytest.raises(ValueError, match="Crop Volume"):
+        logic.process(node, task="enhance", blocking=False)
+    assert no_child == []  # nothing started, nothing computed
+    monkeypatch.setattr(io, "DEFAULT_MAX_VOXELS", 128 * 128 * 4)  # exactly the x2 result: allowed
+    with pytest.raises(AssertionError, match="a worker was started"):
+        logic.process(node, task="super-resolve", scale=2, blocking=False)

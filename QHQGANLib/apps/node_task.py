@@ -28,7 +28,7 @@ from typing import Optional, Union
 
 from ..core.naming import ATTRIBUTE_PREFIX, is_synthetic_node, output_file_name
 from ..core.progress import ProgressCallback
-from .request import TaskRequest, build_command, default_output_name
+from .request import TaskRequest, build_command, default_output_name, output_voxels
 from .runner import TERMINATE_GRACE_S, BackgroundTask, TaskFailed, wait
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -111,6 +111,22 @@ class OutputRefused(ValueError):
     """The chosen output volume may not receive the result (raised before anything runs)."""
 
 
+def check_output_size(request: TaskRequest, input_node) -> None:
+    """Refuse, before anything runs, a result larger than the reader's voxel limit (it would be computed
+    for minutes and then fail to load; issue #29 item 6), with what to change in the panel."""
+    from ..core.io import DEFAULT_MAX_VOXELS
+
+    image = input_node.GetImageData() if input_node is not None else None
+    if image is None:
+        raise ValueError("the input volume holds no image")
+    n = output_voxels(request, image.GetDimensions())
+    if n is not None and n > DEFAULT_MAX_VOXELS:
+        advice = "a smaller scale or " if request.task == "super-resolve" else ""
+        raise ValueError(f"the {request.task} result would have {n:,} voxels ({n * 4 / 2**30:.1f} GiB), above "
+                         f"the limit of {DEFAULT_MAX_VOXELS:,}: choose {advice}a smaller region of the input "
+                         "(Crop Volume module) first")
+
+
 class NodeTask:
     """A task running in the background on a volume node; :meth:`finish` adds the output node.
 
@@ -134,6 +150,8 @@ class NodeTask:
             input_node = None
         if request.needs_input and input_node is None:
             raise ValueError(f"the {request.task} task needs an input volume")
+        if request.needs_input:
+            check_output_size(request, input_node)
         self.request = request
         self.input_node = input_node
         self.scene = scene if scene is not None else (input_node.GetScene() if input_node is not None else None)

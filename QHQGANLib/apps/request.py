@@ -159,6 +159,18 @@ def build_command(request: TaskRequest, input_path: Optional[PathLike], output_p
     return argv + task_argv(request.task, request.options()) + ["--progress", "lines"]
 
 
+def output_voxels(request: TaskRequest, size_xyz) -> Optional[int]:
+    """The number of voxels the task's result will have for an input of ``size_xyz`` (x, y, slices);
+    None for synthesis (no input). Through-plane super-resolution: at most ``scale`` times the slices."""
+    if not request.needs_input:
+        return None
+    x, y, z = (int(v) for v in size_xyz)
+    if request.task != "super-resolve":
+        return x * y * z
+    scale = int(request.scale)
+    return x * y * z * scale if request.axis == "z" else x * y * z * scale * scale
+
+
 def default_output_name(request: TaskRequest, input_node=None) -> str:
     """``<input name>_<suffix>``, e.g. ``CTChest_enhanced``; synthesis: ``SYNTHETIC_<model>_seed<seed>``
     whatever the input (:func:`QHQGANLib.core.naming.output_name`)."""
