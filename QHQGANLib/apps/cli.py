@@ -11,6 +11,7 @@ Console usage::
     qhqgan demo [--input CT] [--dose 0.25]        # simulate low dose on a real CT, figure + metrics
     qhqgan simulate-low-dose IN OUT --dose 0.25 --seed 0
     qhqgan enhance IN OUT [--model hqgan-enhance] [--device cuda] [--tile-batch 16]
+    qhqgan enhance CT_FOLDER OUT_FOLDER --dicom [--deidentify]   # a derived DICOM series
     python -m QHQGANLib degrade-resolution IN OUT --scale 2
 
 Errors print one line and exit with status 2 (1 for an unexpected failure);
@@ -96,6 +97,12 @@ def _add_task_commands(sub, common: argparse.ArgumentParser) -> None:
             p.add_argument("--overwrite", action="store_true", help="replace an existing output")
         else:
             _add_io(p)
+        if task in ("enhance", "super-resolve"):
+            p.add_argument("--dicom", action="store_true",
+                           help="OUTPUT is a folder: a derived DICOM series, in the input's patient and study when "
+                                "the input is DICOM (the one output that carries the patient's identity)")
+            p.add_argument("--deidentify", action="store_true",
+                           help="with --dicom: a de-identified series in a new study, for sharing")
         add_task_arguments(p, task)
         p.set_defaults(func=func)
 

@@ -185,13 +185,20 @@ def _run_model_command(args: argparse.Namespace, task: str) -> int:
     from ..core.io import read_volume, write_volume
     from ..tasks.enhance import enhance, super_resolve
 
+    dicom = bool(getattr(args, "dicom", False))
+    if getattr(args, "deidentify", False) and not dicom:
+        raise ValueError("--deidentify is for a DICOM output: add --dicom (OUTPUT is then a folder)")
     through_plane = task == "super-resolve" and getattr(args, "axis", "in-plane") == "z"
     # through-plane: None lets super_resolve name the default model, or say none is installed and what to do
     model = args.model or (None if through_plane else
                            default_model(task) if task == "enhance" else default_model(task, args.scale))
     _check_model_task(model, task)
     _check_model_files(model)
-    with _prepare_output(args):
+    with _prepare_output(args, folder=dicom):
+        if dicom:  # with --overwrite too: a folder holding anything QHQGAN did not write is refused now
+            from ..core.dicom_derived import check_series_folder
+
+            check_series_folder(args.output, args.overwrite)
         volume = read_volume(args.input, force=args.force, series_uid=args.series_uid,
                              regularize_tilt=args.regularize_tilt)
         options = dict(device=args.device, quantum_backend=args.quantum_backend, tile_size=args.tile_size,
@@ -206,12 +213,30 @@ def _run_model_command(args: argparse.Namespace, task: str) -> int:
                     warnings.simplefilter("ignore", UserWarning)
                     result = super_resolve(volume, scale=args.scale, model=model, progress=progress,
                                            axis=args.axis, fine_tune_steps=args.fine_tune_steps, **options)
-        write_volume(result, args.output, overwrite=args.overwrite)
+        if dicom:
+            written = _write_derived_series(args, result, volume)
+        else:
+            write_volume(result, args.output, overwrite=args.overwrite)
+            written = f"{result.size_xyz} voxels"
     for note in result.metadata.get("warnings", []):
         print(f"qhqgan: warning: {note}", file=sys.stderr)
-    _say(args, f"wrote {args.output}: {result.size_xyz} voxels, spacing "
+    _say(args, f"wrote {args.output}: {written}, spacing "
                f"{tuple(round(s, 4) for s in result.spacing)} mm ({result.metadata['history'][-1]})")
     return 0
+
+
+def _write_derived_series(args: argparse.Namespace, result, source) -> str:
+    """--dicom: the derived series (core.dicom_derived); a note when the patient is not kept unasked."""
+    from ..core.dicom_derived import export_derived_series, plan_derived_series
+
+    plan = plan_derived_series(result, source, deidentify=args.deidentify)
+    files = export_derived_series(result, args.output, source, deidentify=args.deidentify, overwrite=args.overwrite)
+    if plan.note:
+        print(f"qhqgan: note: {plan.note}", file=sys.stderr)
+    filed = {"patient": "in the input's patient and study (identifiable, not de-identified)",
+             "deidentified": "de-identified, in a new study",
+             "synthetic": "marked synthetic, synthetic patient, new study"}[plan.mode]
+    return f"DICOM series {plan.series_number} '{plan.series_description}' of {len(files)} file(s), {filed}"
 
 
 def cmd_enhance(args: argparse.Namespace) -> int:

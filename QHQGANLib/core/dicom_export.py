@@ -8,7 +8,8 @@ intercept 0), with the exact LPS geometry of the volume:
 * ``PixelSpacing`` = ``[spacing[1], spacing[0]]`` (row spacing, column spacing);
 * ``SliceThickness`` = ``SpacingBetweenSlices`` = ``spacing[2]``.
 
-Every export gets new Study, Series, SOP Instance and Frame of Reference UIDs. Works with pydicom 2.4 and 3.
+Every export gets new Series and SOP Instance UIDs, and new Study and Frame of Reference UIDs unless
+``keep_patient`` (below). Works with pydicom 2.4 and 3.
 Synthetic images (``synthetic=True``, the default) are marked as such in every file:
 ``SyntheticData`` (0008,001C) = ``YES``, ``ImageType`` = ``DERIVED\\SECONDARY``, a series
 description that says "SYNTHETIC ... NOT FOR DIAGNOSIS", patient name ``SYNTHETIC^QHQGAN``
@@ -39,7 +40,8 @@ time of the export (when the synthetic image was made), not a date of the source
 
 ``keep_patient=True`` (only with ``synthetic=False``) is the one way to keep the patient and
 study of the source (e.g. a denoised series filed beside the original study); the files are
-then *not* de-identified and say so (``PatientIdentityRemoved`` = ``NO``).
+then *not* de-identified and say so (``PatientIdentityRemoved`` = ``NO``). ``frame_of_reference_uid``
+(only with ``keep_patient``) files the series in the source's patient coordinate system too.
 
 Console usage::
 
@@ -61,6 +63,7 @@ from typing import Any, Dict, List, Mapping, Optional, Union
 
 import numpy as np
 
+from .dicom_terms import BODY_PARTS, PATIENT_POSITIONS, is_uid  # noqa: F401 (importable from here too)
 from .outputs import claim_output, make_temp_folder
 from .volume import Volume
 
@@ -79,25 +82,15 @@ ACQUISITION_COPIED = ("KVP", "ConvolutionKernel")
 PATIENT_STUDY_KEPT = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "PatientAge",
                       "StudyInstanceUID", "StudyDate", "StudyTime", "StudyID", "AccessionNumber",
                       "ReferringPhysicianName", "StudyDescription")
-PATIENT_POSITIONS = frozenset(("HFS", "HFP", "FFS", "FFP", "HFDR", "HFDL", "FFDR", "FFDL", "LFP", "LFS", "RFP",
-                               "RFS", "AFDR", "AFDL", "PFDR", "PFDL"))
 INT16_MIN, INT16_MAX = -32768, 32767
 LO_MAX = 64  # characters of a LO value (SeriesDescription, DeidentificationMethod)
-#: ``BodyPartExamined`` defined terms (DICOM PS3.16 Annex L, the ones CT uses) that may be copied.
-BODY_PARTS = frozenset((
-    "ABDOMEN", "ABDOMENPELVIS", "ADRENAL", "ANKLE", "AORTA", "BRAIN", "BREAST", "CHEST", "CHESTABDOMEN",
-    "CHESTABDPELVIS", "CLAVICLE", "COCCYX", "CSPINE", "ELBOW", "EXTREMITY", "FOOT", "HAND", "HEAD", "HEADNECK",
-    "HEART", "HIP", "JAW", "KIDNEY", "KNEE", "LEG", "LIVER", "LSPINE", "LUNG", "NECK", "PANCREAS", "PELVIS",
-    "SHOULDER", "SKULL", "SPINE", "SSPINE", "TSPINE", "WHOLEBODY", "WRIST", "ARM", "SPLEEN", "BLADDER",
-    "COLON", "STOMACH", "PROSTATE", "IAC", "ORBIT", "SINUS", "TMJ", "FACE", "LARYNX", "THYROID",
-))
 
 
 def export_dicom_series(volume: Volume, folder: PathLike, source: Any = None, *,
                         synthetic: bool = True, series_description: Optional[str] = None,
                         overwrite: bool = False, keep_patient: bool = False,
-                        derivation_description: Optional[str] = None,
-                        series_number: int = 1) -> List[Path]:
+                        derivation_description: Optional[str] = None, series_number: int = 1,
+                        frame_of_reference_uid: Optional[str] = None) -> List[Path]:
     """Write ``volume`` as a CT Image Storage series, one file per slice, into ``folder``.
 
     Args:
@@ -119,6 +112,8 @@ def export_dicom_series(volume: Volume, folder: PathLike, source: Any = None, *,
         derivation_description: free text for ``DerivationDescription`` (e.g. the model name);
             never put identifiers here.
         series_number: the ``SeriesNumber``.
+        frame_of_reference_uid: (``keep_patient`` only) the source's ``FrameOfReferenceUID``, for an
+            image on the source's patient coordinates (viewers then link the two); a new one otherwise.
 
     Returns:
         The paths of the written files, in slice order (``IMG0001.dcm``, ...).
@@ -137,6 +132,9 @@ def export_dicom_series(volume: Volume, folder: PathLike, source: Any = None, *,
     if keep_patient and synthetic:
         raise ValueError("keep_patient=True would put a real patient's identity on synthetic images; "
                          "it is only allowed with synthetic=False")
+    if frame_of_reference_uid is not None and not (keep_patient and is_uid(frame_of_reference_uid)):
+        raise ValueError("frame_of_reference_uid must be a DICOM UID and comes with keep_patient=True only "
+                         f"(a de-identified series gets a new one), got {frame_of_reference_uid!r}")
     if not np.all(np.isfinite(volume.array)):
         n_bad = int((~np.isfinite(volume.array)).sum())
         raise ValueError(f"the volume holds {n_bad:,} NaN or infinite voxel(s); refusing to export it")
@@ -145,11 +143,12 @@ def export_dicom_series(volume: Volume, folder: PathLike, source: Any = None, *,
     with claim_output(folder):
         return _write_series(volume, folder, attributes=_source_attributes(source), synthetic=synthetic,
                              keep_patient=keep_patient, overwrite=overwrite, series_description=series_description,
-                             derivation_description=derivation_description, series_number=series_number)
+                             derivation_description=derivation_description, series_number=series_number,
+                             frame_of_reference_uid=frame_of_reference_uid)
 
 
 def _write_series(volume: Volume, folder: Path, *, attributes, synthetic, keep_patient, overwrite,
-                  series_description, derivation_description, series_number) -> List[Path]:
+                  series_description, derivation_description, series_number, frame_of_reference_uid) -> List[Path]:
     import pydicom
     from pydicom.dataset import FileMetaDataset
     from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, generate_uid
@@ -158,7 +157,7 @@ def _write_series(volume: Volume, folder: Path, *, attributes, synthetic, keep_p
     description = _series_description(series_description, synthetic)
     shared = _shared_dataset(volume, attributes, synthetic=synthetic, keep_patient=keep_patient,
                              description=description, derivation_description=derivation_description,
-                             series_number=series_number)
+                             series_number=series_number, frame_of_reference_uid=frame_of_reference_uid)
 
     n = volume.shape[0]
     width = max(4, len(str(n)))
@@ -206,7 +205,8 @@ def _write_series(volume: Volume, folder: Path, *, attributes, synthetic, keep_p
 # data set
 # ---------------------------------------------------------------------------
 def _shared_dataset(volume: Volume, attributes: Dict[str, Any], *, synthetic: bool, keep_patient: bool,
-                    description: str, derivation_description: Optional[str], series_number: int):
+                    description: str, derivation_description: Optional[str], series_number: int,
+                    frame_of_reference_uid: Optional[str] = None):
     """The attributes common to all slices of the series."""
     import pydicom
     from pydicom.sequence import Sequence
@@ -290,7 +290,7 @@ def _shared_dataset(volume: Volume, attributes: Dict[str, Any], *, synthetic: bo
     ds.SoftwareVersions = _version()
 
     # frame of reference, image plane
-    ds.FrameOfReferenceUID = generate_uid()
+    ds.FrameOfReferenceUID = frame_of_reference_uid or generate_uid()
     ds.PositionReferenceIndicator = None
     direction = volume.direction
     ds.ImageOrientationPatient = [_ds(v) for v in np.concatenate([direction[:, 0], direction[:, 1]])]
