@@ -265,3 +265,21 @@ def test_write_refuses_to_overwrite_and_keeps_the_input(tmp_path, ct_small_path)
 def test_empty_volume_refused():
     with pytest.raises(ValueError, match="empty"):
         Volume(np.zeros((0, 4, 4), np.float32))
+
+
+def test_int16_output_holds_whole_hu_and_refuses_to_round(ct_small_path, tmp_path):
+    """``write_volume(..., pixel_type="int16")``: a real CT's whole HU written as 16-bit integers read back
+    exactly (half the file of float32); decimals are refused, not silently rounded, and nothing is written."""
+    import SimpleITK as sitk
+
+    from QHQGANLib import read_volume, write_volume
+
+    ct = read_volume(ct_small_path)
+    out = write_volume(ct, tmp_path / "ct16.nrrd", pixel_type="int16", compress=False)
+    wide = write_volume(ct, tmp_path / "ct32.nrrd", compress=False)
+    assert sitk.ReadImage(str(out)).GetPixelID() == sitk.sitkInt16
+    np.testing.assert_array_equal(read_volume(out).array, ct.array)
+    assert out.stat().st_size < 0.6 * wide.stat().st_size
+    with pytest.raises(ValueError, match="whole HU"):
+        write_volume(ct.with_array(ct.array + 0.5), tmp_path / "half.nrrd", pixel_type="int16")
+    assert not (tmp_path / "half.nrrd").exists()

@@ -44,6 +44,15 @@ def _cases_on_disk(tmp_path: Path, n_cases: int = 3, methods=METHODS) -> dict:
     return cases
 
 
+def _pixel_type(path: Path) -> str:
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.ReadImageInformation()
+    return sitk.GetPixelIDValueAsString(reader.GetPixelID())
+
+
 class FakeClock:
     def __init__(self):
         self.now = 1000.0
@@ -87,8 +96,31 @@ def test_nothing_in_the_study_folder_names_a_method_or_a_case(tmp_path):
     for image, origin in key["images"].items():
         source = read_volume(cases[origin["case"]][origin["method"]])
         written = read_volume(study / image)
-        assert np.array_equal(written.array, source.array) and written.same_geometry(source)
+        expected = np.clip(np.rint(source.array), -1024, 3071)  # every arm stored alike: whole HU, one range
+        assert np.array_equal(written.array, expected) and written.same_geometry(source)
+        assert _pixel_type(study / image) == "16-bit signed integer"
     assert {p: Path(p).read_bytes() for p in inputs} == inputs  # inputs untouched
+
+
+def test_no_value_pattern_or_padding_tells_the_arms_apart(tmp_path, ct_small_path):
+    """Issue #29 item 3: a scanner's image holds whole HU and its padding (-3024) outside the field of view;
+    a network's output holds decimals and no padding. In the study every arm holds whole HU in one range, in
+    one type, so hovering the probe over a voxel or the corner of the image says nothing about the arm."""
+    from QHQGANLib.tasks.enhance import blend
+
+    ct = read_volume(ct_small_path)
+    scanner = ct.array.copy()
+    scanner[:, :20, :20] = -3024.0  # the padding a scanner writes outside its reconstruction circle
+    processed = blend(scanner, scanner + np.float32(0.37), 1.0)  # decimals, padding clipped as networks do
+    cases = {"case": {"low-dose": ct.with_array(scanner), "hqgan": ct.with_array(processed)}}
+    study = create_study(cases, tmp_path / "study", seed=1, key_path=tmp_path / "key.json")
+    images = sorted((study / "images").iterdir())
+    arrays = [read_volume(p).array for p in images]
+    assert len(arrays) == 2 and {_pixel_type(p) for p in images} == {"16-bit signed integer"}  # one type for all
+    for a in arrays:
+        assert np.array_equal(a, np.rint(a)) and a.min() >= -1024 and a.max() <= 3071
+        assert a[0, 0, 0] == -1024  # the padded corner reads the same in both arms
+    assert np.abs(arrays[0].astype(int) - arrays[1].astype(int)).max() <= 1  # 0.37 HU apart, rounded
 
 
 def test_the_same_seed_gives_the_same_study(tmp_path):

@@ -123,8 +123,11 @@ def read_volume(path: PathLike, *, force: bool = False, series_uid: Optional[str
 
 
 def write_volume(volume: Volume, path: PathLike, *, overwrite: bool = False,
-                 compress: bool = True) -> Path:
+                 compress: bool = True, pixel_type: str = "float32") -> Path:
     """Write ``volume`` to NRRD/NHDR, NIfTI or MHA/MHD (chosen by the file name), float32 HU.
+
+    ``pixel_type="int16"`` stores whole HU as 16-bit integers (half the size); the voxels must
+    then be whole numbers within the int16 range (a ValueError otherwise: nothing is rounded here).
 
     The file is written into a temporary folder beside the target, checked (every byte the
     header declares is there: a full disk or a killed write is caught, not moved into place)
@@ -153,7 +156,14 @@ def write_volume(volume: Volume, path: PathLike, *, overwrite: bool = False,
     if not np.all(np.isfinite(volume.array)):
         raise ValueError("the volume holds NaN or infinite values; refusing to write it")
 
+    if pixel_type not in ("float32", "int16"):
+        raise ValueError(f"pixel_type must be 'float32' or 'int16', got {pixel_type!r}")
     image = volume_to_sitk(volume)
+    if pixel_type == "int16":
+        a = volume.array
+        if a.size and (a.min() < -32768 or a.max() > 32767 or not np.array_equal(a, np.rint(a))):
+            raise ValueError("int16 output needs whole HU within [-32768, 32767]; round the volume first")
+        image = sitk.Cast(image, sitk.sitkInt16)
     synthetic = bool(volume.metadata.get("synthetic"))
     nifti = path.name.lower().endswith(NIFTI_SUFFIXES)
     if synthetic:

@@ -16,7 +16,10 @@ A study folder that holds an unblinding key (anywhere in it, under any name) is 
 Blinding: cases become "Case 01", "Case 02" ... in a seeded random order, the methods of a case become
 "image A", "image B" ... in a per-case random order, images are re-written from their voxels alone (no
 metadata, no history, no names; the same grid for every method of a case, uncompressed so that every
-image of a case has the same file size, and all files get the same modification time). Items are
+image of a case has the same file size, and all files get the same modification time), and every arm
+alike: rounded to whole HU, clipped to the CT range [-1024, 3071] and stored as int16, so that neither
+the values a viewer's probe shows (whole numbers for a scanner's image, decimals for a network's) nor
+the scanner's padding (-3024, which only the unprocessed arm would keep) tells the arms apart. Items are
 single images (``mode="single"``: Likert questions) or two images of one case side by side
 (``mode="pairs"``: two-alternative forced choice, left/right randomized). The same inputs and seed give
 the same study.
@@ -44,7 +47,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..core.constants import WINDOWS
+from ..core.constants import HU_MAX, HU_MIN, WINDOWS
 from ..core.volume import Volume
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -250,8 +253,8 @@ def create_study(cases: Mapping[str, Mapping[str, Source]], folder: PathLike, *,
                     elif not volume.same_geometry(grid, tol=1e-3):
                         raise ValueError(f"case {name!r}: {m} is on another grid than the other methods "
                                          f"({volume.shape} vs {grid.shape}); a study compares images of one grid")
-                    neutral = Volume(volume.array, grid.spacing, grid.origin, grid.direction, {})
-                    write_volume(neutral, tmp / image_files[(name, m)], compress=compress)
+                    neutral = Volume(neutral_voxels(volume.array), grid.spacing, grid.origin, grid.direction, {})
+                    write_volume(neutral, tmp / image_files[(name, m)], compress=compress, pixel_type="int16")
             _write_json(tmp / MANIFEST_NAME, manifest)
             stamp = time.time()
             for path in tmp.rglob("*"):
@@ -273,6 +276,11 @@ def create_study(cases: Mapping[str, Mapping[str, Source]], folder: PathLike, *,
     if progress:
         progress(1.0, "study written")
     return folder
+
+
+def neutral_voxels(array: np.ndarray) -> np.ndarray:
+    """Every arm stored alike: whole HU, clipped to [-1024, 3071], int16 (module docstring)."""
+    return np.clip(np.rint(np.nan_to_num(array, nan=HU_MIN)), HU_MIN, HU_MAX).astype(np.int16)
 
 
 def load_manifest(folder: PathLike) -> Dict[str, Any]:
