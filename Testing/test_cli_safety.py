@@ -113,3 +113,21 @@ def test_sigterm_removes_what_the_run_created(tmp_path):
     assert proc.returncode == 143 and "terminated" in proc.stderr.read()
     time.sleep(0.1)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.nrrd"]
+
+
+def test_a_pt_file_is_refused_not_swapped_for_the_safetensors_beside_it(tmp_path, ct_small_path, capsys):
+    """Issue #28 (low): ``--model X.pt`` loaded ``X.safetensors`` without a word: the user believed another
+    model ran. Now the .pt file is refused by name, before any work, and nothing is written."""
+    card = next((c for c in model_cards() if c.get("task") == "enhance"), None)
+    if card is None:
+        pytest.skip("no enhancement model ships in this installation")
+    weights = tmp_path / card["weights"]
+    shutil.copy(models_dir() / card["weights"], weights)
+    shutil.copy(models_dir() / f"{Path(card['weights']).stem}.json", weights.with_suffix(".json"))
+    pt = weights.with_suffix(".pt")
+    pt.write_bytes(b"a pickled checkpoint of another model")
+    out = tmp_path / "e.nrrd"
+    assert main(["enhance", str(ct_small_path), str(out), "--model", str(pt), "--quiet"]) == 2
+    err = _one_line_error(capsys)
+    assert ".pt" in err and "safetensors" in err and not out.exists()
+    assert main(["enhance", str(ct_small_path), str(out), "--model", str(weights), "--quiet"]) == 0  # the real one

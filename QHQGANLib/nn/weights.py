@@ -127,6 +127,10 @@ def load_model(name_or_path: Union[str, Path], device: Optional[str] = None,
         path = Path(text)
         if not path.exists():
             raise FileNotFoundError(f"{path}: no such model file")
+        if path.suffix.lower() not in (".json", ".safetensors"):
+            # never another file of the same stem in its place (``X.pt`` is not ``X.safetensors``)
+            raise ValueError(f"{path.name}: QHQGAN loads .safetensors weights with their .json card, not "
+                             f"{path.suffix or 'suffix-less'} files (pickled weights can run code when loaded)")
         card_path = path.with_suffix(".json")
         if card_path.exists():
             require_regular_file(card_path, role="model card")  # a FIFO would block for ever
