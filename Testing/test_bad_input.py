@@ -160,6 +160,31 @@ def test_a_second_run_cannot_claim_the_same_output(tmp_path, ct):
     assert out.exists() and _leftovers(tmp_path) == []
 
 
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="process start times come from /proc (Linux)")
+def test_a_claim_whose_process_id_was_reused_is_taken_over(tmp_path, ct):
+    """Issue #28 (low): a claim left by a run that died, whose process id now belongs to another live process
+    (after a reboot, or on a busy machine), blocked that output for ever. A claim names its process by id and
+    start time: the same id with another start time is another process, and the claim is taken over; the
+    live holder itself (same id, same start time) still blocks."""
+    from QHQGANLib.core.outputs import process_token
+
+    out = tmp_path / "result.nrrd"
+    claim = tmp_path / ".result.nrrd.qhqgan-claim"
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        pid, start = live.pid, Path(f"/proc/{live.pid}/stat").read_text().rsplit(")", 1)[-1].split()[19]
+        claim.write_text(f"{pid} {int(start) + 12345}")  # the id is alive, but it is not the claim's process
+        write_volume(ct, out)
+        assert out.exists() and not claim.exists()
+        claim.write_text(f"{pid} {start}")  # the very process: the claim holds
+        with pytest.raises(FileExistsError, match="another QHQGAN run"):
+            write_volume(ct, out, overwrite=True)
+    finally:
+        live.kill()
+        live.wait()
+    assert process_token().split()[0] == str(os.getpid())
+
+
 def test_leftovers_of_a_killed_write_are_cleaned_by_the_next(tmp_path, ct):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     stale = tmp_path / f".qhqgan-write-{dead.stdout.strip()}-abc123"

@@ -158,6 +158,38 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _start_time(pid: int) -> str:
+    """When process ``pid`` started (Linux: clock ticks since boot, /proc/<pid>/stat field 22); "" where
+    the system does not say. With its process id it names one process: an id reused later by another
+    process (after a reboot, or on a busy machine) has another start time."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    fields = stat.rsplit(")", 1)[-1].split()  # the command name may hold spaces and parentheses
+    return fields[19] if len(fields) > 19 else ""
+
+
+def process_token() -> str:
+    """This process as a claim file holds it: ``"<pid> <start time>"``."""
+    pid = os.getpid()
+    return f"{pid} {_start_time(pid)}".strip()
+
+
+def holder_alive(token: str) -> bool:
+    """True while the process a claim names still runs (the same process, not a later one given its id)."""
+    parts = token.split()
+    if not parts or not parts[0].isdigit():
+        return False
+    pid = int(parts[0])
+    if not _pid_alive(pid):
+        return False
+    if len(parts) > 1:
+        now = _start_time(pid)
+        return not now or now == parts[1]
+    return True
+
+
 def _claim_path(path: Path) -> Path:
     return path.with_name(f".{path.name}{CLAIM_SUFFIX}")
 
@@ -170,7 +202,7 @@ def claim_output(path: PathLike) -> Iterator[Path]:
     """
     out = Path(path).expanduser()
     claim = _claim_path(out)
-    mine = str(os.getpid())
+    mine = process_token()
     for _ in range(3):
         try:
             fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -182,9 +214,9 @@ def claim_output(path: PathLike) -> Iterator[Path]:
             if holder == mine:  # nested claim in this process
                 yield out
                 return
-            if holder.isdigit() and _pid_alive(int(holder)):
-                raise FileExistsError(f"{out} is being written by another QHQGAN run (process {holder}); "
-                                      "wait for it to finish or choose another output") from None
+            if holder_alive(holder):
+                raise FileExistsError(f"{out} is being written by another QHQGAN run (process "
+                                      f"{holder.split()[0]}); wait for it to finish or choose another output") from None
             with contextlib.suppress(FileNotFoundError):
                 claim.unlink()  # stale: its run is gone
             continue

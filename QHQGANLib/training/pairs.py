@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from ..core.constants import HU_MAX, HU_MIN
+from ..core.outputs import holder_alive, process_token
 from ..core.progress import check_cancel, report
 from ..core.volume import Volume, slab
 from ..physics.lowdose import ScannerModel, simulate_low_dose
@@ -72,15 +73,9 @@ def _claim_is_stale(claim: Path) -> bool:
         text, age = claim.read_text().strip(), time.time() - claim.stat().st_mtime
     except OSError:
         return False  # gone already: the next look finds the result
-    if not text.isdigit():
+    if not text:
         return age > 60  # a claim is written right after it is made
-    try:
-        os.kill(int(text), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
+    return not holder_alive(text)
 
 
 def _on_disk(key: tuple, compute: Callable[[], np.ndarray], wait: bool) -> Optional[np.ndarray]:
@@ -104,7 +99,7 @@ def _on_disk(key: tuple, compute: Callable[[], np.ndarray], wait: bool) -> Optio
                 time.sleep(1.0)
             continue
         try:
-            os.write(fd, str(os.getpid()).encode())
+            os.write(fd, process_token().encode())
             os.close(fd)
             array = np.asarray(compute())
             tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp")
