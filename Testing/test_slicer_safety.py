@@ -515,3 +515,30 @@ def test_a_result_above_the_voxel_limit_is_refused_before_anything_runs(module, 
     monkeypatch.setattr(io, "DEFAULT_MAX_VOXELS", 128 * 128 * 4)  # exactly the x2 result: allowed
     with pytest.raises(AssertionError, match="a worker was started"):
         logic.process(node, task="super-resolve", scale=2, blocking=False)
+
+
+# ---------------------------------------------------------------------------
+# item 8: the worker's copy of the patient's image goes to Slicer's temporary folder
+# ---------------------------------------------------------------------------
+def test_the_workspace_lies_in_slicers_temporary_folder(module, ct_small_path, no_child, monkeypatch, tmp_path):
+    class App:
+        temporaryPath = str(tmp_path / "SlicerTemp")
+
+    (tmp_path / "SlicerTemp").mkdir()
+    monkeypatch.setattr(slicer, "app", App(), raising=False)
+    assert node_task.slicer_temporary_folder() == App.temporaryPath
+    seen = []
+
+    def stop(argv, *args, **kwargs):
+        seen.append(argv)
+        raise AssertionError("stop before the worker")
+
+    monkeypatch.setattr(node_task, "BackgroundTask", stop)
+    node = ct_node(slicer.mrmlScene, ct_small_path)
+    with pytest.raises(AssertionError, match="stop before the worker"):
+        node_task.NodeTask(node_task.TaskRequest("simulate-low-dose"), node)
+    input_arg = next(a for a in seen[0] if a.endswith("input.nrrd"))
+    assert Path(input_arg).parent.parent == tmp_path / "SlicerTemp"  # qhqgan-XXXX/input.nrrd in Slicer's folder
+    assert list((tmp_path / "SlicerTemp").iterdir()) == []  # and removed when the task could not start
+    monkeypatch.setattr(slicer, "app", None, raising=False)
+    assert node_task.slicer_temporary_folder() is None  # outside Slicer: the system's temporary folder

@@ -107,6 +107,17 @@ def _volume_of_node(node):
     return volume_from_node(node)
 
 
+def slicer_temporary_folder() -> Optional[str]:
+    """Slicer's own temporary folder (``slicer.app.temporaryPath``, set in Slicer's Application settings)
+    when running inside Slicer, so the patient data a task writes for its worker stays where the user put
+    Slicer's temporary files (issue #29 item 8); None elsewhere (the system's temporary folder)."""
+    import sys
+
+    app = getattr(sys.modules.get("slicer"), "app", None)
+    path = getattr(app, "temporaryPath", None) if app is not None else None
+    return str(path) if path and os.path.isdir(str(path)) else None
+
+
 class OutputRefused(ValueError):
     """The chosen output volume may not receive the result (raised before anything runs)."""
 
@@ -164,7 +175,8 @@ class NodeTask:
         self.note = ""
         # synthetic images are marked synthetic in their names, files included (core.naming)
         self.workspace = TemporaryWorkspace(input_node if request.needs_input else None,
-                                            output_name=output_file_name(request.task))
+                                            output_name=output_file_name(request.task),
+                                            parent=slicer_temporary_folder())
         self.workspace.__enter__()
         try:
             argv = build_command(request, self.workspace.input_path, self.workspace.output_path, python)
