@@ -12,6 +12,8 @@ Console usage::
     qhqgan simulate-low-dose IN OUT --dose 0.25 --seed 0
     qhqgan enhance IN OUT [--model hqgan-enhance] [--device cuda] [--tile-batch 16]
     qhqgan enhance CT_FOLDER OUT_FOLDER --dicom [--deidentify]   # a derived DICOM series
+    qhqgan enhance CT_FOLDER OUT.nrrd --resample-z 3             # uneven gaps or two blocks: a 3 mm grid
+    qhqgan simulate-low-dose CT_FOLDER OUT.nrrd --series-block 2 # or one regular block as acquired
     python -m QHQGANLib degrade-resolution IN OUT --scale 2
 
 Errors print one line and exit with status 2 (1 for an unexpected failure);
@@ -71,6 +73,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def positive_float(text: str) -> float:
+    """argparse type: a finite number above 0 (a spacing in mm)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number above 0, got {text}")
+    return value
+
+
 def _add_io(p: argparse.ArgumentParser) -> None:
     p.add_argument("input", help="input CT: DICOM folder or file, .nrrd, .nii(.gz), .mha")
     p.add_argument("output", help="output file: .nrrd, .nhdr, .nii(.gz), .mha, .mhd")
@@ -79,6 +92,12 @@ def _add_io(p: argparse.ArgumentParser) -> None:
     p.add_argument("--series-uid", help="the series to read when the DICOM folder holds several")
     p.add_argument("--regularize-tilt", action="store_true",
                    help="resample a gantry-tilted DICOM series onto a regular grid (refused otherwise)")
+    p.add_argument("--resample-z", type=positive_float, metavar="MM",
+                   help="resample along z to a regular grid of MM mm from the slices' real positions (linear, "
+                        "no extrapolation): for a DICOM series with uneven gaps or several blocks (refused "
+                        "otherwise); stated in the output's history and header")
+    p.add_argument("--series-block", type=positive_int, metavar="N",
+                   help="read only the N-th regular block (from 1, in slice order) of a multi-block DICOM series")
 
 
 def _add_task_commands(sub, common: argparse.ArgumentParser) -> None:

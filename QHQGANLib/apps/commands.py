@@ -32,6 +32,9 @@ from ..core.outputs import (check_not_input, check_output_path, check_report_pat
 
 #: Endings of the volume files the commands write (DICOM goes to a folder).
 VOLUME_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
+#: What through-plane super-resolution needs of its input (said when an uneven series is refused).
+THROUGH_PLANE_NEEDS = ("super-resolve --axis z needs the slices as acquired, one slice thickness on one regular grid "
+                       "(its model restores a known slice profile; interpolated or mixed slices have another)")
 
 
 def _prepare_output(args: argparse.Namespace, folder: bool = False) -> contextlib.AbstractContextManager:
@@ -42,6 +45,30 @@ def _prepare_output(args: argparse.Namespace, folder: bool = False) -> contextli
         check_not_input(args.input, args.output)
     out = check_output_path(args.output, overwrite=args.overwrite, suffixes=VOLUME_SUFFIXES, folder=folder)
     return claim_output(out)
+
+
+def _read_input(args: argparse.Namespace, through_plane: bool = False):
+    """The command's input, read with its series options (--series-uid, --regularize-tilt, --resample-z,
+    --series-block); a note on stderr says what reading changed (tilt, block, resampling)."""
+    from ..core.io import read_volume
+    from ..core.slice_grid import UnevenSeriesError
+
+    if through_plane and args.resample_z is not None:
+        raise ValueError(f"{THROUGH_PLANE_NEEDS}: --resample-z would give it interpolated slices; read one "
+                         "regular block of an uneven series with --series-block N instead")
+    try:
+        volume = read_volume(args.input, force=args.force, series_uid=args.series_uid,
+                             regularize_tilt=args.regularize_tilt, resample_z=args.resample_z,
+                             series_block=args.series_block)
+    except UnevenSeriesError as exc:
+        if not through_plane:
+            raise
+        block = f": read one regular block with --series-block N (N from 1 to {exc.n_blocks})" if exc.n_blocks > 1 else ""
+        raise ValueError(f"{args.input}: {exc.description}; {THROUGH_PLANE_NEEDS}{block}") from None
+    if not args.quiet:
+        for note in volume.metadata.get("history", []):
+            print(f"qhqgan: note: input {note}", file=sys.stderr)
+    return volume
 
 
 def _check_input(path) -> None:
@@ -145,12 +172,11 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate_low_dose(args: argparse.Namespace) -> int:
-    from ..core.io import read_volume, write_volume
+    from ..core.io import write_volume
     from ..physics.lowdose import simulate_low_dose
 
     with _prepare_output(args):
-        volume = read_volume(args.input, force=args.force, series_uid=args.series_uid,
-                             regularize_tilt=args.regularize_tilt)
+        volume = _read_input(args)
         with _progress(args, f"simulating {args.dose:.0%} dose") as progress:
             low = simulate_low_dose(volume, args.dose, seed=args.seed, progress=progress,
                                     reference_noise_hu=args.reference_noise_hu, photons=args.photons)
@@ -169,12 +195,11 @@ def cmd_simulate_low_dose(args: argparse.Namespace) -> int:
 
 
 def cmd_degrade_resolution(args: argparse.Namespace) -> int:
-    from ..core.io import read_volume, write_volume
+    from ..core.io import write_volume
     from ..physics.resolution import degrade_resolution
 
     with _prepare_output(args):
-        volume = read_volume(args.input, force=args.force, series_uid=args.series_uid,
-                             regularize_tilt=args.regularize_tilt)
+        volume = _read_input(args)
         low = degrade_resolution(volume, args.scale)
         write_volume(low, args.output, overwrite=args.overwrite)
     _say(args, f"wrote {args.output}: {low.size_xyz} voxels at spacing {tuple(round(s, 4) for s in low.spacing)} mm")
@@ -182,7 +207,7 @@ def cmd_degrade_resolution(args: argparse.Namespace) -> int:
 
 
 def _run_model_command(args: argparse.Namespace, task: str) -> int:
-    from ..core.io import read_volume, write_volume
+    from ..core.io import write_volume
     from ..tasks.enhance import enhance, super_resolve
 
     dicom = bool(getattr(args, "dicom", False))
@@ -199,8 +224,7 @@ def _run_model_command(args: argparse.Namespace, task: str) -> int:
             from ..core.dicom_derived import check_series_folder
 
             check_series_folder(args.output, args.overwrite)
-        volume = read_volume(args.input, force=args.force, series_uid=args.series_uid,
-                             regularize_tilt=args.regularize_tilt)
+        volume = _read_input(args, through_plane)
         options = dict(device=args.device, quantum_backend=args.quantum_backend, tile_size=args.tile_size,
                        overlap=args.overlap, tile_batch=args.tile_batch)
         with _progress(args, task) as progress:

@@ -3,7 +3,9 @@
 Headers are read before any pixel, so that a folder holding several series, duplicated or missing
 slices, uneven spacing, gantry tilt, mixed orientations or matrix sizes is refused with the reason
 (see :func:`QHQGANLib.core.io.read_volume`, the public entry point). pydicom reads the files;
-pylibjpeg decodes compressed pixel data.
+pylibjpeg decodes compressed pixel data. An uneven or multi-block series is read on request,
+resampled along z (``resample_z``) or one regular block of it (``series_block``): see
+:mod:`QHQGANLib.core.slice_grid`.
 
 Console usage::
 
@@ -14,15 +16,15 @@ from __future__ import annotations
 
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
 from .file_checks import VolumeReadError, check_voxel_count, first_line
+from .slice_grid import (SPACING_TOLERANCE, describe_blocks, gap_blocks, grid_size, is_regular,  # noqa: F401
+                         mm, resample_note, resample_slices, same_gap, uneven_error)
 from .volume import Volume
 
-#: Relative tolerance on slice-to-slice spacing before a series counts as uneven.
-SPACING_TOLERANCE = 0.01
 #: DICOM attributes kept in ``Volume.metadata["dicom"]`` for provenance and later export.
 KEPT_DICOM_KEYWORDS = (
     "Modality", "Manufacturer", "ManufacturerModelName", "KVP", "ConvolutionKernel",
@@ -42,8 +44,9 @@ def is_dicom_file(path: Path) -> bool:
         return False
 
 
-def read_dicom_folder(folder: Path, *, series_uid: Optional[str], force: bool,
-                      max_voxels: int, regularize_tilt: bool = False) -> Volume:
+def read_dicom_folder(folder: Path, *, series_uid: Optional[str], force: bool, max_voxels: int,
+                      regularize_tilt: bool = False, resample_z: Optional[float] = None,
+                      series_block: Optional[int] = None) -> Volume:
     # is_file() is False for FIFOs, sockets and devices: they are never opened
     files = [p for p in sorted(folder.iterdir())
              if p.is_file() and not p.name.startswith(".") and p.name.upper() != "DICOMDIR"]
@@ -53,11 +56,13 @@ def read_dicom_folder(folder: Path, *, series_uid: Optional[str], force: bool,
     if not dicom_files:
         raise VolumeReadError(f"{folder}: no DICOM file in this folder ({len(files)} other files)")
     return read_dicom_files(dicom_files, source=folder, series_uid=series_uid, force=force,
-                            max_voxels=max_voxels, regularize_tilt=regularize_tilt)
+                            max_voxels=max_voxels, regularize_tilt=regularize_tilt, resample_z=resample_z,
+                            series_block=series_block)
 
 
 def read_dicom_files(files: Sequence[Path], *, source: Path, force: bool, max_voxels: int,
-                     series_uid: Optional[str] = None, regularize_tilt: bool = False) -> Volume:
+                     series_uid: Optional[str] = None, regularize_tilt: bool = False,
+                     resample_z: Optional[float] = None, series_block: Optional[int] = None) -> Volume:
     import pydicom
 
     headers = []
@@ -96,9 +101,16 @@ def read_dicom_files(files: Sequence[Path], *, source: Path, force: bool, max_vo
         raise VolumeReadError(f"{source}: multi-frame (enhanced) DICOM is not supported yet; "
                               "convert it to single-frame files or NRRD first")
 
-    slices, shear = _sorted_slices(chosen, source, regularize_tilt)
+    stack = _sorted_slices(chosen, source, regularize_tilt, resample_z is not None, series_block)
+    slices, shear, heights = stack.slices, stack.shear, stack.heights
+    first = slices[0][2]  # the first slice of the block read: its orientation and thickness
     rows, cols = int(first.Rows), int(first.Columns)
-    check_voxel_count(rows * cols * len(slices), (cols, rows, len(slices)), source, max_voxels)
+    resample = resample_z is not None and not (is_regular(heights) and same_gap(_slice_spacing(heights, first),
+                                                                               resample_z))
+    if resample_z is not None and len(slices) < 2:
+        raise VolumeReadError(f"{source}: one slice: resampling along z (resample_z) needs two slices or more")
+    depth = max(len(slices), grid_size(heights, resample_z) if resample else 0)
+    check_voxel_count(rows * cols * depth, (cols, rows, depth), source, max_voxels)
 
     array = np.empty((len(slices), rows, cols), dtype=np.float32)
     for k, (f, _pos, _ds) in enumerate(slices):
@@ -117,7 +129,7 @@ def read_dicom_files(files: Sequence[Path], *, source: Path, force: bool, max_vo
 
     row_cos, col_cos, normal = _orientation(first, source)
     row_spacing, col_spacing = (float(v) for v in first.PixelSpacing)
-    slice_spacing = _slice_spacing(slices, first)
+    slice_spacing = _slice_spacing(heights, first)
     direction = np.column_stack([row_cos, col_cos, normal])
     metadata = {
         "source": str(source),
@@ -128,11 +140,21 @@ def read_dicom_files(files: Sequence[Path], *, source: Path, force: bool, max_vo
     }
     if any(str(ds.get("SyntheticData", "")).strip().upper() == "YES" for _f, ds in chosen):
         metadata["synthetic"] = True  # the mark travels: every volume derived from it stays marked
+    history = list(stack.notes)
     if shear is not None:
         array = _unshear(array, shear, row_cos, col_cos, (col_spacing, row_spacing))
-        metadata["gantry_tilt_degrees"] = round(_tilt_degrees(shear, slice_spacing, len(slices)), 3)
-        metadata["history"] = [f"gantry tilt of {metadata['gantry_tilt_degrees']:.2f} degrees regularized: "
-                               "slices resampled (linear) onto a grid stacked along their normal"]
+        metadata["gantry_tilt_degrees"] = round(_tilt_degrees(shear, heights), 3)
+        history.append(f"gantry tilt of {metadata['gantry_tilt_degrees']:.2f} degrees regularized: "
+                       "slices resampled (linear) onto a grid stacked along their normal")
+    if resample:
+        array = resample_slices(array, heights, resample_z)
+        history.append(resample_note(heights, resample_z, array.shape[0]))
+        metadata["resampled_z"] = {"spacing_mm": float(resample_z), "source_slices": len(slices),
+                                   "source_positions_mm": [round(float(h - heights[0]), 4) for h in heights],
+                                   "note": history[-1]}
+        slice_spacing = float(resample_z)
+    if history:
+        metadata["history"] = history
     # DICOM PixelSpacing is (row spacing = between rows = y, column spacing = x)
     return Volume(array, (col_spacing, row_spacing, slice_spacing), tuple(slices[0][1]), direction, metadata)
 
@@ -181,9 +203,9 @@ def _check_one_acquisition(chosen: Sequence[Tuple[Path, Any]], source: Path) -> 
             "remove the files that do not belong")
 
 
-def _tilt_degrees(shear: np.ndarray, spacing: float, n: int) -> float:
+def _tilt_degrees(shear: np.ndarray, heights: np.ndarray) -> float:
     across = float(np.linalg.norm(shear[-1]))
-    return float(np.degrees(np.arctan2(across, abs(spacing) * (n - 1))))
+    return float(np.degrees(np.arctan2(across, abs(float(heights[-1] - heights[0])))))
 
 
 def _unshear(array: np.ndarray, shear: np.ndarray, row_cos, col_cos, pixel: Tuple[float, float]) -> np.ndarray:
@@ -211,22 +233,34 @@ def _orientation(ds, source: Path) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     return row_cos, col_cos, np.cross(row_cos, col_cos)
 
 
-def _sorted_slices(chosen, source: Path, regularize_tilt: bool = False
-                   ) -> Tuple[List[Tuple[Path, np.ndarray, Any]], Optional[np.ndarray]]:
-    """Slices sorted along their normal, after the series checks; and, for a gantry-tilted series read
-    with ``regularize_tilt``, each slice's position offset across the normal (else None)."""
-    """Slices sorted along the slice normal, after checking they form one regular stack."""
+class _Stack(NamedTuple):
+    slices: List[Tuple[Path, np.ndarray, Any]]  # (file, ImagePositionPatient, header), sorted
+    heights: np.ndarray  # their positions along the slice normal (mm)
+    shear: Optional[np.ndarray]  # a tilted series read with regularize_tilt: offsets across the normal
+    notes: List[str]  # history notes (the block read)
+
+
+def _sorted_slices(chosen, source: Path, regularize_tilt: bool = False, resample: bool = False,
+                   series_block: Optional[int] = None) -> _Stack:
+    """Slices sorted along their normal, after the series checks: one regular stack, or an uneven one
+    when it will be resampled, or the block ``series_block`` (1-based) of a multi-block series."""
     first = chosen[0][1]
-    iop0 = np.asarray(first.get("ImageOrientationPatient", []), dtype=np.float64)
     size0 = (first.get("Rows"), first.get("Columns"))
     spacing0 = np.asarray(first.get("PixelSpacing", [np.nan, np.nan]), dtype=np.float64)
     if np.any(np.isnan(spacing0)):
         raise VolumeReadError(f"{source}: PixelSpacing is missing; the pixel size is unknown")
-    _, _, normal = _orientation(first, source)
+    normals = [_orientation(first, source)[2]]
+    iops = [np.asarray(first.get("ImageOrientationPatient"), dtype=np.float64)]
     entries = []
     for f, ds in chosen:
         iop = np.asarray(ds.get("ImageOrientationPatient", []), dtype=np.float64)
-        if iop.shape != iop0.shape or not np.allclose(iop, iop0, atol=1e-4):
+        group = next((g for g, known in enumerate(iops) if iop.shape == known.shape
+                      and np.allclose(iop, known, atol=1e-4)), None)
+        if group is None and iop.shape == iops[0].shape:  # another orientation: a block of its own?
+            group = len(iops)
+            iops.append(iop)
+            normals.append(_orientation(ds, source)[2])
+        if group is None:
             raise VolumeReadError(f"{source}: slices have different orientations ({f.name}); "
                                   "this is not one stack of parallel slices")
         if (ds.get("Rows"), ds.get("Columns")) != size0:
@@ -237,12 +271,39 @@ def _sorted_slices(chosen, source: Path, regularize_tilt: bool = False
         if ipp is None or len(ipp) != 3:
             raise VolumeReadError(f"{f}: ImagePositionPatient is missing; the slice position is unknown")
         pos = np.asarray(ipp, dtype=np.float64)
-        entries.append((f, pos, ds, float(pos @ normal)))
+        thickness = ds.get("SliceThickness")
+        thickness = round(float(thickness), 3) if thickness not in (None, "") else None
+        entries.append((f, pos, ds, float(pos @ normals[0]), (group, thickness)))
     entries.sort(key=lambda e: e[3])
+    groups = [e[4][0] for e in entries]
+    runs = [g for k, g in enumerate(groups) if k == 0 or g != groups[k - 1]]
+    if len(runs) != len(set(runs)):  # orientations interleaved along the stack
+        odd = next(e[0].name for e in entries if e[4][0] != groups[0])
+        raise VolumeReadError(f"{source}: slices have different orientations ({odd}); "
+                              "this is not one stack of parallel slices")
+    heights = np.array([e[1] @ normals[e[4][0]] for e in entries])  # each along its own normal
+    labels = [e[4] for e in entries]
+    notes: List[str] = []
+    if series_block is not None:
+        blocks = gap_blocks(heights, labels)
+        if not 1 <= series_block <= len(blocks):
+            listed = f": {describe_blocks(heights, blocks)}" if len(blocks) > 1 else ""
+            raise VolumeReadError(f"{source}: no block {series_block} (series_block, --series-block): "
+                                  f"the series holds {len(blocks)} regular block(s){listed}")
+        a, b = blocks[series_block - 1]
+        if len(blocks) > 1:
+            notes.append(f"block {series_block} of {len(blocks)} read alone: slices {a + 1}-{b} of {len(entries)} "
+                         f"along the normal (the series: {describe_blocks(heights, blocks)})")
+        entries, heights, labels = entries[a:b], heights[a:b], labels[a:b]
+    elif len(runs) > 1:
+        raise uneven_error(source, heights, [e[0].name for e in entries], labels, mixed_orientation=True)
+    normal = normals[entries[0][4][0]]
 
-    heights = np.array([e[3] for e in entries])
     shear = None
     if len(entries) > 1:
+        names = [e[0].name for e in entries]
+        uneven = None if is_regular(heights) else uneven_error(source, heights, names, labels,
+                                                                blocks_offered=series_block is None)
         # gantry tilt first: a sheared stack can also look unevenly spaced, and the tilt is the cause
         offsets = np.array([e[1] for e in entries]) - entries[0][1]
         along = offsets @ normal
@@ -250,36 +311,29 @@ def _sorted_slices(chosen, source: Path, regularize_tilt: bool = False
         tilt = np.degrees(np.arctan2(np.linalg.norm(across[-1]), abs(along[-1])))
         if tilt > 0.1 and not regularize_tilt:
             stated = entries[0][2].get("GantryDetectorTilt")
+            also = ("" if uneven is None or resample else
+                    f"; its slices are also unevenly spaced ({uneven.description}): add resample_z=MM "
+                    f"(--resample-z MM, e.g. {mm(uneven.suggested_mm)})")
             raise VolumeReadError(
                 f"{source}: gantry tilt of {tilt:.1f} degrees (GantryDetectorTilt says "
                 f"{stated if stated not in (None, '') else 'nothing'}): the slices are sheared, not stacked "
                 "along their normal. Read it with regularize_tilt=True (--regularize-tilt) to resample it "
-                "onto a regular grid, as Slicer's DICOM import 'acquisition geometry regularization' does")
+                f"onto a regular grid, as Slicer's DICOM import 'acquisition geometry regularization' does{also}")
         if tilt > 0.1:
             shear = across
         steps = np.diff(heights)
         dup = np.flatnonzero(steps < 1e-3)
         if dup.size:
-            a, b = entries[dup[0]][0].name, entries[dup[0] + 1][0].name
-            raise VolumeReadError(f"{source}: {dup.size} duplicated slice position(s), e.g. {a} and {b} "
-                                  f"at {heights[dup[0]]:.2f} mm along the slice normal")
-        median = float(np.median(steps))
-        uneven = np.flatnonzero(np.abs(steps - median) > SPACING_TOLERANCE * median + 1e-3)
-        if uneven.size:
-            k = uneven[0]
-            kind = "missing slice(s)" if steps[k] > 1.5 * median else "uneven slice spacing"
-            raise VolumeReadError(
-                f"{source}: {kind}: the gap between {entries[k][0].name} and {entries[k + 1][0].name} "
-                f"is {steps[k]:.3f} mm where the series steps {median:.3f} mm "
-                f"({uneven.size} irregular gap(s)); resample the series to a regular grid first")
-    return [(f, pos, ds) for f, pos, ds, _ in entries], shear
+            raise VolumeReadError(f"{source}: {dup.size} duplicated slice position(s), e.g. {names[dup[0]]} and "
+                                  f"{names[dup[0] + 1]} at {heights[dup[0]]:.2f} mm along the slice normal")
+        if uneven is not None and not resample:
+            raise uneven
+    return _Stack([(f, pos, ds) for f, pos, ds, _, _ in entries], heights, shear, notes)
 
 
-def _slice_spacing(slices, first) -> float:
-    if len(slices) > 1:
-        _, _, normal = _orientation(first, Path("."))
-        steps = np.diff([pos @ normal for _, pos, _ in slices])
-        return float(np.mean(steps))
+def _slice_spacing(heights: np.ndarray, first) -> float:
+    if len(heights) > 1:
+        return float(np.mean(np.diff(heights)))
     for keyword in ("SliceThickness", "SpacingBetweenSlices"):  # one slice: its thickness
         value = first.get(keyword)
         if value not in (None, "") and float(value) > 0:

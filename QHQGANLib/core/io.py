@@ -15,7 +15,8 @@ Console usage::
 What is refused, with a :class:`VolumeReadError` that says why:
 non-CT modality (unless ``force=True``), several series in one folder (unless
 ``series_uid=`` picks one), duplicated slice positions, missing slices or uneven
-slice spacing, gantry tilt, mixed orientations or matrix sizes, a series whose files
+slice spacing (unless ``resample_z=`` resamples it or ``series_block=`` picks a regular block),
+gantry tilt (unless ``regularize_tilt=True``), mixed orientations or matrix sizes, a series whose files
 disagree on the patient, study, modality or frame of reference, NaN/inf voxels,
 an empty volume, volumes above ``max_voxels``, and files that are not a volume.
 
@@ -39,6 +40,7 @@ import numpy as np
 from .dicom_read import KEPT_DICOM_KEYWORDS, SPACING_TOLERANCE, is_dicom_file  # noqa: F401 (public names)
 from .dicom_read import read_dicom_files, read_dicom_folder
 from .file_checks import VolumeReadError, check_volume_file, check_voxel_count, first_line, require_regular_file
+from .slice_grid import check_step, grid_size, resample_note, resample_slices, same_gap
 from .volume import Volume
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -59,6 +61,8 @@ SYNTHETIC_VALUE = "YES: synthetic image made by QHQGAN, not for diagnosis"
 #: which survives tools that rewrite ``descrip``. Reading either one back sets the mark.
 NIFTI_DESCRIP = f"{SYNTHETIC_KEY} SYNTHETIC - NOT FOR DIAGNOSIS"
 NIFTI_COMMENT_ECODE = 6
+#: Header key of NRRD and MetaImage files whose slices were resampled along z (``read_volume(resample_z=)``).
+RESAMPLED_KEY = "QHQGAN_RESAMPLED_Z"
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 
@@ -67,7 +71,8 @@ NIFTI_SUFFIXES = (".nii", ".nii.gz")
 # ---------------------------------------------------------------------------
 def read_volume(path: PathLike, *, force: bool = False, series_uid: Optional[str] = None,
                 max_voxels: int = DEFAULT_MAX_VOXELS, allow_external_data: bool = False,
-                regularize_tilt: bool = False) -> Volume:
+                regularize_tilt: bool = False, resample_z: Optional[float] = None,
+                series_block: Optional[int] = None) -> Volume:
     """Read a CT volume from a file or a DICOM folder.
 
     Args:
@@ -81,6 +86,12 @@ def read_volume(path: PathLike, *, force: bool = False, series_uid: Optional[str
             folder (refused by default: a header could name any file on the machine).
         regularize_tilt: resample a gantry-tilted DICOM series onto a grid stacked along the slice
             normal (the angle goes to ``metadata["gantry_tilt_degrees"]``); refused by default.
+        resample_z: resample along the slice axis onto a regular grid of this spacing (mm), from the
+            slices' real positions: an uneven or multi-block DICOM series (refused by default, with
+            where its gaps are) or any volume; linear between neighbouring slices, no extrapolation
+            (:mod:`QHQGANLib.core.slice_grid`); ``metadata["history"]`` and ``["resampled_z"]`` say so.
+        series_block: read only this regular block (1-based, in slice order) of a multi-block DICOM
+            series, e.g. one half of a two-block head protocol; stated in the history.
 
     Returns:
         A :class:`Volume` in HU with LPS geometry; ``metadata`` holds ``source``,
@@ -93,11 +104,18 @@ def read_volume(path: PathLike, *, force: bool = False, series_uid: Optional[str
         ((20, 512, 512), (0.9765625, 0.9765625, 2.0))
     """
     path = Path(path).expanduser()
+    if resample_z is not None:
+        resample_z = check_step(resample_z)
+    if series_block is not None and (isinstance(series_block, bool) or int(series_block) != series_block
+                                     or series_block < 1):
+        raise ValueError(f"series_block is a block number from 1, got {series_block!r}")
+    series_block = None if series_block is None else int(series_block)
     if not path.exists():
         raise VolumeReadError(f"{path}: no such file or folder")
     if path.is_dir():
         volume = read_dicom_folder(path, series_uid=series_uid, force=force, max_voxels=max_voxels,
-                                   regularize_tilt=regularize_tilt)
+                                   regularize_tilt=regularize_tilt, resample_z=resample_z,
+                                   series_block=series_block)
     else:
         try:
             require_regular_file(path)
@@ -113,11 +131,17 @@ def read_volume(path: PathLike, *, force: bool = False, series_uid: Optional[str
         if name.endswith(ITK_SUFFIXES):
             volume = _read_itk(path, max_voxels=max_voxels)
         elif is_dicom_file(path):
-            volume = read_dicom_files([path], source=path, force=force, max_voxels=max_voxels)
+            volume = read_dicom_files([path], source=path, force=force, max_voxels=max_voxels,
+                                      resample_z=resample_z)
         else:
             raise VolumeReadError(
                 f"{path}: not a supported volume (expected a DICOM file or folder, or one of "
                 f"{', '.join(ITK_SUFFIXES)})")
+        if series_block not in (None, 1):
+            raise VolumeReadError(f"{path}: one regular volume, no block {series_block}: series_block "
+                                  "(--series-block) picks a block of a DICOM series folder")
+        if resample_z is not None and volume.shape[0] > 1 and not same_gap(volume.spacing[2], resample_z):
+            volume = _resample_regular(volume, resample_z, path, max_voxels)
     _check_values(volume, path, force=force)
     return volume
 
@@ -134,7 +158,8 @@ def write_volume(volume: Volume, path: PathLike, *, overwrite: bool = False,
     and then moved to the target, so a failure never leaves a partial file and never harms an
     earlier result. An existing file is refused unless ``overwrite=True``; the files of the
     volume's own source are never written over; another run writing the same path is refused.
-    A synthetic volume (``metadata["synthetic"]``) is marked in the file (module doc).
+    A synthetic volume (``metadata["synthetic"]``) is marked in the file (module doc); a volume
+    resampled along z (``metadata["resampled_z"]``) says so in NRRD and MetaImage headers (``QHQGAN_RESAMPLED_Z``).
 
     Example::
 
@@ -170,6 +195,9 @@ def write_volume(volume: Volume, path: PathLike, *, overwrite: bool = False,
         image.SetMetaData(SYNTHETIC_KEY, SYNTHETIC_VALUE)  # NRRD and MetaImage write it into the header
         if nifti:
             image.SetMetaData("ITK_FileNotes", NIFTI_DESCRIP)  # ITK's NIfTI writer puts it in descrip
+    resampled = volume.metadata.get("resampled_z")
+    if isinstance(resampled, dict) and resampled.get("note"):
+        image.SetMetaData(RESAMPLED_KEY, " ".join(str(resampled["note"]).split()))
     with claim_output(path):
         # two-file formats (.nhdr, .mhd) name their data file after the header: write both
         # into a private temporary folder, check them, then move them into place.
@@ -324,6 +352,19 @@ def volume_from_sitk(image, metadata: Optional[Dict[str, Any]] = None) -> Volume
                   np.asarray(image.GetDirection()).reshape(3, 3), metadata or {})
 
 
+def _resample_regular(volume: Volume, step: float, path: Path, max_voxels: int) -> Volume:
+    """A regular volume resampled along its slice axis (k) to ``step`` mm (resample_z on a file)."""
+    heights = volume.spacing[2] * np.arange(volume.shape[0], dtype=np.float64)
+    depth = grid_size(heights, step)
+    check_voxel_count(depth * volume.shape[1] * volume.shape[2], volume.size_xyz[:2] + (depth,), path, max_voxels)
+    note = resample_note(heights, step, depth)
+    result = volume.with_geometry(resample_slices(volume.array, heights, step),
+                                  (volume.spacing[0], volume.spacing[1], step), volume.origin, note=note)
+    result.metadata["resampled_z"] = {"spacing_mm": step, "source_slices": volume.shape[0],
+                                      "source_positions_mm": [round(float(h), 4) for h in heights], "note": note}
+    return result
+
+
 # ---------------------------------------------------------------------------
 # ITK formats
 # ---------------------------------------------------------------------------
@@ -344,6 +385,8 @@ def _read_itk(path: Path, *, max_voxels: int) -> Volume:
         raise VolumeReadError(f"{path}: the image data cannot be read ({first_line(exc)})") from None
     fmt = "nifti" if ".nii" in path.name.lower() else path.name.lower().rsplit(".", 1)[-1]
     metadata = {"source": str(path), "format": fmt}
+    if image.HasMetaDataKey(RESAMPLED_KEY):  # read back: through-plane super-resolution refuses it
+        metadata["resampled_z"] = {"note": image.GetMetaData(RESAMPLED_KEY)}
     if image.HasMetaDataKey(SYNTHETIC_KEY):
         metadata["synthetic"] = True
     elif fmt == "nifti" and ((image.HasMetaDataKey("descrip") and SYNTHETIC_KEY in image.GetMetaData("descrip"))

@@ -188,6 +188,10 @@ def super_resolve_z(volume: Volume, scale: int = 2, model: Union[str, object, No
     scale = check_scale(scale)
     if volume.shape[0] < 2:
         raise ValueError("through-plane super-resolution needs at least 2 slices; this volume has 1")
+    if volume.metadata.get("resampled_z"):
+        raise ValueError("through-plane super-resolution needs the slices as acquired, one thickness on one regular "
+                         "grid (the model restores a known slice profile); this volume was resampled along z: read "
+                         "one regular block of the series instead (read_volume(..., series_block=N), --series-block N)")
     fine_tune_steps = int(fine_tune_steps)
     if fine_tune_steps < 0:
         raise ValueError(f"fine_tune_steps must be >= 0, got {fine_tune_steps}")

@@ -8,7 +8,8 @@ The rules, written on 2026-12-07 before any of these models was scored:
   (noise textures from smooth to sharp: 0.23-0.38 cycles/pixel, the span real scans show, BENCHMARKS.md
   "noise-texture"); 3,000 updates (the evidence budget); each method's learning rate from its sweep on
   the tuning patient (``evidence_tuning.json``); the modulating placements ``hqgan-film`` and
-  ``mlp-control-film`` take their residual twins' rate (1e-3 both). One seed (a CPU budget).
+  ``mlp-control-film`` take their residual twins' rate (1e-3 both). One seed (a CPU budget). Methods:
+  ``hqgan``, ``mlp-control``, ``no-circuit``, ``redcnn-mse``, ``hqgan-film``, ``mlp-control-film``.
 * **Evaluation**, once, on the evaluation patients (the cases of ``bench_adapt.py``: Lung_Dx-A0002's slices
   10-19 of both kernels, the others' slices as in the protocol), under three conditions: the calibrated
   simulator at 25 % and at 10 % dose, and Gaussian noise of 30 HU with the GE water phantom's measured
@@ -20,8 +21,8 @@ The rules, written on 2026-12-07 before any of these models was scored:
   over patients with a t interval (n - 1 degrees of freedom) and per-patient signs; an interval holding 0
   with 5 patients is "not resolvable".
 * **What follows from it** (item 6): the shipped enhancement models are replaced by their retrained runs
-  (``hqgan`` -> ``hqgan-enhance``, ``mlp-control`` -> ``mlp-control-enhance``, ``redcnn-mse`` ->
-  ``redcnn-enhance``) whatever they score, with these numbers in their cards; the placements that modulate
+  (``hqgan`` -> ``hqgan-enhance``, ``mlp-control`` -> ``mlp-control-enhance``, ``no-circuit`` ->
+  ``no-circuit-enhance``, ``redcnn-mse`` -> ``redcnn-enhance``) whatever they score, with these numbers in their cards; the placements that modulate
   ship as ``hqgan-film-enhance`` and ``mlp-control-film-enhance``. The default enhancement model (panel and
   CLI) becomes the shipped model with the highest mean gain over patients, averaged over the three
   conditions; a tie within 0.1 dB goes to the hybrid model.
@@ -58,8 +59,9 @@ RUNS = Path(os.environ.get("QHQGAN_EVIDENCE_RUNS", HERE.parents[1] / "runs" / "e
 ROWS = HERE / "realnoise_rows.jsonl"
 CONDITIONS = ("simulator 25 %", "simulator 10 %", f"phantom texture {PHANTOM_HU:g} HU")
 #: the retrained runs (evidence_train method -> the name it ships as)
-RETRAINED = {"hqgan": "hqgan-enhance", "mlp-control": "mlp-control-enhance", "redcnn-mse": "redcnn-enhance",
-             "hqgan-film": "hqgan-film-enhance", "mlp-control-film": "mlp-control-film-enhance"}
+RETRAINED = {"hqgan": "hqgan-enhance", "mlp-control": "mlp-control-enhance", "no-circuit": "no-circuit-enhance",
+             "redcnn-mse": "redcnn-enhance", "hqgan-film": "hqgan-film-enhance",
+             "mlp-control-film": "mlp-control-film-enhance"}
 HYBRID = ("hqgan", "mlp-control", "hqgan-film", "mlp-control-film")
 METHODS = tuple(f"{m} (retrained)" for m in RETRAINED) + tuple(f"{m} (retrained) slot frozen" for m in HYBRID) + (
     "hqgan-enhance (before)", "redcnn-enhance (before)", "BM3D (blind)")
@@ -202,10 +204,81 @@ def render(rows: List[dict]) -> str:
     return "\n".join(lines)
 
 
+DESCRIPTIONS = {
+    "hqgan": "hybrid quantum-classical generator: classical encoder/decoder, an 8-qubit, 2-layer variational circuit "
+             "(exact torch simulation of the PennyLane circuit) at every position of the 1/4-resolution feature map, "
+             "its outputs added to the features; L1 + SSIM + WGAN-GP patch critic",
+    "mlp-control": "the HQGAN generator with its circuit replaced by a classical MLP of at least the circuit's width "
+                   "and parameters (the fair classical control)",
+    "no-circuit": "the HQGAN generator with the quantum block removed",
+    "redcnn-mse": "RED-CNN (Chen et al. 2017) with its published recipe: one slice in, MSE loss; width 32 "
+                  "(published 96: ~6.6 s per update on this 2-core CPU)",
+    "hqgan-film": "hybrid quantum-classical generator whose 8-qubit, 2-layer circuit is the only source of a "
+                  "per-position scale and shift of the deepest features and of both decoder stages (no path adds "
+                  "features around it); L1 + SSIM + WGAN-GP patch critic",
+    "mlp-control-film": "hqgan-film with its circuit replaced by the fair classical MLP, in the same place",
+}
+
+
+def ship(out: Path) -> None:
+    """The retrained runs into ``out`` (Resources/Models) under their shipped names, with this benchmark's
+    numbers in their cards (mean gain over patients per condition, and the frozen-slot loss)."""
+    from evidence_train import _load_json
+    from protocol import load_split
+
+    from QHQGANLib.nn.weights import load_model, save_model
+    from QHQGANLib.training.provenance import training_data
+
+    rows = _rows()
+    per, patients = _per_patient(rows), list(dict.fromkeys(r["patient"] for r in rows))
+    tuning = _load_json(RUNS / "tuning.json")
+    for method, name in RETRAINED.items():
+        run = RUNS / method / "seed0"
+        trained = json.loads((run / "model.json").read_text())
+        recorded = run / "training_data.json"  # written by the training run itself (issue #27 item 5)
+        provenance = json.loads(recorded.read_text()) if recorded.exists() else training_data(load_split("train"))
+        validation = []
+        for c in CONDITIONS:
+            gains = [per[(c, f"{method} (retrained)", p)][0] for p in patients if (c, f"{method} (retrained)", p) in per]
+            mean, lo, hi = _t_interval(gains)
+            entry = {"condition": c, "mean_gain_db_over_patients": round(mean, 3), "ci95_t": [round(lo, 3), round(hi, 3)],
+                     "patients": len(gains)}
+            frozen = [per[(c, f"{method} (retrained)", p)][0] - per[(c, f"{method} (retrained) slot frozen", p)][0]
+                      for p in patients if (c, f"{method} (retrained) slot frozen", p) in per]
+            if frozen:
+                entry["frozen_slot_loss_db"] = round(float(np.mean(frozen)), 3)
+            validation.append(entry)
+        card = {
+            "name": name, "task": "enhance", "arch": trained["training"]["arch"], "description": DESCRIPTIONS[method],
+            "training_data": {"description": "the training patients of Testing/Benchmarks/protocol.json", **provenance},
+            "tuning_data": "the tuning patient of protocol.json (learning rate only"
+                           + (f"; taken from {tuning[method]['inherited_from']}" if "inherited_from" in tuning.get(method, {})
+                              else "") + ")",
+            "validation_data": "the evaluation patients of protocol.json, never trained or tuned on "
+                               "(BENCHMARKS.md 'realnoise')",
+            "dose_range": list(trained["training"]["dose_range"]),
+            "recon_filters": list(trained["training"]["recon_filters"]),
+            "training": {**trained["training"], "seconds_this_session": trained.get("seconds_this_session")},
+            "validation": validation,
+            "intended_use": "research on low-dose CT enhancement; not for diagnosis",
+            "limitations": f"trained for {trained['training']['steps']:,} updates, one seed, on five patients' CT (a "
+                           "CPU budget); simulated low dose (calibrated noise insertion with five reconstruction "
+                           "filters), not real low-dose scans; see BENCHMARKS.md 'realnoise' for its gain beside "
+                           "RED-CNN and blind BM3D",
+        }
+        model = load_model(str(run / "model.safetensors"), device="cpu")
+        saved = save_model(model, out / name, card, overwrite=True)
+        print(f"{name}: from {run} ({saved['sha256'][:12]})", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("command", choices=("evaluate", "render"))
+    ap.add_argument("command", choices=("evaluate", "render", "ship"))
     args = ap.parse_args()
+    if args.command == "ship":
+        from QHQGANLib.core.resources import models_dir
+
+        return ship(models_dir())
     if args.command == "evaluate":
         evaluate()
     body = render(_rows())
