@@ -283,3 +283,26 @@ def test_int16_output_holds_whole_hu_and_refuses_to_round(ct_small_path, tmp_pat
     with pytest.raises(ValueError, match="whole HU"):
         write_volume(ct.with_array(ct.array + 0.5), tmp_path / "half.nrrd", pixel_type="int16")
     assert not (tmp_path / "half.nrrd").exists()
+
+
+def test_outputs_record_what_made_them_without_folders(ct_small_path, tmp_path):
+    """Issue #31: an enhanced NRRD said nothing of how it was made. The history (task, model, strength) and
+    the QHQGAN version go into the header, are read back (a later step adds to the same record), and a
+    model given by path is named by its file name alone (folders can name a patient)."""
+    import SimpleITK as sitk
+
+    from QHQGANLib.core.constants import __version__
+
+    ct = read_volume(ct_small_path)
+    made = ct.with_array(ct.array, note="enhanced by /data/SMITH_JANE_1970/model.safetensors at strength 0.50")
+    out = write_volume(made, tmp_path / "e.nrrd")
+    image = sitk.ReadImage(str(out))
+    assert image.GetMetaData("QHQGAN_version") == str(__version__)
+    assert image.GetMetaData("QHQGAN_history") == "enhanced by model.safetensors at strength 0.50"
+    assert "SMITH" not in out.read_bytes()[:4096].decode("latin-1")
+    again = read_volume(out)
+    chained = write_volume(again.with_array(again.array, note="super-resolved x2 by hqgan-sr2"), tmp_path / "s.mha")
+    assert sitk.ReadImage(str(chained)).GetMetaData("QHQGAN_history") == (
+        "enhanced by model.safetensors at strength 0.50 | super-resolved x2 by hqgan-sr2")
+    nii = write_volume(made, tmp_path / "e.nii.gz")
+    assert "strength 0.50" in sitk.ReadImage(str(nii)).GetMetaData("descrip")

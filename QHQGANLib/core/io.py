@@ -63,6 +63,8 @@ NIFTI_DESCRIP = f"{SYNTHETIC_KEY} SYNTHETIC - NOT FOR DIAGNOSIS"
 NIFTI_COMMENT_ECODE = 6
 #: Header key of NRRD and MetaImage files whose slices were resampled along z (``read_volume(resample_z=)``).
 RESAMPLED_KEY = "QHQGAN_RESAMPLED_Z"
+#: Provenance written into NRRD and MetaImage headers (issue #31): what made the image, and which QHQGAN.
+HISTORY_KEY, VERSION_KEY = "QHQGAN_history", "QHQGAN_version"
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 
@@ -195,6 +197,13 @@ def write_volume(volume: Volume, path: PathLike, *, overwrite: bool = False,
         image.SetMetaData(SYNTHETIC_KEY, SYNTHETIC_VALUE)  # NRRD and MetaImage write it into the header
         if nifti:
             image.SetMetaData("ITK_FileNotes", NIFTI_DESCRIP)  # ITK's NIfTI writer puts it in descrip
+    history = provenance_text(volume.metadata.get("history"))
+    if history:
+        image.SetMetaData(HISTORY_KEY, history)  # NRRD and MetaImage: the whole history, one line
+        if nifti and not synthetic:
+            image.SetMetaData("ITK_FileNotes", history[-80:])  # NIfTI's descrip holds 80 characters: the latest
+        image.SetMetaData(VERSION_KEY, _package_version())  # (a volume with no history, e.g. a blinded reader
+        # study's image, carries nothing but its geometry)
     resampled = volume.metadata.get("resampled_z")
     if isinstance(resampled, dict) and resampled.get("note"):
         image.SetMetaData(RESAMPLED_KEY, " ".join(str(resampled["note"]).split()))
@@ -251,6 +260,21 @@ def _nifti_mark_extension() -> bytes:
                        "software": f"QHQGANLib {__version__}"}).encode("ascii")
     size = -(-(8 + len(text)) // 16) * 16
     return struct.pack("<ii", size, NIFTI_COMMENT_ECODE) + text.ljust(size - 8, b"\0")
+
+
+def provenance_text(history) -> str:
+    """A volume's processing history as one header line (``" | "`` between steps), folders left out: a
+    model or file given by path is named by its file name alone (a folder name can identify a patient)."""
+    import re
+
+    steps = [" ".join(str(h).replace("|", "/").split()) for h in (history or [])]
+    return " | ".join(re.sub(r"\S*[/\\]([^/\\\s]+)", r"\1", step) for step in steps if step)
+
+
+def _package_version() -> str:
+    from .constants import __version__
+
+    return str(__version__)
 
 
 def _add_nifti_mark(plain: Path, target: Path, *, gz: bool) -> None:
@@ -385,6 +409,8 @@ def _read_itk(path: Path, *, max_voxels: int) -> Volume:
         raise VolumeReadError(f"{path}: the image data cannot be read ({first_line(exc)})") from None
     fmt = "nifti" if ".nii" in path.name.lower() else path.name.lower().rsplit(".", 1)[-1]
     metadata = {"source": str(path), "format": fmt}
+    if image.HasMetaDataKey(HISTORY_KEY):  # what made it: later outputs add to the same record
+        metadata["history"] = [h for h in image.GetMetaData(HISTORY_KEY).split(" | ") if h]
     if image.HasMetaDataKey(RESAMPLED_KEY):  # read back: through-plane super-resolution refuses it
         metadata["resampled_z"] = {"note": image.GetMetaData(RESAMPLED_KEY)}
     if image.HasMetaDataKey(SYNTHETIC_KEY):
