@@ -53,6 +53,24 @@ def test_auto_strength_reaches_the_target_noise(low_and_full):
     assert 0.0 < info["strength"] < 1.0
     assert _noise(auto) == pytest.approx(target, rel=0.05)
     assert "strength" in auto.metadata["history"][-1]
-    # a target above the input's noise leaves the input; below the model's gives the full model
-    assert enhance(low, target_noise_hu=before * 2).metadata["enhancement"]["strength"] == 0.0
-    assert enhance(low, target_noise_hu=0.5).metadata["enhancement"]["strength"] == 1.0
+    assert not auto.metadata.get("warnings")  # reached: nothing to warn about
+    # a target above the input's noise leaves the input; below the model's gives the full model; either is
+    # said (issue #31: it used to happen silently)
+    above = enhance(low, target_noise_hu=before * 2)
+    assert above.metadata["enhancement"]["strength"] == 0.0
+    assert any("unchanged (strength 0)" in w for w in above.metadata["warnings"])
+    below = enhance(low, target_noise_hu=0.5)
+    assert below.metadata["enhancement"]["strength"] == 1.0
+    assert any("cannot be reached" in w and "strength 1" in w for w in below.metadata["warnings"])
+
+
+def test_the_cli_prints_the_noise_before_and_after(low_and_full, tmp_path, capsys):
+    from QHQGANLib import write_volume
+    from QHQGANLib.apps.cli import main
+
+    low, _ = low_and_full
+    path = write_volume(low, tmp_path / "low.nrrd")
+    assert main(["enhance", str(path), str(tmp_path / "out.nrrd"), "--target-noise-hu", "0.5"]) == 0
+    captured = capsys.readouterr()
+    assert "HU in," in captured.out and "target 0.5 HU; strength 1.00" in captured.out
+    assert "qhqgan: warning: the target noise 0.5 HU cannot be reached" in captured.err

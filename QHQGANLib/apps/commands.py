@@ -246,6 +246,10 @@ def _run_model_command(args: argparse.Namespace, task: str) -> int:
         print(f"qhqgan: warning: {note}", file=sys.stderr)
     _say(args, f"wrote {args.output}: {written}, spacing "
                f"{tuple(round(s, 4) for s in result.spacing)} mm ({result.metadata['history'][-1]})")
+    info = result.metadata.get("enhancement") or {}
+    if "noise_hu_input" in info:  # --target-noise-hu: what it measured and chose
+        _say(args, f"noise in uniform soft tissue: {info['noise_hu_input']:.1f} HU in, {info['noise_hu_output']:.1f} "
+                   f"HU out (target {info['target_noise_hu']:g} HU; strength {info['strength']:.2f})")
     return 0
 
 

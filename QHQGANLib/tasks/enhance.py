@@ -102,17 +102,25 @@ def enhance(volume: Volume, model: Union[str, object] = default_model("enhance")
     info = {"strength": strength, "target_noise_hu": target_noise_hu}
     if adaptation is not None:
         info["adaptation"] = adaptation
+    notes = []
     if target_noise_hu is not None:
         info.update(strength_for_noise(volume, array, float(target_noise_hu)))
         strength = info["strength"]
+        if float(target_noise_hu) >= info["noise_hu_input"]:
+            notes.append(f"the target noise {target_noise_hu:g} HU is not below the input's "
+                         f"{info['noise_hu_input']:.1f} HU: the input is returned unchanged (strength 0)")
+        elif info["noise_hu_full_strength"] > float(target_noise_hu):
+            notes.append(f"the target noise {target_noise_hu:g} HU cannot be reached: {net_name} leaves "
+                         f"{info['noise_hu_full_strength']:.1f} HU at full strength (strength 1 used)")
     if strength < 1.0:
         array = blend(volume.array, array, strength)
     result = volume.with_array(array, note=f"enhanced by {net_name}"
                                + (f" at strength {strength:.2f}" if strength < 1.0 else ""))
     result.metadata["enhancement"] = info
     if adaptation is not None and "stopped" in adaptation:
-        result.metadata["warnings"] = list(result.metadata.get("warnings", [])) + [
-            f"adaptation stopped early: {adaptation['stopped']}"]
+        notes.append(f"adaptation stopped early: {adaptation['stopped']}")
+    if notes:
+        result.metadata["warnings"] = list(result.metadata.get("warnings", [])) + notes
     return result
 
 
