@@ -319,14 +319,22 @@ def _evaluate(args: argparse.Namespace, models, report) -> int:
     from ..core.io import read_volume
     from ..tasks.evaluate import evaluate_enhancement, evaluate_super_resolution
 
+    from ..training.provenance import voxel_sha256
+
     volumes = [read_volume(p, force=args.force) for p in args.input]
-    if args.task == "enhance":
-        doses = [float(d) for d in args.doses.split(",")]
-        rows = evaluate_enhancement({m: m for m in models}, volumes, doses=doses, seed=args.seed)
-        keys = ["dose", "psnr_abdomen", "ssim_abdomen", "psnr_full", "ssim_full", "noise_hu", "seconds_per_slice"]
-    else:
-        rows = evaluate_super_resolution({m: m for m in models}, volumes)
-        keys = ["psnr_abdomen", "ssim_abdomen", "psnr_full", "ssim_full", "noise_hu", "seconds_per_slice"]
+    with _progress(args, f"evaluating {len(models)} model(s) on {sum(v.shape[0] for v in volumes)} slice(s)") as progress:
+        if args.task == "enhance":
+            doses = [float(d) for d in args.doses.split(",")]
+            rows = evaluate_enhancement({m: m for m in models}, volumes, doses=doses, seed=args.seed,
+                                        progress=progress)
+            keys = ["dose", "psnr_abdomen", "ssim_abdomen", "psnr_full", "ssim_full", "noise_hu", "seconds_per_slice"]
+        else:
+            rows = evaluate_super_resolution({m: m for m in models}, volumes, progress=progress)
+            keys = ["psnr_abdomen", "ssim_abdomen", "psnr_full", "ssim_full", "noise_hu", "seconds_per_slice"]
+    inputs = [voxel_sha256(v)[:16] for v in volumes]  # which images, without their names (no patient paths)
+    for row in rows:
+        row["inputs_voxel_sha256_16"] = inputs
+    _say(args, "columns *_abdomen: the soft-tissue window [-160, 240] HU (any anatomy); *_full: [-1024, 3071] HU")
     _print_rows(rows, keys)
     if report:
         write_text_output(report, json.dumps(rows, indent=2), overwrite=args.overwrite)

@@ -18,11 +18,12 @@ Console usage::
 from __future__ import annotations
 
 import time
-from typing import Callable, Dict, List, Sequence, Union
+from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
 from ..core.constants import HU_MAX, HU_MIN
+from ..core.progress import report
 from ..core.volume import Volume
 from ..metrics.image import noise_in_uniform_regions, psnr, ssim, uniform_region_mask
 from .classical import bicubic_upsample
@@ -52,18 +53,28 @@ def score(output: Volume, reference: Volume, mask: np.ndarray) -> Dict[str, floa
 
 def evaluate_enhancement(methods: Dict[str, Method], normal_volumes: Sequence[Volume],
                          doses: Sequence[float] = (0.25, 0.1), seed: int = 1234,
-                         include_input: bool = True) -> List[Dict]:
-    """Rows ``{method, dose, psnr_..., ssim_..., noise_hu, seconds_per_slice}``, averaged over volumes
-    (weighted by slices)."""
+                         include_input: bool = True, progress: Optional[Callable[[float, str], None]] = None
+                         ) -> List[Dict]:
+    """Rows ``{method, dose, psnr_..., ssim_..., noise_hu, seconds_per_slice, n_slices}``, averaged over
+    volumes (weighted by slices); ``progress(fraction, message)`` after each (dose, method). The input row
+    costs nothing: its ``seconds_per_slice`` is 0."""
     from ..physics.lowdose import simulate_low_dose
 
     rows = []
+    names = (["low-dose input"] if include_input else []) + list(methods)
+    total, done = len(doses) * (len(names) + 1), 0
     for dose in doses:
         pairs = [(simulate_low_dose(v, dose, seed=seed + i), v) for i, v in enumerate(normal_volumes)]
-        names = (["low-dose input"] if include_input else []) + list(methods)
+        done += 1
+        report(progress, done / total, f"simulated {dose:g} dose")
         for name in names:
-            run = (lambda v: v) if name == "low-dose input" else (lambda v, m=methods[name]: _apply(m, v, "enhance"))
-            rows.append({"method": name, "dose": dose, **_average_scores(run, pairs)})
+            if name == "low-dose input":
+                scores = {**_average_scores(lambda v: v, pairs), "seconds_per_slice": 0.0}
+            else:
+                scores = _average_scores(lambda v, m=methods[name]: _apply(m, v, "enhance"), pairs)
+            rows.append({"method": name, "dose": dose, **scores})
+            done += 1
+            report(progress, done / total, f"{name} at {dose:g} dose")
     return rows
 
 
@@ -78,11 +89,13 @@ def _average_scores(run: Callable[[Volume], Volume], pairs) -> Dict[str, float]:
         for key, value in score(out, reference, uniform_region_mask(np.clip(reference.array, HU_MIN, HU_MAX))).items():
             acc[key] = acc.get(key, 0.0) + value * reference.shape[0]
         n_slices += reference.shape[0]
-    return {**{k: v / n_slices for k, v in acc.items()}, "seconds_per_slice": seconds / n_slices}
+    return {**{k: v / n_slices for k, v in acc.items()}, "seconds_per_slice": seconds / n_slices,
+            "n_slices": n_slices}
 
 
 def evaluate_super_resolution(methods: Dict[str, Method], normal_volumes: Sequence[Volume],
-                              scale: int = 2, include_bicubic: bool = True) -> List[Dict]:
+                              scale: int = 2, include_bicubic: bool = True,
+                              progress: Optional[Callable[[float, str], None]] = None) -> List[Dict]:
     """Rows for x``scale`` super-resolution of ``degrade_resolution`` copies, bicubic included."""
     from ..physics.resolution import degrade_resolution
 
@@ -97,4 +110,5 @@ def evaluate_super_resolution(methods: Dict[str, Method], normal_volumes: Sequen
         run = ((lambda v: bicubic_upsample(v, scale)) if name == "bicubic"
                else (lambda v, m=methods[name]: _apply(m, v, "super-resolve")))
         rows.append({"method": name, "scale": scale, **_average_scores(run, pairs)})
+        report(progress, len(rows) / len(names), name)
     return rows

@@ -97,13 +97,13 @@ def _rows() -> List[dict]:
     return [json.loads(line) for line in ROWS.read_text().splitlines() if line.strip()] if ROWS.exists() else []
 
 
-def evaluate() -> None:
-    torch.set_num_threads(2)
+def evaluate(methods=METHODS, threads: int = 2) -> None:
+    torch.set_num_threads(threads)
     texture = phantom_texture()
     done = {(r["condition"], r["case"], r["method"]) for r in _rows()}
     for condition in CONDITIONS:
         for k, (patient, v) in enumerate(_evaluation_cases()):
-            todo = [m for m in METHODS if (condition, k, m) not in done]
+            todo = [m for m in methods if (condition, k, m) not in done]
             if not todo:
                 continue
             low = degrade(v, condition, 700 + k, texture)
@@ -274,13 +274,20 @@ def ship(out: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("command", choices=("evaluate", "render", "ship"))
+    ap.add_argument("--methods", help="evaluate: these rows only (comma-separated; default all), e.g. the "
+                    "baselines while the models still train")
+    ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     if args.command == "ship":
         from QHQGANLib.core.resources import models_dir
 
         return ship(models_dir())
     if args.command == "evaluate":
-        evaluate()
+        chosen = [m for m in args.methods.split(",") if m] if args.methods else list(METHODS)
+        unknown = [m for m in chosen if m not in METHODS]
+        if unknown:
+            raise SystemExit(f"unknown method(s) {unknown}; choose from {list(METHODS)}")
+        evaluate(chosen, args.threads)
     body = render(_rows())
     write_section("realnoise", body)
     print(body)
