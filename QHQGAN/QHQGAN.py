@@ -286,6 +286,8 @@ class QHQGANWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         usesModel = task is not Task.SIMULATE_LOW_DOSE
         self.ui.modelCollapsibleButton.setEnabled(usesModel)
         self.ui.customWeightsPathLineEdit.setEnabled(self.ui.modelComboBox.currentText == CUSTOM_WEIGHTS)
+        # what the chosen model measurably does (its card's held-out validation), where the clinician looks
+        self.ui.modelComboBox.toolTip = self.logic.modelSummary(self.ui.modelComboBox.currentText)
         self.ui.pennylaneDeviceLineEdit.setEnabled(p.quantumBackend is QuantumBackend.PENNYLANE)
         self.ui.tileSizeSpinBox.setEnabled(task in (Task.ENHANCE, Task.SUPER_RESOLVE))
         self.ui.overlapSpinBox.setEnabled(task in (Task.ENHANCE, Task.SUPER_RESOLVE))
@@ -433,6 +435,15 @@ class QHQGANLogic(ScriptedLoadableModuleLogic):
         if task == "super-resolve":
             axis = axis or "in-plane"
         return [card["name"] for card in models_for_task(task, axis=axis)]
+
+    def modelSummary(self, name):
+        """What a shipped model measurably does (its card's held-out validation), for the selector's tooltip."""
+        from QHQGANLib.apps.commands import validation_summary
+        from QHQGANLib.core.resources import model_cards
+        card = next((c for c in model_cards() if c.get("name") == name), None)
+        if card is None:
+            return _("Weights chosen from a file: their card says what they were validated on")
+        return f"{name}: {validation_summary(card) or _('no held-out validation in its card')}"
 
     # --- choices kept in the parameter node (saved with the scene), beside the wrapper's fields
     @staticmethod

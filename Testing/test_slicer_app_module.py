@@ -225,6 +225,10 @@ def test_model_choice_survives_leaving_and_entering_the_module(module):
     again.setParameterNode(wrapper)
     assert again.ui.modelComboBox.currentText == names[1]
     assert wrapper.parameterNode.GetParameter("Model.enhance") == names[1]
+    # the selector's tooltip says what the chosen model measurably does (issue #26 item 6): its card's
+    # held-out numbers, in dB
+    tip = again.ui.modelComboBox.toolTip
+    assert tip.startswith(names[1] + ":") and " dB" in tip
 
 
 def test_an_empty_weights_path_is_empty_not_a_dot(module):

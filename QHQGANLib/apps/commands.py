@@ -400,6 +400,12 @@ def validation_summary(card: dict) -> str:
     validation = card.get("validation")
     if isinstance(validation, list):
         rows = [r for r in validation if isinstance(r, dict)]
+        gains = [r for r in rows if "mean_gain_db_over_patients" in r]
+        if gains:  # patients as the unit (BENCHMARKS.md 'realnoise'): the mean gain over the noisy input
+            return "; ".join(f"{r.get('condition')}: {r['mean_gain_db_over_patients']:+.2f} dB"
+                             + (f" [{r['ci95_t'][0]:+.2f}, {r['ci95_t'][1]:+.2f}]" if r.get("ci95_t") else "")
+                             for r in gains) + f" (gain over the input, soft-tissue window, mean over " \
+                                               f"{gains[0].get('patients', '?')} held-out patients)"
         parts = []
         for row in rows:
             if row.get("method") != "model" or "psnr_abdomen" not in row:
