@@ -131,3 +131,13 @@ def test_a_pt_file_is_refused_not_swapped_for_the_safetensors_beside_it(tmp_path
     err = _one_line_error(capsys)
     assert ".pt" in err and "safetensors" in err and not out.exists()
     assert main(["enhance", str(ct_small_path), str(out), "--model", str(weights), "--quiet"]) == 0  # the real one
+
+
+def test_control_characters_in_file_names_are_shown_escaped(tmp_path, capsys):
+    """Issue #28 (low): a crafted file name's escape sequences and newlines reached the terminal raw (they
+    can recolour or rewrite what the user sees, and broke the one-line error)."""
+    name = "ct\x1b[31mRED\nfake line.nrrd"
+    missing = tmp_path / name
+    assert main(["simulate-low-dose", str(missing), str(tmp_path / "out.nrrd")]) == 2
+    err = _one_line_error(capsys)  # one line, no raw newline
+    assert "\x1b" not in err and "\\x1b[31mRED\\nfake line.nrrd" in err

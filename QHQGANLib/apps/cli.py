@@ -300,6 +300,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
+    from ..core.file_checks import printable
     from ..core.progress import OperationCancelled
 
     if threading.current_thread() is threading.main_thread():
@@ -318,12 +319,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     except EXPECTED_ERRORS as exc:
         if args.debug:
             raise
-        print(f"qhqgan: error: {exc}", file=sys.stderr)
+        print(f"qhqgan: error: {printable(exc)}", file=sys.stderr)
         return 2
     except Exception as exc:  # unexpected: still one line unless --debug
         if args.debug:
             raise
-        print(f"qhqgan: unexpected {type(exc).__name__}: {exc} (run again with --debug for details)",
+        print(f"qhqgan: unexpected {type(exc).__name__}: {printable(exc)} (run again with --debug for details)",
               file=sys.stderr)
         return 1
 

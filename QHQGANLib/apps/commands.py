@@ -137,8 +137,10 @@ def _progress(args: argparse.Namespace, description: str):
 
 
 def _say(args: argparse.Namespace, message: str) -> None:
+    from ..core.file_checks import printable
+
     if not args.quiet:
-        print(message)
+        print(printable(message))
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -242,8 +244,10 @@ def _run_model_command(args: argparse.Namespace, task: str) -> int:
         else:
             write_volume(result, args.output, overwrite=args.overwrite)
             written = f"{result.size_xyz} voxels"
+    from ..core.file_checks import printable
+
     for note in result.metadata.get("warnings", []):
-        print(f"qhqgan: warning: {note}", file=sys.stderr)
+        print(f"qhqgan: warning: {printable(note)}", file=sys.stderr)
     _say(args, f"wrote {args.output}: {written}, spacing "
                f"{tuple(round(s, 4) for s in result.spacing)} mm ({result.metadata['history'][-1]})")
     info = result.metadata.get("enhancement") or {}

@@ -58,6 +58,15 @@ def check_voxel_count(n_voxels: int, size, source: Path, max_voxels: int) -> Non
             f"({n_voxels * 4 / 2**30:.1f} GiB as float32); crop it, or raise max_voxels")
 
 
+def printable(text) -> str:
+    """``text`` (a message, a path) for one terminal line: control characters (newlines, escape sequences
+    a crafted file name may hold) shown escaped, never acted on by the terminal."""
+    text = str(text)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 def first_line(exc: BaseException) -> str:
     """The first line of an exception's message (library messages can run to pages)."""
     text = str(exc).strip().splitlines()

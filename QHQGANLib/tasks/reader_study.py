@@ -48,6 +48,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from ..core.constants import HU_MAX, HU_MIN, WINDOWS
+from ..core.file_checks import printable
 from ..core.volume import Volume
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -346,12 +347,6 @@ def load_key(folder: PathLike, key_path: Optional[PathLike] = None) -> Dict[str,
     if doc.get("manifest_sha256") != hashlib.sha256((folder / MANIFEST_NAME).read_bytes()).hexdigest():
         raise ValueError(f"{folder / MANIFEST_NAME} was changed after the study was created; refusing to unblind")
     return doc
-
-
-def printable(path: PathLike) -> str:
-    """A path for a one-line message: control characters escaped."""
-    text = str(path)
-    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
 
 
 def spread_cases(order: Sequence[int], case_of: Sequence[str]) -> List[int]:
