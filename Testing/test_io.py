@@ -306,3 +306,16 @@ def test_outputs_record_what_made_them_without_folders(ct_small_path, tmp_path):
         "enhanced by model.safetensors at strength 0.50 | super-resolved x2 by hqgan-sr2")
     nii = write_volume(made, tmp_path / "e.nii.gz")
     assert "strength 0.50" in sitk.ReadImage(str(nii)).GetMetaData("descrip")
+
+
+def test_a_rescale_slope_of_zero_is_refused_not_read_as_one(ct_small_path, tmp_path):
+    """Issue #28 (low): RescaleSlope 0 was read as 1 (``or 1``), so a broken file gave a plausible image."""
+    ds = pydicom.dcmread(str(ct_small_path))
+    ds.RescaleSlope = "0"
+    broken = tmp_path / "slope0.dcm"
+    ds.save_as(str(broken))
+    with pytest.raises(VolumeReadError, match="RescaleSlope 0"):
+        read_volume(broken)
+    ds.RescaleSlope = "1"  # the same file with a valid slope reads
+    ds.save_as(str(tmp_path / "slope1.dcm"))
+    assert read_volume(tmp_path / "slope1.dcm").shape == (1, 128, 128)

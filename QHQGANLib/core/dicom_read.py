@@ -123,8 +123,11 @@ def read_dicom_files(files: Sequence[Path], *, source: Path, force: bool, max_vo
             raise VolumeReadError(f"{f}: the pixel data cannot be decoded ({first_line(exc)}){hint}") from None
         if pixels.shape != (rows, cols):
             raise VolumeReadError(f"{f}: image of shape {pixels.shape}, expected ({rows}, {cols})")
-        slope = float(ds.get("RescaleSlope", 1) or 1)
+        slope = float(ds.get("RescaleSlope", 1) if ds.get("RescaleSlope") not in (None, "") else 1)
         intercept = float(ds.get("RescaleIntercept", 0) or 0)
+        if slope == 0 or not np.isfinite(slope) or not np.isfinite(intercept):
+            raise VolumeReadError(f"{f}: RescaleSlope {slope:g} / RescaleIntercept {intercept:g} cannot map stored "
+                                  "values to HU (a slope of 0 makes every voxel the intercept): the file is broken")
         array[k] = pixels.astype(np.float32) * slope + intercept
 
     row_cos, col_cos, normal = _orientation(first, source)
