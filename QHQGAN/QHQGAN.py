@@ -306,7 +306,7 @@ class QHQGANWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.applyButton.text = _("Apply")
         self.ui.applyButton.enabled = ready
         self.ui.applyButton.toolTip = _("Run: {task}").format(task=task.label()) if ready else _("Select an input volume")
-        self.ui.compareButton.enabled = bool(p.inputVolume and (self._lastOutput or p.outputVolume))
+        self.ui.compareButton.enabled = self._comparedOutput() is not None
 
     def _options(self):
         p = self._parameterNode
@@ -410,13 +410,19 @@ class QHQGANWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.statusLabel.text = _("Cancelling…")
             self.onPoll()
 
-    def onCompareButton(self):
+    def _comparedOutput(self):
+        """The result to show beside the input: only one QHQGAN made from this very input (a synthetic
+        sample, or another patient's result, is never linked to the input's views)."""
         p = self._parameterNode
-        if p is None:
-            return
+        if p is None or not p.inputVolume:
+            return None
         output = self._lastOutput if self._lastOutput is not None and self._lastOutput.GetScene() else p.outputVolume
-        if p.inputVolume and output:
-            self.logic.compare(p.inputVolume, output)
+        return output if output is not None and self.logic.madeFrom(output, p.inputVolume) else None
+
+    def onCompareButton(self):
+        output = self._comparedOutput()
+        if output is not None:
+            self.logic.compare(self._parameterNode.inputVolume, output)
 
 
 class QHQGANLogic(ScriptedLoadableModuleLogic):
@@ -435,6 +441,13 @@ class QHQGANLogic(ScriptedLoadableModuleLogic):
         if task == "super-resolve":
             axis = axis or "in-plane"
         return [card["name"] for card in models_for_task(task, axis=axis)]
+
+    @staticmethod
+    def madeFrom(outputNode, inputNode):
+        """True when QHQGAN made ``outputNode`` from ``inputNode`` (its recorded source node)."""
+        from QHQGANLib.core.naming import ATTRIBUTE_PREFIX
+        return (outputNode is not None and inputNode is not None and outputNode is not inputNode
+                and outputNode.GetAttribute(ATTRIBUTE_PREFIX + "source_node") == inputNode.GetID())
 
     def modelSummary(self, name):
         """What a shipped model measurably does (its card's held-out validation), for the selector's tooltip."""

@@ -542,3 +542,29 @@ def test_the_workspace_lies_in_slicers_temporary_folder(module, ct_small_path, n
     assert list((tmp_path / "SlicerTemp").iterdir()) == []  # and removed when the task could not start
     monkeypatch.setattr(slicer, "app", None, raising=False)
     assert node_task.slicer_temporary_folder() is None  # outside Slicer: the system's temporary folder
+
+
+# ---------------------------------------------------------------------------
+# item 9: Compare links the input only with a result made from it
+# ---------------------------------------------------------------------------
+def test_compare_never_links_a_synthetic_sample_or_another_patients_result(module, ct_small_path, monkeypatch):
+    from QHQGANLib.core.naming import ATTRIBUTE_PREFIX
+
+    a, b = two_patients(slicer.mrmlScene, ct_small_path)
+    widget, wrapper, _errors = panel(module, monkeypatch)
+    compared = []
+    monkeypatch.setattr(widget.logic, "compare", lambda i, o: compared.append((i.GetName(), o.GetName())))
+    wrapper.inputVolume = a
+    sample = ct_node(slicer.mrmlScene, ct_small_path)  # what Synthesize leaves: made from no input
+    sample.SetName("SYNTHETIC_sample")
+    widget._lastOutput = sample
+    widget.onCompareButton()
+    widget._lastOutput = b  # another patient's volume, not made from a
+    widget.onCompareButton()
+    assert compared == []
+    result = ct_node(slicer.mrmlScene, ct_small_path)  # a result of a
+    result.SetName("PatientA_CT_enhanced")
+    result.SetAttribute(ATTRIBUTE_PREFIX + "source_node", a.GetID())
+    widget._lastOutput = result
+    widget.onCompareButton()
+    assert compared == [("PatientA_CT", "PatientA_CT_enhanced")]
