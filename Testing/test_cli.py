@@ -123,3 +123,24 @@ def test_progress_lines_for_a_parent_process(tmp_path, ct_small_path):
     assert fractions, proc.stdout
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
     assert "%|" not in proc.stderr  # no progress bar drawn in this mode
+
+
+def test_super_resolve_says_the_output_size_and_the_pixel_warning_before_the_work(ct_small_path, tmp_path, capsys,
+                                                                                 monkeypatch):
+    """Issue #31: the x2 output's size (406 MB for a chest) and the pixel-size warning came only after the
+    work; now both come before it (the warning once), and an output above the voxel limit is refused then."""
+    from QHQGANLib.apps.cli import main
+    from QHQGANLib.core import io
+
+    out = tmp_path / "sr.nrrd"
+    assert main(["--progress", "lines", "super-resolve", str(ct_small_path), str(out)]) == 0
+    captured = capsys.readouterr()
+    stdout = captured.out
+    assert "output about 256 x 256 x 1 voxels" in stdout
+    assert stdout.index("output about") < stdout.index("QHQGAN-PROGRESS")  # before the work
+    assert captured.err.count("qhqgan: warning: the input's pixel size 0.66 mm") == 1
+    monkeypatch.setattr(io, "DEFAULT_MAX_VOXELS", 256 * 256 - 1)
+    assert main(["--progress", "lines", "super-resolve", str(ct_small_path), str(tmp_path / "big.nrrd")]) == 2
+    captured = capsys.readouterr()
+    assert "above the limit" in captured.err and "QHQGAN-PROGRESS" not in captured.out
+    assert not (tmp_path / "big.nrrd").exists()

@@ -227,6 +227,7 @@ def _run_model_command(args: argparse.Namespace, task: str) -> int:
 
             check_series_folder(args.output, args.overwrite)
         volume = _read_input(args, through_plane)
+        said = _before_super_resolution(args, volume, model) if task == "super-resolve" else set()
         options = dict(device=args.device, quantum_backend=args.quantum_backend, tile_size=args.tile_size,
                        overlap=args.overlap, tile_batch=args.tile_batch)
         with _progress(args, task) as progress:
@@ -247,7 +248,8 @@ def _run_model_command(args: argparse.Namespace, task: str) -> int:
     from ..core.file_checks import printable
 
     for note in result.metadata.get("warnings", []):
-        print(f"qhqgan: warning: {printable(note)}", file=sys.stderr)
+        if note not in said:  # those said before the work are not repeated
+            print(f"qhqgan: warning: {printable(note)}", file=sys.stderr)
     _say(args, f"wrote {args.output}: {written}, spacing "
                f"{tuple(round(s, 4) for s in result.spacing)} mm ({result.metadata['history'][-1]})")
     info = result.metadata.get("enhancement") or {}
@@ -255,6 +257,28 @@ def _run_model_command(args: argparse.Namespace, task: str) -> int:
         _say(args, f"noise in uniform soft tissue: {info['noise_hu_input']:.1f} HU in, {info['noise_hu_output']:.1f} "
                    f"HU out (target {info['target_noise_hu']:g} HU; strength {info['strength']:.2f})")
     return 0
+
+
+def _before_super_resolution(args: argparse.Namespace, volume, model) -> set:
+    """Before the work (issue #31): the output's size (refused above the reader's voxel limit) and the
+    pixel-size warning; returns the warnings said, so they are not repeated after the work."""
+    from ..core.file_checks import printable
+    from ..core.io import DEFAULT_MAX_VOXELS
+    from ..tasks.enhance import _input_spacing_range, spacing_warning
+
+    nz, ny, nx = volume.shape
+    s = args.scale
+    shape = (nx, ny, nz * s) if args.axis == "z" else (nx * s, ny * s, nz)
+    n = shape[0] * shape[1] * shape[2]
+    if n > DEFAULT_MAX_VOXELS:
+        raise ValueError(f"the result would have {n:,} voxels ({n * 4 / 2**30:.1f} GiB), above the limit of "
+                         f"{DEFAULT_MAX_VOXELS:,}: crop the input first")
+    _say(args, f"super-resolve x{s}{' along z' if args.axis == 'z' else ''}: output about "
+               f"{shape[0]} x {shape[1]} x {shape[2]} voxels ({n * 4 / 2**20:,.0f} MB as float32)")
+    note = None if args.axis == "z" or model is None else spacing_warning(volume, _input_spacing_range(model, s))
+    if note:
+        print(f"qhqgan: warning: {printable(note)}", file=sys.stderr)
+    return {note} if note else set()
 
 
 def _write_derived_series(args: argparse.Namespace, result, source) -> str:
