@@ -451,7 +451,7 @@ class QHQGANLogic(ScriptedLoadableModuleLogic):
 
     def modelSummary(self, name):
         """What a shipped model measurably does (its card's held-out validation), for the selector's tooltip."""
-        from QHQGANLib.apps.commands import validation_summary
+        from QHQGANLib.apps.model_info import validation_summary
         from QHQGANLib.core.resources import model_cards
         card = next((c for c in model_cards() if c.get("name") == name), None)
         if card is None:

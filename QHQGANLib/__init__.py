@@ -34,6 +34,7 @@ _LAZY = {
     "simulate_low_dose": "physics.lowdose",
     "ScannerModel": "physics.lowdose",
     "degrade_resolution": "physics.resolution",
+    "tissue_labels": "physics.tissue_classes",
     "QuantumLayer": "quantum.layer",
     "list_models": "nn.weights",
     "load_model": "nn.weights",
@@ -45,6 +46,7 @@ _LAZY = {
     "enhance": "tasks.enhance",
     "super_resolve": "tasks.enhance",
     "synthesize": "tasks.synthesize",
+    "insert_lesion": "tasks.lesion",
     "evaluate_enhancement": "tasks.evaluate",
     "evaluate_super_resolution": "tasks.evaluate",
 }

@@ -15,6 +15,7 @@ Console usage::
     qhqgan enhance CT_FOLDER OUT.nrrd --resample-z 3             # uneven gaps or two blocks: a 3 mm grid
     qhqgan simulate-low-dose CT_FOLDER OUT.nrrd --series-block 2 # or one regular block as acquired
     python -m QHQGANLib degrade-resolution IN OUT --scale 2
+    qhqgan insert-lesion IN MASK OUT_synthetic.nrrd --kind hypodense   # a synthetic lesion + its label map
 
 Errors print one line and exit with status 2 (1 for an unexpected failure);
 ``--debug`` shows the traceback instead. Long steps draw a progress bar on stderr.
@@ -32,6 +33,7 @@ from ..core.devices import DEVICES
 from ..core.kinds import ENHANCE_ARCHS, SYNTH_METHODS, TRAINABLE_IMAGE_TASKS, default_model, preferred_models
 from ..core.options import add_option_argument, add_task_arguments, check_task_values
 from . import commands, train_commands
+from .lesion_commands import add_lesion_command
 from .reader_cli import add_reader_study_commands
 
 #: Errors with a message meant for the user (OSError: full disk, a folder given as output, permissions).
@@ -278,6 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_training_commands(sub, common)
     _add_evaluation_commands(sub, common)
     add_reader_study_commands(sub, common)
+    add_lesion_command(sub, common)
 
     p = sub.add_parser("list-models", parents=[common], help="the shipped models and their validation metrics")
     p.set_defaults(func=commands.cmd_list_models)

@@ -409,6 +409,9 @@ def _evaluate_synth(args: argparse.Namespace, report) -> int:
     return 0
 
 
+from .model_info import validation_summary  # noqa: E402  (kept importable from here: the panel uses it)
+
+
 def cmd_list_models(args: argparse.Namespace) -> int:
     from ..nn.weights import list_models
 
@@ -419,42 +422,6 @@ def cmd_list_models(args: argparse.Namespace) -> int:
         print(f"{card['name']:<18} {card.get('task', '?'):<14} {card.get('n_parameters', 0):>9,} params  "
               f"{validation_summary(card)}")
     return 0
-
-
-def validation_summary(card: dict) -> str:
-    """One line of a model card's held-out validation: PSNR of the model (and of its input) per
-    dose, scale or noise condition for enhancement / SR cards (a list of rows), the headline numbers of a
-    synthesis card (a dict), or the card's scalar metrics."""
-    validation = card.get("validation")
-    if isinstance(validation, list):
-        rows = [r for r in validation if isinstance(r, dict)]
-        gains = [r for r in rows if "mean_gain_db_over_patients" in r]
-        if gains:  # patients as the unit (BENCHMARKS.md 'realnoise'): the mean gain over the noisy input
-            return "; ".join(f"{r.get('condition')}: {r['mean_gain_db_over_patients']:+.2f} dB"
-                             + (f" [{r['ci95_t'][0]:+.2f}, {r['ci95_t'][1]:+.2f}]" if r.get("ci95_t") else "")
-                             for r in gains) + f" (gain over the input, soft-tissue window, mean over " \
-                                               f"{gains[0].get('patients', '?')} held-out patients)"
-        parts = []
-        for row in rows:
-            if row.get("method") != "model" or "psnr_abdomen" not in row:
-                continue
-            setting = next((k for k in ("dose", "scale", "condition") if k in row), "scale")
-            baseline = next((r for r in rows if r is not row and r.get(setting) == row.get(setting)
-                             and "psnr_abdomen" in r), None)
-            value = row.get(setting)
-            value = f"{value:g}" if isinstance(value, (int, float)) else str(value)
-            text = f"{setting} {value}: PSNR {row['psnr_abdomen']:.2f} dB"
-            if baseline is not None:
-                text += f" ({baseline.get('method', 'input')} {baseline['psnr_abdomen']:.2f})"
-            parts.append(text)
-        return "; ".join(parts) + (" (abdomen window, held out)" if parts else "")
-    if isinstance(validation, dict):
-        names = {"frd": "FRD", "kid_mean": "KID", "diversity_samples": "MS-SSIM among samples",
-                 "memorization_max": "max SSIM to training"}
-        chosen = [(names[k], validation[k]) for k in names if isinstance(validation.get(k), (int, float))]
-        chosen = chosen or [(k, v) for k, v in validation.items() if isinstance(v, (int, float))]
-        return ", ".join(f"{k} {v:.3g}" for k, v in chosen)
-    return ""
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -1,0 +1,95 @@
+"""``qhqgan insert-lesion``: a synthetic lesion rendered into a real scan (:func:`QHQGANLib.tasks.lesion.insert_lesion`).
+
+The result is synthetic: its file name must say so (``require_synthetic_name``), its header
+carries the synthetic mark, and the label map of the lesion is written beside it (by default
+OUT's name with ``_label`` before the suffix, so it says synthetic too). Every output is checked
+and claimed before any work, like the other commands (:mod:`QHQGANLib.core.outputs`).
+
+Console usage::
+
+    qhqgan insert-lesion ct.nrrd painted_mask.nrrd ct_lesion_synthetic.nrrd --kind hypodense
+    qhqgan insert-lesion ct/ mask.nrrd liver_cyst_synthetic.nii.gz --kind cyst --texture smooth \\
+        --label-out liver_cyst_synthetic_mask.nii.gz
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+from pathlib import Path
+
+from ..core.outputs import check_not_input, check_output_path, claim_output, require_synthetic_name
+from .commands import VOLUME_SUFFIXES, _check_input, _say
+
+#: What ``--label-out`` defaults to: OUT's name with this before the suffix.
+LABEL_SUFFIX = "_label"
+
+
+def add_lesion_command(sub, common: argparse.ArgumentParser) -> None:
+    """Register ``insert-lesion`` (called by :func:`QHQGANLib.apps.cli.build_parser`)."""
+    from ..tasks.lesion import KINDS, MAX_DIAMETER_MM, TEXTURES
+
+    p = sub.add_parser("insert-lesion", parents=[common],
+                       help="render a synthetic lesion into a real CT inside a painted mask (the result is "
+                            "marked synthetic; the lesion's label map is written beside it)")
+    p.add_argument("input", help="the real CT: DICOM folder or file, .nrrd, .nii(.gz), .mha")
+    p.add_argument("mask", help="where the lesion goes: a label map on the CT's grid (non-zero voxels), inside "
+                                f"the body, at most {MAX_DIAMETER_MM:.0f} mm across")
+    p.add_argument("output", help="OUT_synthetic.nrrd (the name must say 'synthetic')")
+    p.add_argument("--kind", default="hypodense", choices=tuple(KINDS),
+                   help="hypodense / hyperdense: 40 HU below / above the surrounding tissue's median; cyst: 10 HU; "
+                        "calcification: 400 HU (default hypodense)")
+    p.add_argument("--hu", type=float, help="the lesion's mean HU (overrides the kind's)")
+    p.add_argument("--texture", default="matched", choices=TEXTURES,
+                   help="matched: the scan's own noise kept (default); smooth: no noise; noise: noise drawn with "
+                        "the scan's spectrum and level (uses --seed)")
+    p.add_argument("--seed", type=int, default=0, help="seed of --texture noise (default 0)")
+    p.add_argument("--edge-mm", type=float, default=1.5, help="width of the soft edge inside the mask (default 1.5 mm)")
+    p.add_argument("--label-out", help=f"the lesion's label map (default: OUT with {LABEL_SUFFIX} before the suffix)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument("--force", action="store_true", help="accept a non-CT modality or non-HU values")
+    p.add_argument("--series-uid", help="the series to read when the DICOM folder holds several")
+    p.set_defaults(func=cmd_insert_lesion)
+
+
+def default_label_path(output) -> Path:
+    """``a/b_synthetic.nii.gz`` -> ``a/b_synthetic_label.nii.gz``."""
+    out = Path(output)
+    name = out.name
+    suffix = max((s for s in VOLUME_SUFFIXES if name.lower().endswith(s)), key=len, default=out.suffix)
+    return out.with_name(name[: len(name) - len(suffix)] + LABEL_SUFFIX + name[len(name) - len(suffix):])
+
+
+def _check_outputs(args: argparse.Namespace, label_out: Path) -> None:
+    """Both outputs say synthetic, are neither input, are not each other, and are writable: before any work."""
+    require_synthetic_name(args.output)
+    require_synthetic_name(label_out)
+    for source in (args.input, args.mask):
+        _check_input(source)
+        for target in (args.output, label_out):
+            if Path(source).expanduser().exists():
+                check_not_input(Path(source).expanduser(), Path(target).expanduser())
+    if Path(args.output).expanduser().resolve() == label_out.expanduser().resolve():
+        raise ValueError(f"{label_out}: the label map and the image would be the same file; give --label-out "
+                         "another name")
+    for target in (args.output, label_out):
+        check_output_path(target, overwrite=args.overwrite, suffixes=VOLUME_SUFFIXES)
+
+
+def cmd_insert_lesion(args: argparse.Namespace) -> int:
+    from ..core.io import read_volume, write_volume
+    from ..tasks.lesion import insert_lesion
+
+    label_out = Path(args.label_out) if args.label_out else default_label_path(args.output)
+    _check_outputs(args, label_out)
+    with contextlib.ExitStack() as claims:
+        claims.enter_context(claim_output(args.output))
+        claims.enter_context(claim_output(label_out))
+        volume = read_volume(args.input, force=args.force, series_uid=args.series_uid)
+        mask = read_volume(args.mask, force=True)  # a label map: its values are not HU
+        image, label = insert_lesion(volume, mask, kind=args.kind, hu=args.hu, texture=args.texture,
+                                     seed=args.seed, edge_mm=args.edge_mm)
+        write_volume(image, args.output, overwrite=args.overwrite)
+        write_volume(label, label_out, overwrite=args.overwrite, pixel_type="int16")
+    _say(args, f"wrote {args.output}: a SYNTHETIC image ({image.metadata['history'][-1]})")
+    _say(args, f"wrote {label_out}: the lesion's label map (1 = lesion), marked synthetic")
+    return 0
