@@ -14,7 +14,8 @@ from QHQGANLib.nn.weights import list_models, load_model, sha256_of
 from QHQGANLib.core.resources import models_dir
 
 CARDS = list_models()
-REQUIRED = {"enhance": {"hqgan-enhance", "mlp-control-enhance", "no-circuit-enhance", "redcnn-enhance"}, "super-resolve": {"hqgan-sr2"},
+REQUIRED = {"enhance": {"hqgan-film-enhance", "hqgan-enhance", "mlp-control-film-enhance", "mlp-control-enhance",
+                        "no-circuit-enhance", "redcnn-enhance"}, "super-resolve": {"hqgan-sr2"},
             "synthesize": {"hqgan-synth", "mlp-control-synth", "wgangp-synth", "dcgan-synth",  # 64x64
                            "hqgan-synth-128", "mlp-control-synth-128", "wgangp-synth-128", "dcgan-synth-128"}}
 SYNTH_CARDS = [c for c in CARDS if c["task"] == "synthesize"]
@@ -105,21 +106,33 @@ def test_shipped_synthesis_models_make_body_slices(card, tmp_path):
 #: evaluation-only patients (../shared/data/README.md), two scanners: one slice each
 UNSEEN_SLICES = ("chest-ct-lctsc/LCTSC-Test-S1-101.dcm", "abdomen-ct-pancreas/PANCREAS_0001.dcm")
 
-#: Smallest PSNR gain (abdomen window, dB) over the calibrated simulated quarter-dose input on either
-#: slice. Measured with the models of the patient protocol (issue #9; seed 0 at the budget chosen on the
-#: tuning patient: 3,000 updates, RED-CNN 4,000): hqgan-enhance +0.77 / +1.50 dB (LCTSC / Pancreas),
-#: mlp-control-enhance +1.10 / +1.78, no-circuit-enhance +0.74 / +1.45, redcnn-enhance +3.07 / +2.23; set at
-#: about half the worst slice. (These two slices are one noise draw each; BENCHMARKS.md 'evidence' has 3 seeds and 6 slices
-#: per condition, on which the same models gain more at 25 % dose.)
-MIN_PSNR_GAIN_DB = {"hqgan-enhance": 0.4, "mlp-control-enhance": 0.55, "no-circuit-enhance": 0.35,
-                    "redcnn-enhance": 1.0}
-#: Largest noise left in uniform soft tissue, as a fraction of the input's. Measured: 0.89 / 0.69 (hqgan),
-#: 0.86 / 0.66 (mlp-control), 0.90 / 0.73 (no-circuit), 0.59 / 0.48 (redcnn): the adversarially trained
-#: generators keep more of the noise texture than the MSE-trained RED-CNN.
-MAX_NOISE_RATIO = 0.95
-#: Largest shift of the mean HU of uniform soft tissue. Measured: +0.1 / +0.7 HU (hqgan), -0.7 / +0.9
-#: (mlp-control), -0.6 / -0.3 (no-circuit), +1.4 / +2.4 (redcnn).
+#: Test limits set on the TUNING patient by the rule of Testing/Benchmarks/shipped_thresholds.py (written
+#: before the retrained models were measured, issue #27 item 4): half the smallest PSNR gain (abdomen window)
+#: over KiTS CT2/CT20/CT21/CT22 at a simulated quarter dose, rounded down to 0.05 dB; the largest noise
+#: ratio there + 0.1 (at most 0.95). Measured gains on those four slices (dB) and noise ratios:
+#: hqgan-film-enhance 3.32-4.02, 0.38-0.42; hqgan-enhance 3.12-3.63, 0.45-0.47; mlp-control-film-enhance
+#: 3.04-3.67, 0.44-0.48; mlp-control-enhance 3.18-3.81, 0.41-0.46; no-circuit-enhance (trained on three
+#: patients, not retrained) 1.44-1.81, 0.70-0.77; redcnn-enhance 1.08-3.52, 0.42-0.52. The limits are
+#: applied below to two EVALUATION patients' slices and are never lowered to what a model gives there
+#: (the earlier limits, 0.35-1.0 dB, had been set after looking at those slices).
+MIN_PSNR_GAIN_DB = {"hqgan-film-enhance": 1.65, "hqgan-enhance": 1.55, "mlp-control-film-enhance": 1.5,
+                    "mlp-control-enhance": 1.55, "no-circuit-enhance": 0.7, "redcnn-enhance": 0.5}
+MAX_NOISE_RATIO = {"hqgan-film-enhance": 0.52, "hqgan-enhance": 0.57, "mlp-control-film-enhance": 0.58,
+                   "mlp-control-enhance": 0.56, "no-circuit-enhance": 0.87, "redcnn-enhance": 0.62}
+#: Largest shift of the mean HU of uniform soft tissue (set before the retraining; kept).
 MAX_MEAN_SHIFT_HU = 5.0
+#: Where a shipped model misses a limit above on an evaluation slice, measured on 2026-12-08 with the models
+#: retrained on five patients (the limits stay; these cases are expected failures, strict: a model that starts
+#: meeting the limit makes its test fail, so this list is updated). The chest slice keeps more of its noise
+#: than the tuning abdomen does (ratios 0.54-0.60 there against 0.38-0.48 on the tuning patient).
+KNOWN_MISSES = {
+    ("hqgan-enhance", "noise", 0): "noise ratio 0.598 on the LCTSC chest slice (limit 0.57)",
+    ("hqgan-film-enhance", "noise", 0): "noise ratio 0.543 on the LCTSC chest slice (limit 0.52)",
+    ("mlp-control-enhance", "noise", 0): "noise ratio 0.561 on the LCTSC chest slice (limit 0.56)",
+    ("mlp-control-film-enhance", "noise", 0): "noise ratio 0.599 on the LCTSC chest slice (limit 0.58)",
+    ("no-circuit-enhance", "noise", 0): "noise ratio 0.901 on the LCTSC chest slice (limit 0.87)",
+    ("redcnn-enhance", "shift", 0): "mean of uniform tissue -6.3 HU on the LCTSC chest slice (limit 5 HU)",
+}
 
 
 @pytest.fixture(scope="module")
@@ -135,25 +148,59 @@ def quarter_dose_pairs():
     return pairs
 
 
-@pytest.mark.parametrize("name", sorted(MIN_PSNR_GAIN_DB))
-def test_shipped_enhancers_improve_a_quarter_dose_scan(name, quarter_dose_pairs):
-    """On unseen patients, each enhancer raises PSNR (abdomen window) against the normal-dose
-    scan and lowers the noise in uniform soft tissue without shifting its mean."""
-    from QHQGANLib.metrics.image import noise_in_uniform_regions, psnr
+@pytest.fixture(scope="module")
+def enhanced_slices(quarter_dose_pairs):
+    """name -> the enhanced quarter-dose slice of each unseen patient (computed once per model)."""
     from QHQGANLib.tasks.enhance import enhance
 
-    model = load_model(name, device="cpu")
-    for (normal, low, mask), where in zip(quarter_dose_pairs, UNSEEN_SLICES):
-        assert mask.sum() > 1000, where  # enough uniform soft tissue to measure noise
-        out = enhance(low, model, device="cpu")
-        before, after = psnr(low, normal, window="abdomen"), psnr(out, normal, window="abdomen")
-        assert after > before + MIN_PSNR_GAIN_DB[name], (where, before, after)
-        # noise in HU: measured quarter dose 30.1 / 25.5 (calibrated to each scan's own noise)
-        noise_low, noise_out = noise_in_uniform_regions(low.array, mask), noise_in_uniform_regions(out.array, mask)
-        assert noise_out < MAX_NOISE_RATIO * noise_low, (where, noise_low, noise_out)
-        # a denoiser, not a shift: the mean HU of uniform tissue stays
-        shift = float(out.array[mask].mean() - normal.array[mask].mean())
-        assert abs(shift) < MAX_MEAN_SHIFT_HU, (where, shift)
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            model = load_model(name, device="cpu")
+            cache[name] = [enhance(low, model, device="cpu") for _normal, low, _mask in quarter_dose_pairs]
+        return cache[name]
+    return get
+
+
+def _cases(check):
+    return [pytest.param(name, k, id=f"{name}-{UNSEEN_SLICES[k].split('/')[0]}",
+                         marks=[pytest.mark.xfail(strict=True, reason=KNOWN_MISSES[(name, check, k)])]
+                         if (name, check, k) in KNOWN_MISSES else [])
+            for name in sorted(MIN_PSNR_GAIN_DB) for k in range(len(UNSEEN_SLICES))]
+
+
+@pytest.mark.parametrize("name, k", _cases("gain"))
+def test_shipped_enhancers_raise_psnr_on_unseen_patients(name, k, quarter_dose_pairs, enhanced_slices):
+    """On unseen patients each enhancer raises PSNR (abdomen window) against the normal-dose scan by at
+    least its tuning-patient limit."""
+    from QHQGANLib.metrics.image import psnr
+
+    normal, low, _mask = quarter_dose_pairs[k]
+    out = enhanced_slices(name)[k]
+    before, after = psnr(low, normal, window="abdomen"), psnr(out, normal, window="abdomen")
+    assert after > before + MIN_PSNR_GAIN_DB[name], (UNSEEN_SLICES[k], before, after)
+
+
+@pytest.mark.parametrize("name, k", _cases("noise"))
+def test_shipped_enhancers_lower_the_noise_in_uniform_tissue(name, k, quarter_dose_pairs, enhanced_slices):
+    from QHQGANLib.metrics.image import noise_in_uniform_regions
+
+    _normal, low, mask = quarter_dose_pairs[k]
+    assert mask.sum() > 1000  # enough uniform soft tissue to measure noise
+    out = enhanced_slices(name)[k]
+    # noise in HU: measured quarter dose 30.1 / 25.5 (calibrated to each scan's own noise)
+    noise_low, noise_out = noise_in_uniform_regions(low.array, mask), noise_in_uniform_regions(out.array, mask)
+    assert noise_out < MAX_NOISE_RATIO[name] * noise_low, (UNSEEN_SLICES[k], noise_low, noise_out)
+
+
+@pytest.mark.parametrize("name, k", _cases("shift"))
+def test_shipped_enhancers_keep_the_mean_of_uniform_tissue(name, k, quarter_dose_pairs, enhanced_slices):
+    """A denoiser, not a shift: the mean HU of uniform tissue stays."""
+    normal, _low, mask = quarter_dose_pairs[k]
+    out = enhanced_slices(name)[k]
+    shift = float(out.array[mask].mean() - normal.array[mask].mean())
+    assert abs(shift) < MAX_MEAN_SHIFT_HU, (UNSEEN_SLICES[k], shift)
 
 
 def test_shipped_super_resolution_beats_bicubic():
@@ -186,7 +233,13 @@ def test_list_models_summarises_every_card(capsys):
     assert len(lines) == len(CARDS)
     for card, line in zip(CARDS, lines):
         assert line.startswith(card["name"]) and card["task"] in line
-        if card["task"] in ("enhance", "super-resolve"):  # the model's held-out PSNR and its baseline's
+        gains = [r for r in card["validation"] if "mean_gain_db_over_patients" in r] \
+            if isinstance(card.get("validation"), list) else []
+        if gains:  # patients as the unit: the mean gain per condition and its interval
+            for r in gains:
+                assert f"{r['condition']}: {r['mean_gain_db_over_patients']:+.2f} dB" in line
+            assert f"over {gains[0]['patients']} held-out patients" in line
+        elif card["task"] in ("enhance", "super-resolve"):  # the model's held-out PSNR and its baseline's
             model_rows = [r for r in card["validation"] if r["method"] == "model"]
             assert f"PSNR {model_rows[0]['psnr_abdomen']:.2f} dB" in line
         else:

@@ -178,14 +178,15 @@ def render(rows: List[dict]) -> str:
              "from the image); *(before)*: the models shipped before this retraining." + partial, ""]
     for condition in CONDITIONS:
         lines += [f"### {condition}", "", "| method | " + " | ".join(patients) + " | mean over patients [95 % t] | "
-                  "noise HU (normal dose) |", "|---|" + "---|" * len(patients) + "---|---|"]
+                  "noise HU in uniform soft tissue, mean over patients where measurable (normal dose) |", "|---|" + "---|" * len(patients) + "---|---|"]
         for method in METHODS:
             cells = [per.get((condition, method, p)) for p in patients]
             if all(c is None for c in cells):
                 continue
             mean, lo, hi = _t_interval([c[0] for c in cells if c is not None])
-            noise = np.mean([c[1] for c in cells if c is not None])
-            ref = np.mean([c[2] for c in cells if c is not None])
+            # noise where it could be measured (a slice without uniform soft tissue gives none)
+            noise = np.nanmean([c[1] for c in cells if c is not None])
+            ref = np.nanmean([c[2] for c in cells if c is not None])
             lines.append(f"| {method} | " + " | ".join("-" if c is None else f"{c[0]:+.2f}" for c in cells)
                          + f" | {mean:+.2f} {_ci(lo, hi)} | {noise:.1f} ({ref:.1f}) |")
         lines.append("")
