@@ -105,11 +105,13 @@ def test_the_panel_lists_each_tasks_default_model_first(tmp_path, monkeypatch):
     import json
 
     for name, task in (("ablation-synth", "synthesize"), ("dcgan-synth", "synthesize"),
-                       ("hqgan-synth", "synthesize"), ("mlp-control-enhance", "enhance"), ("hqgan-enhance", "enhance")):
+                       ("hqgan-synth", "synthesize"), ("mlp-control-enhance", "enhance"), ("hqgan-enhance", "enhance"),
+                       ("hqgan-film-enhance", "enhance")):
         (tmp_path / f"{name}.json").write_text(json.dumps({"name": name, "task": task}))
     monkeypatch.setenv("QHQGAN_MODELS_DIR", str(tmp_path))
     assert [c["name"] for c in models_for_task("synthesize")] == ["hqgan-synth", "ablation-synth", "dcgan-synth"]
-    assert [c["name"] for c in models_for_task("enhance")] == [default_model("enhance"), "mlp-control-enhance"]
+    assert [c["name"] for c in models_for_task("enhance")] == [default_model("enhance"), "hqgan-enhance",
+                                                               "mlp-control-enhance"]
     assert models_for_task("super-resolve") == []
 
 

@@ -10,6 +10,7 @@ from QHQGANLib.core.io import read_volume
 from QHQGANLib.physics.calibration import estimate_noise
 from QHQGANLib.physics.lowdose import simulate_low_dose
 from QHQGANLib.tasks.enhance import enhance
+from QHQGANLib.core.kinds import default_model
 from QHQGANLib.tasks.inference import run_model
 
 
@@ -19,7 +20,7 @@ def low_and_full():
     origin = normal.index_to_physical((0, 0, 8))
     normal = normal.with_geometry(normal.array[8:11].copy(), normal.spacing, origin)  # 3 slices, 2.5D context
     low = simulate_low_dose(normal, 0.25, seed=0)
-    full = run_model(low, "hqgan-enhance")
+    full = run_model(low, default_model("enhance"))  # what enhance() runs when no model is named
     return low, full
 
 
