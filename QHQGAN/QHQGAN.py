@@ -171,6 +171,7 @@ class QHQGANWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.compareButton.connect("clicked(bool)", self.onCompareButton)
         self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelChanged)
+        self.ui.showResearchModelsCheckBox.connect("toggled(bool)", self.onShowResearchModelsToggled)
         self.ui.customWeightsPathLineEdit.connect("currentPathChanged(QString)", self.onCustomWeightsChanged)
         for _axis, _scale, label in SUPER_RESOLVE_MODES:
             self.ui.superResolveModeComboBox.addItem(label)
@@ -241,7 +242,8 @@ class QHQGANWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._fillingModels = True
         try:
             self.ui.modelComboBox.clear()
-            for name in self.logic.modelNames(task, axis or None):
+            research = bool(getattr(getattr(self.ui, "showResearchModelsCheckBox", None), "checked", False))
+            for name in self.logic.modelNames(task, axis or None, research=research):
                 self.ui.modelComboBox.addItem(name)
             self.ui.modelComboBox.addItem(CUSTOM_WEIGHTS)
             chosen = self.logic.modelChoice(self._parameterNode, key)
@@ -250,6 +252,10 @@ class QHQGANWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.modelComboBox.setProperty("task", key)
         finally:
             self._fillingModels = False
+
+    def onShowResearchModelsToggled(self, checked=None):
+        self._fillModels()
+        self._updateGui()
 
     def onModelChanged(self, index=None):
         if self._parameterNode is not None and not self._fillingModels:
@@ -435,12 +441,14 @@ class QHQGANLogic(ScriptedLoadableModuleLogic):
     def getParameterNode(self):
         return QHQGANParameterNode(super().getParameterNode())
 
-    def modelNames(self, task, axis=None):
-        """Shipped models of ``task`` (super-resolution: of ``axis``, "in-plane" or "z"), default first."""
-        from QHQGANLib.core.kinds import models_for_task
+    def modelNames(self, task, axis=None, research=True):
+        """Shipped models of ``task`` (super-resolution: of ``axis``, "in-plane" or "z"), default first;
+        ``research=False`` leaves out the research controls (MLP in the circuit's place, no circuit)."""
+        from QHQGANLib.core.kinds import is_research_model, models_for_task
         if task == "super-resolve":
             axis = axis or "in-plane"
-        return [card["name"] for card in models_for_task(task, axis=axis)]
+        return [card["name"] for card in models_for_task(task, axis=axis)
+                if research or not is_research_model(card["name"])]
 
     @staticmethod
     def madeFrom(outputNode, inputNode):

@@ -177,6 +177,7 @@ def fake_ui():
     ui.superResolveModeComboBox = FakeCombo()
     ui.fineTuneCheckBox = FakeCheckBox()
     ui.adaptCheckBox = FakeCheckBox()
+    ui.showResearchModelsCheckBox = FakeCheckBox()
     return ui
 
 
@@ -209,13 +210,28 @@ def test_connect_gui_gets_a_tag_and_entering_again_adds_no_connections(module):
 # ---------------------------------------------------------------------------
 # item 8: the model choice and the custom weights are kept in the parameter node
 # ---------------------------------------------------------------------------
+def test_research_controls_are_listed_only_on_request(module):
+    """Issue #29 item 9: the model list mixed research controls (mlp-control-*, no-circuit-*) with the
+    product; they appear when "Show research models" is ticked."""
+    wrapper = Wrapper58(module, slicer.mrmlScene)
+    widget = module.QHQGANWidget()
+    widget.ui, widget.logic = fake_ui(), module.QHQGANLogic()
+    widget.setParameterNode(wrapper)
+    shown = list(widget.ui.modelComboBox.items)
+    assert shown[0] == "hqgan-film-enhance" and "redcnn-enhance" in shown
+    assert not any(n.startswith(("mlp-control", "no-circuit")) for n in shown)
+    widget.ui.showResearchModelsCheckBox.checked = True
+    widget.onShowResearchModelsToggled(True)
+    assert {"mlp-control-enhance", "mlp-control-film-enhance", "no-circuit-enhance"} <= set(widget.ui.modelComboBox.items)
+
+
 def test_model_choice_survives_leaving_and_entering_the_module(module):
     wrapper = Wrapper58(module, slicer.mrmlScene)
     logic = module.QHQGANLogic()
     widget = module.QHQGANWidget()
     widget.ui, widget.logic = fake_ui(), logic
     widget.setParameterNode(wrapper)
-    names = logic.modelNames("enhance")
+    names = logic.modelNames("enhance", research=False)
     assert len(names) >= 2 and widget.ui.modelComboBox.currentText == names[0]
     widget.ui.modelComboBox.setCurrentIndex(1)
     widget.onModelChanged(1)

@@ -109,6 +109,15 @@ def default_model(task: str, scale: int = 2, axis: str = "in-plane") -> Optional
     return None if name is None else name.format(scale=scale)
 
 
+#: Name prefixes of the research controls (listed in the panel only on request; the CLI lists all).
+RESEARCH_PREFIXES = ("mlp-control", "no-circuit", "bottleneck-ablation", "ablation")
+
+
+def is_research_model(name: str) -> bool:
+    """A control the benchmarks compare the quantum models with, not a model for clinical use."""
+    return str(name).startswith(RESEARCH_PREFIXES)
+
+
 def preferred_models(task: str, scale: int = 2) -> Tuple[str, ...]:
     """Shipped model names for ``task``, best first (the demo and ``qhqgan evaluate`` use them)."""
     return tuple(name.format(scale=scale) for name in task_kind(task).preferred_models)
