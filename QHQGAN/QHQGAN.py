@@ -395,11 +395,13 @@ class QHQGANWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         try:
             node = self.logic.finish(job)  # into the output chosen at Apply, never the selector's value now
         except Exception as exc:  # OperationCancelled, TaskFailed: one line for the user
-            self.ui.statusLabel.text = str(exc)
+            from QHQGANLib.apps.model_info import panel_wording
+            message = panel_wording(str(exc))  # the panel's controls, not command-line flags
+            self.ui.statusLabel.text = message
             if job.task.cancelled:
                 logging.info("QHQGAN: cancelled")
             else:
-                slicer.util.errorDisplay(_("QHQGAN failed: {error}").format(error=exc))
+                slicer.util.errorDisplay(_("QHQGAN failed: {error}").format(error=message))
         else:
             # the result is shown, not selected as the next run's output (which would replace it,
             # whatever that run is: a synthetic result must never land in a real patient's node)

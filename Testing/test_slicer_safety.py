@@ -568,3 +568,20 @@ def test_compare_never_links_a_synthetic_sample_or_another_patients_result(modul
     widget._lastOutput = result
     widget.onCompareButton()
     assert compared == [("PatientA_CT", "PatientA_CT_enhanced")]
+
+
+def test_errors_are_worded_for_the_panel_not_the_command_line():
+    """Issue #29 item 9: the worker's errors named flags the panel does not have."""
+    from QHQGANLib.apps.model_info import panel_wording
+    from QHQGANLib.core.devices import pick_device
+
+    try:
+        pick_device("cuda:7")
+    except ValueError as exc:
+        cli = f"qhqgan: error: {exc} (exit status 2)"
+    else:
+        pytest.skip("a CUDA GPU is present: the message cannot be produced here")
+    said = panel_wording(cli)
+    assert "--device" not in said and "Device: cpu in the Model section" in said and "exit status" not in said
+    forced = panel_wording("x.nrrd: values do not look like CT in HU; if it is CT in HU pass force=True (--force)")
+    assert "force=True" not in forced and "the panel does not read such a volume" in forced

@@ -1,6 +1,25 @@
-"""What a shipped model measurably does, in one line: the summary ``list-models`` prints and the panel's
-model selector shows as its tooltip (from the model card's held-out ``validation``)."""
+"""Words for the panel: what a shipped model measurably does, in one line (the summary ``list-models``
+prints and the panel's model selector shows as its tooltip, from the card's held-out ``validation``), and
+the worker's error messages reworded for a panel that has no command-line flags (:func:`panel_wording`)."""
 from __future__ import annotations
+
+import re
+
+#: command-line advice in library and CLI messages -> what to do in the panel instead (issue #29 item 9)
+_PANEL_ADVICE = (
+    (r"use --device cpu", "choose Device: cpu in the Model section"),
+    (r"[Pp]ass force=True \(--force\)( to read it anyway)?",
+     "the panel does not read such a volume; if it is CT in HU, convert it or use the command line's --force"),
+    (r" \(exit status -?\d+\)$", ""),
+)
+
+
+def panel_wording(message: str) -> str:
+    """A worker's one-line error as the panel says it: command-line flags replaced by the control to change."""
+    text = str(message)
+    for pattern, replacement in _PANEL_ADVICE:
+        text = re.sub(pattern, replacement, text)
+    return text
 
 
 def validation_summary(card: dict) -> str:
