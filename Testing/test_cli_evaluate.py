@@ -138,3 +138,14 @@ def test_evaluate_synth_flags_copied_training_slices(generated, tmp_path):
     assert copied["memorization"]["max"] > 0.99
     assert copied["memorization"]["fraction_above_0.95"] == 1.0
     assert copied["frd"] < generated["frd"]
+
+
+def test_evaluate_synth_says_which_direction_is_better(generated):
+    """Issue #31: FRD, precision/density/coverage and the classifier test were printed with nothing saying
+    which direction is better or what the reference means; every headline number now carries its note."""
+    from QHQGANLib.apps.model_info import SYNTH_METRIC_NOTES
+
+    for key in ("frd", "frd_real_reference", "kid_mean", "precision", "recall", "density", "coverage"):
+        if key in generated:
+            assert key in SYNTH_METRIC_NOTES, key
+    assert "lower is better" in SYNTH_METRIC_NOTES["frd"] and "higher" in SYNTH_METRIC_NOTES["coverage"]

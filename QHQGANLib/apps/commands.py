@@ -388,9 +388,12 @@ def _evaluate_synth(args: argparse.Namespace, report) -> int:
     real = training_slices([read_volume(p, force=args.force) for p in args.real], size)
     train = training_slices([read_volume(p, force=args.force) for p in args.train], size) if args.train else None
     result = evaluate_synthetic(samples, real, train, seed=args.seed, c2st=getattr(args, "c2st", True))
+    from .model_info import SYNTH_METRIC_NOTES
+
     for key, value in result.items():
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            print(f"{key:<28} {value:.4g}")
+            note = SYNTH_METRIC_NOTES.get(key)
+            print(f"{key:<28} {value:.4g}" + (f"  ({note})" if note else ""))
     if isinstance(result.get("memorization"), dict):
         mem = result["memorization"]
         print(f"{'memorization max SSIM':<28} {mem['max']:.4g}  (share > 0.9: {mem['fraction_above_0.9']:.3g})")

@@ -56,3 +56,19 @@ def validation_summary(card: dict) -> str:
         chosen = chosen or [(k, v) for k, v in validation.items() if isinstance(v, (int, float))]
         return ", ".join(f"{k} {v:.3g}" for k, v in chosen)
     return ""
+
+
+#: What each ``evaluate-synth`` number means and which direction is better (issue #31)
+SYNTH_METRIC_NOTES = {
+    "frd": "lower is better; compare with frd_real_reference (two halves of the real slices)",
+    "frd_real_reference": "FRD between two halves of the real slices: what 'as real as real' scores",
+    "kid_mean": "lower is better; compare with kid_real_reference",
+    "kid_real_reference": "KID between two halves of the real slices",
+    "precision": "0-1, higher: samples lie where real slices lie (realism)",
+    "recall": "0-1, higher: real slices are covered by samples (diversity)",
+    "density": "higher: samples sit in dense real regions (about 1 for real vs real)",
+    "coverage": "0-1, higher: share of real slices with a sample nearby",
+    "hu_wasserstein": "HU, lower: the samples' HU histogram is nearer the real one",
+    "diversity_samples": "MS-SSIM among samples: lower is more diverse; compare with diversity_real",
+    "diversity_real": "MS-SSIM among real slices",
+}
