@@ -232,18 +232,19 @@ class QHQGANWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _modelKey(self):
         """The task, and for super-resolution its axis ("super-resolve", "super-resolve:z"): models differ."""
         task = self._parameterNode.task.value
-        axis = SUPER_RESOLVE_MODES[self.ui.superResolveModeComboBox.currentIndex][0]
-        return f"{task}:z" if task == "super-resolve" and axis == "z" else task
+        axis, scale, _label = SUPER_RESOLVE_MODES[self.ui.superResolveModeComboBox.currentIndex]
+        return f"{task}:z{scale}" if task == "super-resolve" and axis == "z" else task
 
     def _fillModels(self):
         """The models of the task, the stored choice selected (the task's default first otherwise)."""
         key = self._modelKey()
-        task, _sep, axis = key.partition(":")
+        task, _sep, mode = key.partition(":")
+        axis, scale = (mode[:1], int(mode[1:])) if mode else (None, None)  # "z3": through-plane x3
         self._fillingModels = True
         try:
             self.ui.modelComboBox.clear()
             research = bool(getattr(getattr(self.ui, "showResearchModelsCheckBox", None), "checked", False))
-            for name in self.logic.modelNames(task, axis or None, research=research):
+            for name in self.logic.modelNames(task, axis, research=research, scale=scale):
                 self.ui.modelComboBox.addItem(name)
             self.ui.modelComboBox.addItem(CUSTOM_WEIGHTS)
             chosen = self.logic.modelChoice(self._parameterNode, key)
@@ -309,9 +310,13 @@ class QHQGANWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._job is not None:
             return
         ready = bool(p.inputVolume) or task is Task.SYNTHESIZE
+        # a mode no shipped model serves (e.g. Slices x3 when only x2 ships) runs only with the user's own weights
+        noModel = usesModel and self.ui.modelComboBox.currentText == CUSTOM_WEIGHTS and not self.logic.customWeights(p)
         self.ui.applyButton.text = _("Apply")
-        self.ui.applyButton.enabled = ready
-        self.ui.applyButton.toolTip = _("Run: {task}").format(task=task.label()) if ready else _("Select an input volume")
+        self.ui.applyButton.enabled = ready and not noModel
+        self.ui.applyButton.toolTip = (_("No shipped model for this choice: pick another mode, or give your own weights "
+                                         "file") if noModel else _("Run: {task}").format(task=task.label()) if ready
+                                       else _("Select an input volume"))
         self.ui.compareButton.enabled = self._comparedOutput() is not None
 
     def _options(self):
@@ -443,14 +448,19 @@ class QHQGANLogic(ScriptedLoadableModuleLogic):
     def getParameterNode(self):
         return QHQGANParameterNode(super().getParameterNode())
 
-    def modelNames(self, task, axis=None, research=True):
-        """Shipped models of ``task`` (super-resolution: of ``axis``, "in-plane" or "z"), default first;
-        ``research=False`` leaves out the research controls (MLP in the circuit's place, no circuit)."""
+    def modelNames(self, task, axis=None, research=True, scale=None):
+        """Shipped models of ``task`` (super-resolution: of ``axis``, "in-plane" or "z", and of ``scale`` when
+        given), default first; ``research=False`` leaves out the research controls (MLP in the circuit's
+        place, no circuit)."""
         from QHQGANLib.core.kinds import is_research_model, models_for_task
         if task == "super-resolve":
             axis = axis or "in-plane"
+
+        def fits(card):
+            given = card.get("scale", (card.get("config") or {}).get("scale"))
+            return scale is None or given is None or int(given) == int(scale)
         return [card["name"] for card in models_for_task(task, axis=axis)
-                if research or not is_research_model(card["name"])]
+                if (research or not is_research_model(card["name"])) and fits(card)]
 
     @staticmethod
     def madeFrom(outputNode, inputNode):

@@ -534,3 +534,22 @@ def test_title_is_human_readable_and_strings_are_translatable(module):
     assert module._("Apply") == "Apply"  # identity without slicer.i18n
     assert isinstance(module.Task.ENHANCE, enum.Enum) and module.Task.ENHANCE.label() == "Enhance low-dose CT"
     assert "from slicer.i18n import tr as _" in MODULE.read_text()
+
+
+def test_a_super_resolution_mode_without_a_shipped_model_is_not_run_with_another_scale(module, ct_small_path):
+    """Issue #29 item 9: "Slices x3/x4" kept the x2 model selected and failed at once. Each mode lists only the
+    models of its own scale; a mode none serves offers the user's own weights file, and Apply waits for one."""
+    widget, wrapper = adapt_panel(module)
+    wrapper.inputVolume = ct_node(slicer.mrmlScene, ct_small_path)
+    wrapper.task = module.Task("super-resolve")
+    for _axis, _scale, label in module.SUPER_RESOLVE_MODES:
+        widget.ui.superResolveModeComboBox.addItem(label)
+    shipped_z2 = widget.logic.modelNames("super-resolve", "z", scale=2)
+    assert shipped_z2 and not widget.logic.modelNames("super-resolve", "z", scale=3)
+    widget.ui.superResolveModeComboBox.setCurrentIndex(1)  # Slices x2
+    widget._updateGui()
+    assert widget.ui.modelComboBox.currentText == shipped_z2[0] and widget.ui.applyButton.enabled
+    widget.ui.superResolveModeComboBox.setCurrentIndex(2)  # Slices x3: no x3 model ships
+    widget._updateGui()
+    assert widget.ui.modelComboBox.items == [module.CUSTOM_WEIGHTS]
+    assert not widget.ui.applyButton.enabled and "No shipped model" in widget.ui.applyButton.toolTip
