@@ -27,6 +27,17 @@ def _one_line_error(capsys) -> str:
     return err
 
 
+def _copy_of_a_shipped_enhancer(folder: Path) -> Path:
+    """A shipped enhancement model's weights and card copied into ``folder`` (skips when none ships)."""
+    card = next((c for c in model_cards() if c.get("task") == "enhance"), None)
+    if card is None:
+        pytest.skip("no enhancement model ships in this installation")
+    weights = folder / card["weights"]
+    shutil.copy(models_dir() / card["weights"], weights)
+    shutil.copy(models_dir() / f"{Path(card['weights']).stem}.json", weights.with_suffix(".json"))
+    return weights
+
+
 def test_global_options_before_the_command_are_honoured(tmp_path, ct_small_path, capsys):
     out = tmp_path / "low.nrrd"
     assert main(["--quiet", "simulate-low-dose", str(ct_small_path), str(out)]) == 0
@@ -63,12 +74,7 @@ def test_a_synthesis_model_is_refused_by_enhance(tmp_path, ct_small_path, capsys
 
 
 def test_tampered_weights_are_an_error_not_a_crash(tmp_path, ct_small_path, capsys):
-    card = next((c for c in model_cards() if c.get("task") == "enhance"), None)
-    if card is None:
-        pytest.skip("no enhancement model ships in this installation")
-    weights = tmp_path / card["weights"]
-    shutil.copy(models_dir() / card["weights"], weights)
-    shutil.copy(models_dir() / f"{Path(card['weights']).stem}.json", weights.with_suffix(".json"))
+    weights = _copy_of_a_shipped_enhancer(tmp_path)
     data = bytearray(weights.read_bytes())
     data[-100] ^= 0xFF  # one flipped byte in the tensors
     weights.write_bytes(bytes(data))
@@ -118,12 +124,7 @@ def test_sigterm_removes_what_the_run_created(tmp_path):
 def test_a_pt_file_is_refused_not_swapped_for_the_safetensors_beside_it(tmp_path, ct_small_path, capsys):
     """Issue #28 (low): ``--model X.pt`` loaded ``X.safetensors`` without a word: the user believed another
     model ran. Now the .pt file is refused by name, before any work, and nothing is written."""
-    card = next((c for c in model_cards() if c.get("task") == "enhance"), None)
-    if card is None:
-        pytest.skip("no enhancement model ships in this installation")
-    weights = tmp_path / card["weights"]
-    shutil.copy(models_dir() / card["weights"], weights)
-    shutil.copy(models_dir() / f"{Path(card['weights']).stem}.json", weights.with_suffix(".json"))
+    weights = _copy_of_a_shipped_enhancer(tmp_path)
     pt = weights.with_suffix(".pt")
     pt.write_bytes(b"a pickled checkpoint of another model")
     out = tmp_path / "e.nrrd"

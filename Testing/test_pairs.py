@@ -109,7 +109,9 @@ def test_a_disk_cache_rebuilds_the_same_pool_without_simulating_and_shares_work(
     r = np.random.default_rng([5, 0, 1, 0, 1])
     dose = float(r.uniform(0.1, 0.5))
     key = fresh._keys[0] + (dose, int(r.integers(2**31)), pairs._PHOTONS[fresh._keys[0] + (0,)], "hann")
-    claim = tmp_path / "sims" / (pairs.hashlib.sha1(repr(key).encode()).hexdigest() + ".claim")
+    from QHQGANLib.core.outputs import _claim_path
+
+    claim = _claim_path(tmp_path / "sims" / (pairs.hashlib.sha1(repr(key).encode()).hexdigest() + ".npy"))
     claim.write_text(str(os.getppid()))
     assert fresh._simulate(0, 1, None, wait=False) is None  # a live claim: left to its process
     claim.write_text(dead.stdout.strip())

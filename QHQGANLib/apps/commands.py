@@ -266,9 +266,10 @@ def _before_super_resolution(args: argparse.Namespace, volume, model) -> set:
     from ..core.io import DEFAULT_MAX_VOXELS
     from ..tasks.enhance import _input_spacing_range, spacing_warning
 
-    nz, ny, nx = volume.shape
+    from .request import output_size
+
     s = args.scale
-    shape = (nx, ny, nz * s) if args.axis == "z" else (nx * s, ny * s, nz)
+    shape = output_size("super-resolve", volume.size_xyz, s, args.axis)
     n = shape[0] * shape[1] * shape[2]
     if n > DEFAULT_MAX_VOXELS:
         raise ValueError(f"the result would have {n:,} voxels ({n * 4 / 2**30:.1f} GiB), above the limit of "

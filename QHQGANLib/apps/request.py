@@ -159,16 +159,22 @@ def build_command(request: TaskRequest, input_path: Optional[PathLike], output_p
     return argv + task_argv(request.task, request.options()) + ["--progress", "lines"]
 
 
+def output_size(task: str, size_xyz, scale: int = 2, axis: str = "in-plane") -> tuple:
+    """The (x, y, slices) size of the task's result for an input of ``size_xyz``; through-plane
+    super-resolution: at most ``scale`` times the slices."""
+    x, y, z = (int(v) for v in size_xyz)
+    if task != "super-resolve":
+        return x, y, z
+    s = int(scale)
+    return (x, y, z * s) if axis == "z" else (x * s, y * s, z)
+
+
 def output_voxels(request: TaskRequest, size_xyz) -> Optional[int]:
-    """The number of voxels the task's result will have for an input of ``size_xyz`` (x, y, slices);
-    None for synthesis (no input). Through-plane super-resolution: at most ``scale`` times the slices."""
+    """The number of voxels the task's result will have (:func:`output_size`); None for synthesis (no input)."""
     if not request.needs_input:
         return None
-    x, y, z = (int(v) for v in size_xyz)
-    if request.task != "super-resolve":
-        return x * y * z
-    scale = int(request.scale)
-    return x * y * z * scale if request.axis == "z" else x * y * z * scale * scale
+    x, y, z = output_size(request.task, size_xyz, request.scale, request.axis)
+    return x * y * z
 
 
 def default_output_name(request: TaskRequest, input_node=None) -> str:

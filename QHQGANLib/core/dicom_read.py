@@ -123,7 +123,8 @@ def read_dicom_files(files: Sequence[Path], *, source: Path, force: bool, max_vo
             raise VolumeReadError(f"{f}: the pixel data cannot be decoded ({first_line(exc)}){hint}") from None
         if pixels.shape != (rows, cols):
             raise VolumeReadError(f"{f}: image of shape {pixels.shape}, expected ({rows}, {cols})")
-        slope = float(ds.get("RescaleSlope", 1) if ds.get("RescaleSlope") not in (None, "") else 1)
+        raw_slope = ds.get("RescaleSlope")
+        slope = 1.0 if raw_slope in (None, "") else float(raw_slope)  # absent: 1; present 0: broken (below)
         intercept = float(ds.get("RescaleIntercept", 0) or 0)
         if slope == 0 or not np.isfinite(slope) or not np.isfinite(intercept):
             raise VolumeReadError(f"{f}: RescaleSlope {slope:g} / RescaleIntercept {intercept:g} cannot map stored "

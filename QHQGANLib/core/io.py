@@ -38,6 +38,7 @@ from typing import Any, Dict, Optional, Tuple, Union
 import numpy as np
 
 from .dicom_read import KEPT_DICOM_KEYWORDS, SPACING_TOLERANCE, is_dicom_file  # noqa: F401 (public names)
+from .constants import __version__
 from .dicom_read import read_dicom_files, read_dicom_folder
 from .file_checks import VolumeReadError, check_volume_file, check_voxel_count, first_line, require_regular_file
 from .slice_grid import check_step, grid_size, resample_note, resample_slices, same_gap
@@ -202,7 +203,7 @@ def write_volume(volume: Volume, path: PathLike, *, overwrite: bool = False,
         image.SetMetaData(HISTORY_KEY, history)  # NRRD and MetaImage: the whole history, one line
         if nifti and not synthetic:
             image.SetMetaData("ITK_FileNotes", history[-80:])  # NIfTI's descrip holds 80 characters: the latest
-        image.SetMetaData(VERSION_KEY, _package_version())  # (a volume with no history, e.g. a blinded reader
+        image.SetMetaData(VERSION_KEY, str(__version__))  # (a volume with no history, e.g. a blinded reader
         # study's image, carries nothing but its geometry)
     resampled = volume.metadata.get("resampled_z")
     if isinstance(resampled, dict) and resampled.get("note"):
@@ -254,8 +255,6 @@ def _nifti_mark_extension() -> bytes:
     """A NIfTI comment extension (esize, ecode, JSON text, NUL-padded to a multiple of 16 bytes)."""
     import json
 
-    from .constants import __version__
-
     text = json.dumps({SYNTHETIC_KEY: SYNTHETIC_VALUE, "SyntheticData": "YES",
                        "software": f"QHQGANLib {__version__}"}).encode("ascii")
     size = -(-(8 + len(text)) // 16) * 16
@@ -269,12 +268,6 @@ def provenance_text(history) -> str:
 
     steps = [" ".join(str(h).replace("|", "/").split()) for h in (history or [])]
     return " | ".join(re.sub(r"\S*[/\\]([^/\\\s]+)", r"\1", step) for step in steps if step)
-
-
-def _package_version() -> str:
-    from .constants import __version__
-
-    return str(__version__)
 
 
 def _add_nifti_mark(plain: Path, target: Path, *, gz: bool) -> None:

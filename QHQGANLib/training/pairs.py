@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from ..core.constants import HU_MAX, HU_MIN
-from ..core.outputs import holder_alive, process_token
+from ..core.outputs import claim_output
 from ..core.progress import check_cancel, report
 from ..core.volume import Volume, slab
 from ..physics.lowdose import ScannerModel, simulate_low_dose
@@ -59,8 +59,9 @@ def use_disk_cache(folder) -> None:
     A realisation is a pure function of its key, so the runs of one training queue (several methods,
     resumed runs, processes running side by side) share them: a pool of a few hundred 512x512 slices
     costs tens of minutes of simulation and seconds to read back. Processes building pools at the same
-    time split the work: each claims a realisation before simulating it (a ``.claim`` file holding its
-    process id; a claim whose process has died is taken over) and reads those the others made.
+    time split the work: each claims a realisation before simulating it (the claim every output takes,
+    :func:`~QHQGANLib.core.outputs.claim_output`: a dead or reused process's claim is taken over) and reads
+    those the others made.
     """
     global _DISK
     _DISK = None if folder is None else Path(folder)
@@ -68,47 +69,28 @@ def use_disk_cache(folder) -> None:
         _DISK.mkdir(parents=True, exist_ok=True)
 
 
-def _claim_is_stale(claim: Path) -> bool:
-    try:
-        text, age = claim.read_text().strip(), time.time() - claim.stat().st_mtime
-    except OSError:
-        return False  # gone already: the next look finds the result
-    if not text:
-        return age > 60  # a claim is written right after it is made
-    return not holder_alive(text)
-
-
 def _on_disk(key: tuple, compute: Callable[[], np.ndarray], wait: bool) -> Optional[np.ndarray]:
     """``compute()``, or its copy in the disk cache; None when another process is computing it and
-    ``wait`` is False."""
+    ``wait`` is False. Processes take turns through the project's output claims (:func:`claim_output`)."""
     if _DISK is None:
         return compute()
     path = _DISK / (hashlib.sha1(repr(key).encode()).hexdigest() + ".npy")
-    claim = path.with_suffix(".claim")
-    while True:
-        if path.exists():
-            return np.load(path, allow_pickle=False)
+    while not path.exists():
         try:
-            fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+            with claim_output(path):  # held by another live process: FileExistsError
+                if path.exists():  # made while this process waited
+                    break
+                array = np.asarray(compute())
+                tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp")
+                with open(tmp, "wb") as f:
+                    np.save(f, array, allow_pickle=False)
+                os.replace(tmp, path)
+                return array
         except FileExistsError:
-            if _claim_is_stale(claim):
-                claim.unlink(missing_ok=True)
-            elif not wait:
+            if not wait:
                 return None
-            else:
-                time.sleep(1.0)
-            continue
-        try:
-            os.write(fd, process_token().encode())
-            os.close(fd)
-            array = np.asarray(compute())
-            tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp")
-            with open(tmp, "wb") as f:
-                np.save(f, array, allow_pickle=False)
-            os.replace(tmp, path)
-            return array
-        finally:
-            claim.unlink(missing_ok=True)
+            time.sleep(1.0)
+    return np.load(path, allow_pickle=False)
 
 
 class PairPool:
