@@ -8,6 +8,14 @@ difference" (with ``higher_is_better`` saying which sign is better: PSNR and SSI
 RMSE and noise lower). Pairing matters: the variation between items (an easy slice is easy
 for both methods) cancels in the difference.
 
+``patient_interval(values, patients, seeds=None)`` is the procedure of every benchmark verdict
+(issue #27): patients are the unit. Item scores (per slice, per seed) are averaged within each
+(patient, seed), then over seeds within each patient, and the interval is Student's t over the
+patient means with n - 1 degrees of freedom; with an interval holding 0 the verdict is "not
+resolvable with N patients", never "no difference". Slices of one patient are near copies, so an
+interval over slices would claim far more certainty than the data hold (``Testing/test_statistics.py``
+measures both coverages at the benchmark's structure).
+
 ``seed_difference(a, b)`` compares two methods over independent training runs (one score per
 seed each) with Welch's t interval. ``seed_summary(values)`` summarises one figure over
 training seeds (mean, sample std, min, max, n); ``markdown_row`` writes a paired or a seed
@@ -129,6 +137,62 @@ def paired_difference(a: Sequence[float], b: Sequence[float], confidence: float 
         "verdict": _verdict(low, high, higher_is_better),
         "note": note,
     }
+
+
+def t_interval(values: Sequence[float], confidence: float = 0.95):
+    """``(mean, low, high)``: Student's t interval of the mean of independent values (n - 1 degrees of
+    freedom); low and high are NaN for a single value (no interval).
+
+    Console usage::
+
+        >>> [round(x, 2) for x in t_interval([1.0, 2.0, 3.0])]
+        [2.0, -0.48, 4.48]
+    """
+    from scipy import stats
+
+    x = _as_scores(values, "values")
+    if x.size == 0:
+        raise ValueError("t_interval needs at least one value")
+    mean = float(x.mean())
+    if x.size < 2:
+        return mean, float("nan"), float("nan")
+    half = float(stats.t.ppf(0.5 + confidence / 2, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size))
+    return mean, mean - half, mean + half
+
+
+def patient_interval(values: Sequence[float], patients: Sequence[Any], seeds: Optional[Sequence[Any]] = None,
+                     confidence: float = 0.95, higher_is_better: bool = True) -> Dict[str, Any]:
+    """Patients as the unit: item scores (e.g. per-slice PSNR differences) averaged within each
+    (patient, seed), then over seeds per patient, then a t interval over the patient means.
+
+    Returns ``{"n_patients", "mean", "ci_low", "ci_high", "confidence", "patient_means", "ahead",
+    "verdict"}``; ``ahead`` counts the patients whose mean is on the better side of 0; ``verdict`` is
+    "A better" / "B better" when the interval excludes 0, else "not resolvable with N patients".
+
+    Console usage::
+
+        >>> r = patient_interval([0.9, 1.0, 1.1, 0.2, 0.4], ["p1", "p1", "p1", "p2", "p3"])
+        >>> r["n_patients"], round(r["mean"], 2), r["verdict"]
+        (3, 0.53, 'not resolvable with 3 patients')
+    """
+    x = _as_scores(values, "values")
+    labels = list(patients)
+    runs = [0] * len(labels) if seeds is None else list(seeds)
+    if not (len(labels) == len(runs) == x.size):
+        raise ValueError(f"values, patients and seeds need equal lengths: {x.size}, {len(labels)}, {len(runs)}")
+    cells: Dict[Any, Dict[Any, list]] = {}
+    for value, patient, seed in zip(x, labels, runs):
+        cells.setdefault(patient, {}).setdefault(seed, []).append(float(value))
+    means = {p: float(np.mean([np.mean(v) for v in by_seed.values()])) for p, by_seed in cells.items()}
+    mean, low, high = t_interval(list(means.values()), confidence)
+    n = len(means)
+    if n >= 2 and (low > 0 or high < 0):
+        verdict = "A better" if (low > 0) == higher_is_better else "B better"
+    else:
+        verdict = f"not resolvable with {n} patient{'s' if n != 1 else ''}"
+    ahead = sum((m > 0) if higher_is_better else (m < 0) for m in means.values())
+    return {"n_patients": n, "mean": mean, "ci_low": low, "ci_high": high, "confidence": float(confidence),
+            "patient_means": means, "ahead": int(ahead), "verdict": verdict}
 
 
 def seed_difference(a: Sequence[float], b: Sequence[float], confidence: float = 0.95,

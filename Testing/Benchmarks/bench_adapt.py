@@ -137,14 +137,9 @@ def _evaluation_cases() -> List[Tuple[str, Volume]]:
 
 
 def _t_interval(values: List[float]) -> Tuple[float, float, float]:
-    from scipy import stats
+    from QHQGANLib.metrics.statistics import t_interval
 
-    a = np.asarray(values, dtype=float)
-    mean = float(a.mean())
-    if len(a) < 2:
-        return mean, float("nan"), float("nan")
-    half = float(stats.t.ppf(0.975, len(a) - 1) * a.std(ddof=1) / np.sqrt(len(a)))
-    return mean, mean - half, mean + half
+    return t_interval(values)
 
 
 METHODS = ("hqgan-enhance", "hqgan-enhance circuit frozen", "hqgan-enhance adapted", "mlp-control-enhance",
