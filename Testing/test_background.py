@@ -37,7 +37,7 @@ def test_build_command_for_each_task():
     head = [PY, "-m", "QHQGANLib"]
     argv = build_command(TaskRequest("simulate-low-dose", dose=0.1, seed=3), "in.nrrd", "out.nrrd", PY)
     assert argv == head + ["simulate-low-dose", "in.nrrd", "out.nrrd", "--dose", "0.1", "--seed", "3",
-                           "--progress", "lines"]
+                           "--output-type", "auto", "--progress", "lines"]
 
     request = TaskRequest("enhance", model="hqgan-ldct", quantum_backend="pennylane:lightning.qubit",
                           device="cpu", tile_size=128, overlap=0.5, tile_batch=16)
@@ -45,14 +45,15 @@ def test_build_command_for_each_task():
         "enhance", "in.nrrd", "out.nrrd", "--model", "hqgan-ldct", "--device", "cpu",
         "--quantum-backend", "pennylane:lightning.qubit", "--tile-size", "128", "--overlap", "0.5",
         "--tile-batch", "16", "--strength", "1.0", "--adapt-steps", "0", "--adapt-time-limit", "600.0",
-        "--progress", "lines"]
+        "--output-type", "auto", "--progress", "lines"]
     argv = build_command(TaskRequest("enhance", adapt_steps=300), "in.nrrd", "out.nrrd", PY)  # "Adapt to this scan"
     assert argv[argv.index("--adapt-steps") + 1] == "300" and argv[argv.index("--adapt-time-limit") + 1] == "600.0"
 
     argv = build_command(TaskRequest("super-resolve", device="cuda"), "in.nrrd", "out.nrrd", PY)
     assert argv == head + ["super-resolve", "in.nrrd", "out.nrrd", "--device", "cuda", "--quantum-backend",
                            "torch", "--axis", "in-plane", "--scale", "2", "--fine-tune-steps", "0", "--tile-size",
-                           "512", "--overlap", "0.0", "--tile-batch", "4", "--progress", "lines"]
+                           "512", "--overlap", "0.0", "--tile-batch", "4", "--output-type", "auto", "--progress",
+                           "lines"]
     argv = build_command(TaskRequest("super-resolve", axis="z", scale=3), "in.nrrd", "out.nrrd", PY)
     assert argv[argv.index("--axis") + 1] == "z" and argv[argv.index("--scale") + 1] == "3"
 

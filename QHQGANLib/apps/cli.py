@@ -275,6 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="blur and downsample in-plane like a lower-resolution acquisition")
     _add_io(p)
     p.add_argument("--scale", type=int, default=2, choices=(2, 3, 4), help="in-plane factor (default 2)")
+    add_option_argument(p, "output_type")
     p.set_defaults(func=commands.cmd_degrade_resolution)
 
     _add_training_commands(sub, common)

@@ -29,6 +29,7 @@ from ..core.kinds import default_model, preferred_models
 from ..core.file_checks import require_regular_file
 from ..core.outputs import (check_not_input, check_output_path, check_report_path, claim_output,
                             require_synthetic_name, write_text_output)
+from .output_types import check_output_type, write_result
 
 #: Endings of the volume files the commands write (DICOM goes to a folder).
 VOLUME_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
@@ -174,7 +175,6 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate_low_dose(args: argparse.Namespace) -> int:
-    from ..core.io import write_volume
     from ..physics.lowdose import simulate_low_dose
 
     with _prepare_output(args):
@@ -182,8 +182,9 @@ def cmd_simulate_low_dose(args: argparse.Namespace) -> int:
         with _progress(args, f"simulating {args.dose:.0%} dose") as progress:
             low = simulate_low_dose(volume, args.dose, seed=args.seed, progress=progress,
                                     reference_noise_hu=args.reference_noise_hu, photons=args.photons)
-        write_volume(low, args.output, overwrite=args.overwrite)
-    _say(args, f"wrote {args.output}: {low.shape[0]} slice(s) at {args.dose:.0%} of the input dose (seed {args.seed})")
+        pixel_type = write_result(args, low)
+    _say(args, f"wrote {args.output}: {low.shape[0]} slice(s) at {args.dose:.0%} of the input dose (seed {args.seed}), "
+               f"{pixel_type}")
     info = low.metadata["low_dose"]
     if args.dose < 1.0:
         if info["reference_noise_hu"] is None:
@@ -197,24 +198,24 @@ def cmd_simulate_low_dose(args: argparse.Namespace) -> int:
 
 
 def cmd_degrade_resolution(args: argparse.Namespace) -> int:
-    from ..core.io import write_volume
     from ..physics.resolution import degrade_resolution
 
     with _prepare_output(args):
         volume = _read_input(args)
         low = degrade_resolution(volume, args.scale)
-        write_volume(low, args.output, overwrite=args.overwrite)
-    _say(args, f"wrote {args.output}: {low.size_xyz} voxels at spacing {tuple(round(s, 4) for s in low.spacing)} mm")
+        pixel_type = write_result(args, low)
+    _say(args, f"wrote {args.output}: {low.size_xyz} voxels at spacing {tuple(round(s, 4) for s in low.spacing)} mm, "
+               f"{pixel_type}")
     return 0
 
 
 def _run_model_command(args: argparse.Namespace, task: str) -> int:
-    from ..core.io import write_volume
     from ..tasks.enhance import enhance, super_resolve
 
     dicom = bool(getattr(args, "dicom", False))
     if getattr(args, "deidentify", False) and not dicom:
         raise ValueError("--deidentify is for a DICOM output: add --dicom (OUTPUT is then a folder)")
+    check_output_type(args)
     through_plane = task == "super-resolve" and getattr(args, "axis", "in-plane") == "z"
     # through-plane: None lets super_resolve name the default model, or say none is installed and what to do
     model = args.model or (None if through_plane else
@@ -243,8 +244,7 @@ def _run_model_command(args: argparse.Namespace, task: str) -> int:
         if dicom:
             written = _write_derived_series(args, result, volume)
         else:
-            write_volume(result, args.output, overwrite=args.overwrite)
-            written = f"{result.size_xyz} voxels"
+            written = f"{result.size_xyz} voxels, {write_result(args, result)}"
     from ..core.file_checks import printable
 
     for note in result.metadata.get("warnings", []):

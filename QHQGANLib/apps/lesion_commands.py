@@ -17,8 +17,10 @@ import argparse
 import contextlib
 from pathlib import Path
 
+from ..core.options import add_option_argument
 from ..core.outputs import check_not_input, check_output_path, claim_output, require_synthetic_name
 from .commands import VOLUME_SUFFIXES, _check_input, _say
+from .output_types import write_result
 
 #: What ``--label-out`` defaults to: OUT's name with this before the suffix.
 LABEL_SUFFIX = "_label"
@@ -48,6 +50,7 @@ def add_lesion_command(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--force", action="store_true", help="accept a non-CT modality or non-HU values")
     p.add_argument("--series-uid", help="the series to read when the DICOM folder holds several")
+    add_option_argument(p, "output_type")
     p.set_defaults(func=cmd_insert_lesion)
 
 
@@ -88,8 +91,8 @@ def cmd_insert_lesion(args: argparse.Namespace) -> int:
         mask = read_volume(args.mask, force=True)  # a label map: its values are not HU
         image, label = insert_lesion(volume, mask, kind=args.kind, hu=args.hu, texture=args.texture,
                                      seed=args.seed, edge_mm=args.edge_mm)
-        write_volume(image, args.output, overwrite=args.overwrite)
+        pixel_type = write_result(args, image)
         write_volume(label, label_out, overwrite=args.overwrite, pixel_type="int16")
-    _say(args, f"wrote {args.output}: a SYNTHETIC image ({image.metadata['history'][-1]})")
+    _say(args, f"wrote {args.output}: a SYNTHETIC image, {pixel_type} ({image.metadata['history'][-1]})")
     _say(args, f"wrote {label_out}: the lesion's label map (1 = lesion), marked synthetic")
     return 0

@@ -79,13 +79,17 @@ class TemporaryWorkspace:
         """Write a volume node or a Volume to :attr:`input_path`, uncompressed.
 
         The panel calls this on Slicer's GUI thread: gzip would cost seconds on a large CT
-        for a file that lives a few minutes in a private temporary folder.
+        for a file that lives a few minutes in a private temporary folder. An integer node is
+        written as int16 when its values fit (:mod:`QHQGANLib.core.pixel_types`), so the worker
+        knows its input stored integers and writes an int16 result (issue #29 item 8).
         """
         from ..core.io import write_volume
+        from ..core.pixel_types import for_writing
         from ..core.volume import Volume
 
         volume = source if isinstance(source, Volume) else _volume_of_node(source)
-        return Path(write_volume(volume, self.input_path, overwrite=True, compress=False))
+        volume, pixel_type = for_writing(volume, "auto", note=False)
+        return Path(write_volume(volume, self.input_path, overwrite=True, compress=False, pixel_type=pixel_type))
 
     def read_output(self):
         """The child's output as a :class:`~QHQGANLib.core.volume.Volume`."""

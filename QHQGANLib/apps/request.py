@@ -56,6 +56,7 @@ class TaskRequest:
     target_noise_hu: Optional[float] = option_default("target_noise_hu")
     adapt_steps: int = option_default("adapt_steps")
     adapt_time_limit: float = option_default("adapt_time_limit")
+    output_type: str = option_default("output_type")
 
     def __post_init__(self) -> None:
         task_kind(self.task)  # ValueError for an unknown task

@@ -24,6 +24,7 @@ import numpy as np
 from ..core.constants import CT_DISPLAY_WINDOW, __version__
 from ..core.kinds import default_model
 from ..core.naming import ATTRIBUTE_PREFIX, is_synthetic_node, output_name, synthetic_attributes
+from ..core.pixel_types import SOURCE_PIXEL_TYPE, choose_pixel_type
 from ..core.volume import Volume
 
 #: The LPS <-> RAS flip (its own inverse).
@@ -46,14 +47,16 @@ def volume_from_node(node) -> Volume:
         raise TypeError(f"{node.GetName()} is a label map, not a CT volume")
     if node.GetImageData() is None:
         raise ValueError(f"{node.GetName()} holds no image data")
-    array = np.array(slicer.util.arrayFromVolume(node), dtype=np.float32, copy=True)
+    stored = slicer.util.arrayFromVolume(node)
+    array = np.array(stored, dtype=np.float32, copy=True)
     matrix = vtk.vtkMatrix4x4()
     node.GetIJKToRASMatrix(matrix)
     ijk_to_lps = LPS_TO_RAS @ slicer.util.arrayFromVTKMatrix(matrix)
     linear = ijk_to_lps[:3, :3]
     spacing = np.linalg.norm(linear, axis=0)
     direction = linear / spacing
-    metadata = {"source": f"MRML node {node.GetName()} ({node.GetID()})", "format": "mrml"}
+    metadata = {"source": f"MRML node {node.GetName()} ({node.GetID()})", "format": "mrml",
+                SOURCE_PIXEL_TYPE: stored.dtype.name}  # an integer node gives an int16 result (core.pixel_types)
     if is_synthetic_node(node):
         metadata["synthetic"] = True  # the mark travels into every result computed from it
     return Volume(array, tuple(spacing), tuple(ijk_to_lps[:3, 3]), direction, metadata)
@@ -65,13 +68,16 @@ def node_from_volume(volume: Volume, scene, name: str, reference_node=None,
     """Add ``volume`` to ``scene`` as a new scalar volume node and return it.
 
     With ``reference_node``, the new node goes under its parent transform and
-    beside it (its study) in the subject hierarchy.
+    beside it (its study) in the subject hierarchy. The node's scalar type follows the rule of
+    :mod:`QHQGANLib.core.pixel_types`: int16 (whole HU) when the volume's source stored integers
+    and the values fit, float32 otherwise.
     """
     import slicer.util
 
     node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", scene.GenerateUniqueName(name))
     node.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(volume.ijk_to_ras_matrix()))
-    slicer.util.updateVolumeFromArray(node, volume.array)
+    integer = choose_pixel_type(volume)[0] == "int16"
+    slicer.util.updateVolumeFromArray(node, np.rint(volume.array).astype(np.int16) if integer else volume.array)
     node.CreateDefaultDisplayNodes()
     display = node.GetDisplayNode()
     if display is not None:

@@ -95,7 +95,8 @@ def _train_synth(args: argparse.Namespace) -> int:
         model = train_synth(cfg, volumes, roi=roi, progress=progress)
     card = save_model(model, args.save_model, {"task": "synthesize", "training": {**cfg.to_dict(), "output_dir": None},
                                                 "training_data": training_data(volumes), **speed(model),
-                                                "roi": f"{len(args.roi)} label volume(s)" if args.roi else None},
+                                                "roi": f"{len(args.roi)} label volume(s)" if args.roi else None,
+                                                **getattr(model, "training_pixel_spacing", {})},
                       overwrite=args.overwrite)
     _say(args, f"saved {card['weights']} (sha256 {card['sha256'][:12]}...); generate with "
                f"qhqgan synthesize OUT_synthetic.nrrd --model {Path(args.save_model).with_suffix('.safetensors')}")

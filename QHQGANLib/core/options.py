@@ -26,6 +26,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from .devices import DEVICES
 from .kinds import SR_AXES
+from .pixel_types import OUTPUT_TYPES
 
 
 def check_quantum_backend(value: str) -> None:
@@ -175,16 +176,20 @@ OPTIONS: Dict[str, Option] = {o.name: o for o in (
     Option("photons", float, None, check=lambda v: _check_between("photons", v, 1e3, 1e9),
            help="a fixed incident photon count per 1 mm detector element per view, in [1e3, 1e9]: no "
                 "calibration to the input's noise (1e6 was the fixed default before calibration)"),
+    Option("output_type", str, "auto", choices=OUTPUT_TYPES,
+           help="pixel type of the output file: auto = int16 (whole HU, rounded) when the input stored integer "
+                "pixels (DICOM; integer NRRD/NIfTI/MHA) and every value fits, else float32 (as a float input); "
+                "int16 or float32 force it; recorded in the output's history (a --dicom series is always int16)"),
 )}
 
 #: The options of each task, in command-line order.
 TASK_OPTIONS: Dict[str, Tuple[str, ...]] = {
     "enhance": ("model", "device", "quantum_backend", "tile_size", "overlap", "tile_batch", "strength",
-                "target_noise_hu", "adapt_steps", "adapt_time_limit"),
+                "target_noise_hu", "adapt_steps", "adapt_time_limit", "output_type"),
     "super-resolve": ("model", "device", "quantum_backend", "axis", "scale", "fine_tune_steps", "tile_size", "overlap",
-                      "tile_batch"),
+                      "tile_batch", "output_type"),
     "synthesize": ("model", "device", "quantum_backend", "n_samples", "seed"),
-    "simulate-low-dose": ("dose", "seed", "reference_noise_hu", "photons"),
+    "simulate-low-dose": ("dose", "seed", "reference_noise_hu", "photons", "output_type"),
 }
 
 

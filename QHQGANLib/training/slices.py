@@ -2,12 +2,13 @@
 
 Console usage::
 
-    >>> from QHQGANLib.training.slices import training_slices
+    >>> from QHQGANLib.training.slices import training_pixel_spacing, training_slices
     >>> slices = training_slices([q.read_volume("ct/")], size=64)    # (n, 64, 64) HU
+    >>> training_pixel_spacing([q.read_volume("ct/")], size=64)["pixel_spacing_mm"]   # mm per pixel of those
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from typing import Dict, Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -22,11 +23,43 @@ def training_slices(volumes: Sequence[Volume], size: int = 64, roi: Optional[Seq
     Each slice is cropped to a square around the body (voxels above -500 HU), or around
     the ROI mask when ``roi`` gives one (same shape as the volume) for each volume; the
     aspect ratio is kept (physical pixel spacing), the square padded with air. Slices
-    with less than ``min_body_fraction`` of body are skipped.
+    with less than ``min_body_fraction`` of body are skipped. The physical pixel size this
+    gives is :func:`training_pixel_spacing`'s.
     """
     from skimage.transform import resize
 
-    out: List[np.ndarray] = []
+    out = [resize(np.clip(crop, HU_MIN, HU_MAX), (size, size), order=1, anti_aliasing=True,
+                  preserve_range=True).astype(np.float32)
+           for crop, _ in _square_crops(volumes, roi, min_body_fraction)]
+    if not out:
+        raise ValueError("no usable slices (no body or ROI found)")
+    return np.stack(out)
+
+
+def training_pixel_spacing(volumes: Sequence[Volume], size: int = 64, roi: Optional[Sequence[np.ndarray]] = None,
+                           min_body_fraction: float = 0.05) -> Dict[str, object]:
+    """The physical pixel size of :func:`training_slices`' crops (same arguments), for a model card:
+    ``pixel_spacing_mm`` (the median over the slices of crop side / ``size``), ``pixel_spacing_range_mm``
+    ([smallest, largest]) and ``pixel_spacing_note`` (how). ``synthesize`` writes samples with it."""
+    sides = np.array([side for _, side in _square_crops(volumes, roi, min_body_fraction)], dtype=np.float64)
+    if not sides.size:
+        raise ValueError("no usable slices (no body or ROI found)")
+    pixels = sides / size
+    return {"pixel_spacing_mm": round(float(np.median(pixels)), 4),
+            "pixel_spacing_range_mm": [round(float(pixels.min()), 4), round(float(pixels.max()), 4)],
+            "pixel_spacing_note": f"physical pixel size of the training crops: each of the {sides.size} training "
+                                  f"slices cropped to a square {CROP_MARGIN:g} x the {'ROI' if roi else 'body'}'s "
+                                  f"extent and resampled to {size} pixels; the median of crop side / {size} (range: "
+                                  "the smallest and largest slice); samples are written with it"}
+
+
+#: The square crop's side, as a multiple of the body's (or ROI's) larger extent.
+CROP_MARGIN = 1.05
+
+
+def _square_crops(volumes: Sequence[Volume], roi: Optional[Sequence[np.ndarray]],
+                  min_body_fraction: float) -> Iterator[Tuple[np.ndarray, float]]:
+    """(square crop in HU, its side in mm) of every usable axial slice (see :func:`training_slices`)."""
     for index, volume in enumerate(volumes):
         mask_volume = None if roi is None else np.asarray(roi[index]) > 0
         if mask_volume is not None and mask_volume.shape != volume.shape:
@@ -40,15 +73,10 @@ def training_slices(volumes: Sequence[Volume], size: int = 64, roi: Optional[Seq
             ys, xs = np.nonzero(mask)
             y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
             # square in millimetres around the box centre
-            side_mm = max((y1 - y0) * sy, (x1 - x0) * sx) * 1.05
+            side_mm = max((y1 - y0) * sy, (x1 - x0) * sx) * CROP_MARGIN
             cy, cx = (y0 + y1) / 2, (x0 + x1) / 2
             hy, hx = side_mm / sy / 2, side_mm / sx / 2
             ys_idx = np.clip(np.arange(int(np.floor(cy - hy)), int(np.ceil(cy + hy))), -1, image.shape[0])
             xs_idx = np.clip(np.arange(int(np.floor(cx - hx)), int(np.ceil(cx + hx))), -1, image.shape[1])
             padded = np.pad(image, 1, constant_values=HU_MIN)
-            crop = padded[np.ix_(ys_idx + 1, xs_idx + 1)]
-            out.append(resize(np.clip(crop, HU_MIN, HU_MAX), (size, size), order=1, anti_aliasing=True,
-                              preserve_range=True).astype(np.float32))
-    if not out:
-        raise ValueError("no usable slices (no body or ROI found)")
-    return np.stack(out)
+            yield padded[np.ix_(ys_idx + 1, xs_idx + 1)], float(side_mm)

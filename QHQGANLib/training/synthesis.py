@@ -52,7 +52,7 @@ from .distributed import broadcast_buffers, frozen, gather_from_ranks, setup_dis
 from .loop import Precision, check_output_dir, claim_output_dir, in_training_layout, resume_state, run_loop
 from .provenance import write_training_data
 from .losses import gradient_penalty
-from .slices import training_slices
+from .slices import training_pixel_spacing, training_slices
 
 
 @dataclass
@@ -230,7 +230,9 @@ def train_synth(cfg: SynthConfig, volumes: Optional[Sequence[Volume]] = None,
     """Train a synthesis generator on ``volumes`` (or ready ``slices`` (n, s, s) in HU); seeded.
 
     Returns the generator (its exponential moving average with ``ema_decay`` > 0) in eval mode,
-    on the training device (``cfg.device``), with ``training_seconds`` set. A non-empty ``cfg.output_dir``
+    on the training device (``cfg.device``), with ``training_seconds`` set, and ``training_pixel_spacing``
+    (the crops' physical pixel size for the model card, :func:`~QHQGANLib.training.slices.training_pixel_spacing`;
+    empty when trained on ready ``slices``). A non-empty ``cfg.output_dir``
     is refused before any work unless ``cfg.resume`` or ``cfg.overwrite``; the folder is claimed for the run.
     """
     canonical_method(cfg.method)  # ValueError naming METHODS for an unknown one
@@ -248,10 +250,12 @@ def _train_synth(cfg: SynthConfig, volumes, slices, roi, progress, cancel, show_
     """:func:`train_synth` once its output folder is checked and claimed."""
     check_cancel(cancel)
     torch.manual_seed(cfg.seed)
+    pixel_spacing = {}
     if slices is None:
         if not volumes:
             raise ValueError("give training volumes or slices")
         slices = training_slices(volumes, cfg.size, roi=roi)
+        pixel_spacing = training_pixel_spacing(volumes, cfg.size, roi=roi)  # for the card: synthesize() uses it
     if slices.shape[1:] != (cfg.size, cfg.size):
         raise ValueError(f"slices must be {cfg.size}x{cfg.size}, got {slices.shape[1:]}")
     data = torch.from_numpy(hu_to_unit(slices).astype(np.float32))[:, None].to(device)
@@ -278,4 +282,5 @@ def _train_synth(cfg: SynthConfig, volumes, slices, roi, progress, cancel, show_
     result = (gen if task.ema is None else task.ema).to(memory_format=torch.contiguous_format)
     result.eval()
     result.training_seconds, result.training_updates = seconds, cfg.steps - start
+    result.training_pixel_spacing = pixel_spacing
     return result

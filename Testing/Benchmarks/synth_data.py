@@ -23,7 +23,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from protocol import load_split  # noqa: E402
 
-from QHQGANLib.training.slices import training_slices  # noqa: E402
+from QHQGANLib.training.slices import training_pixel_spacing, training_slices  # noqa: E402
 
 DESCRIPTION = ("patient-level split of protocol.json: training patients' abdomen volumes (TotalSegmentator "
                "abdomen-pelvis, Apache-2.0 / CC BY 4.0, Wasserthal et al. 2023; Siemens example series), tuning "
@@ -42,3 +42,9 @@ def load_slices(size: int = 64) -> Dict[str, np.ndarray]:
         volumes = _abdomen(load_split(split))
         out[split] = training_slices(volumes, size, min_body_fraction=0.0)
     return out
+
+
+def pixel_spacing(size: int = 64) -> Dict[str, object]:
+    """The physical pixel size of the training slices at ``size`` (for a shipped model's card; ``synthesize``
+    writes samples with it): :func:`QHQGANLib.training.slices.training_pixel_spacing` of the training split."""
+    return training_pixel_spacing(_abdomen(load_split("train")), size, min_body_fraction=0.0)

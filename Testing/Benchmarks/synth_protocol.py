@@ -49,7 +49,7 @@ sys.path.insert(0, str(HERE))
 from bench_synth import KEYS, _stack_rows, flat, ship  # noqa: E402
 from report import write_section  # noqa: E402
 from run_queue import claim, keep_budget, load_json, save_json, trained_steps, weights_of  # noqa: E402
-from synth_data import DESCRIPTION, load_slices  # noqa: E402
+from synth_data import DESCRIPTION, load_slices, pixel_spacing  # noqa: E402
 
 from QHQGANLib.core.figures import save_panels_png  # noqa: E402
 from QHQGANLib.metrics.c2st import c2st_accuracy  # noqa: E402
@@ -384,6 +384,7 @@ def ship_all(steps: int, size: int = 64) -> None:
             "validation_c2st": {**scores, "against": f"the {N_SAMPLES} samples vs the training slices (balanced)"},
             "results": f"BENCHMARKS.md section '{section_for(size, steps)}'" +
                        " (3 seeds; this is seed 0)",
+            **pixel_spacing(size),  # the training crops' physical pixel size: synthesize() writes samples with it
             "limitations": "trained for " + str(steps) + " updates on a CPU core, not converged; samples are "
                            "abdomen-shaped body outlines with soft-tissue values, without spine, ribs, fat layer or "
                            "organs in their places, and a small CNN tells them from real slices (validation_c2st); "

@@ -1,0 +1,153 @@
+"""Pixel types: what a source stored, and what a result is written as (issue #31).
+
+CT scanners store whole HU as 16-bit integers; a float32 result of an int16 input is twice its
+size (3.4x a compressed one) with nothing gained. So the reader records the source's pixel type
+in ``metadata["source_pixel_type"]`` (a numpy dtype name: ``"int16"``, ``"uint16"``, ``"int32"``,
+``"float32"``...; DICOM: from ``BitsAllocated`` and ``PixelRepresentation``, always an integer
+type; NRRD/NIfTI/MHA: the type SimpleITK's reader reports; a Slicer node: its scalar type), every
+derived volume keeps it (``Volume.with_array`` copies the metadata), and a result is written by
+the rule of :func:`choose_pixel_type`:
+
+* ``output_type="auto"`` (default): an input that stored integers gives int16, rounded to whole
+  HU, when every value fits [-32768, 32767]; otherwise (a float input, values beyond int16) float32;
+* ``"int16"``: whole HU as int16 whatever the input (ValueError when the values do not fit);
+* ``"float32"``: float32 whatever the input.
+
+:func:`for_writing` gives the volume to write (rounded for int16) with the choice in the last step
+of its ``metadata["history"]``; the writer is :func:`QHQGANLib.core.io.write_volume` (``pixel_type=``).
+
+Console usage::
+
+    >>> from QHQGANLib.core.pixel_types import for_writing
+    >>> typed, pixel_type = for_writing(result)          # result of an int16 DICOM series
+    >>> pixel_type, typed.metadata["history"][-1]
+    ('int16', 'enhanced by hqgan-film-enhance; stored as int16, whole HU (rounded; the input stored uint16
+    pixels, output type auto)')
+    >>> write_volume(typed, "enhanced.nrrd", pixel_type=pixel_type)
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Optional, Tuple
+
+import numpy as np
+
+#: ``Volume.metadata`` key of the source's pixel type (a numpy dtype name).
+SOURCE_PIXEL_TYPE = "source_pixel_type"
+#: The ``--output-type`` choices (``core.options``): auto (the rule above), int16, float32.
+OUTPUT_TYPES = ("auto", "int16", "float32")
+INTEGER_TYPES = ("int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64")
+INT16_MIN, INT16_MAX = -32768, 32767
+#: How many files of a DICOM folder are opened (header only) to find one of the series read.
+_DICOM_HEADER_TRIES = 200
+
+
+def is_integer_type(pixel_type: Optional[str]) -> bool:
+    """True for a stored integer type (``"int16"``, ``"uint16"``, ...)."""
+    return str(pixel_type) in INTEGER_TYPES
+
+
+def stored_pixel_type(path: Path, metadata: dict) -> Optional[str]:
+    """The pixel type the file (or DICOM series) at ``path`` stores, as a numpy dtype name; None when
+    it cannot be told (a header that no longer reads). Only headers are read."""
+    path = Path(path)
+    if metadata.get("format") == "dicom":
+        return _dicom_pixel_type(path, metadata.get("dicom") or {})
+    return _itk_pixel_type(path)
+
+
+def _itk_pixel_type(path: Path) -> Optional[str]:
+    import SimpleITK as sitk
+
+    names = {sitk.sitkInt8: "int8", sitk.sitkUInt8: "uint8", sitk.sitkInt16: "int16", sitk.sitkUInt16: "uint16",
+             sitk.sitkInt32: "int32", sitk.sitkUInt32: "uint32", sitk.sitkInt64: "int64", sitk.sitkUInt64: "uint64",
+             sitk.sitkFloat32: "float32", sitk.sitkFloat64: "float64"}
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return None
+    return names.get(reader.GetPixelID())
+
+
+def _dicom_pixel_type(path: Path, kept: dict) -> str:
+    """``int16``/``uint16``/... from the first file of the series read (header only); a DICOM image
+    stores integers (``int16`` when no header tells more)."""
+    import pydicom
+
+    from .dicom_read import is_dicom_file
+
+    files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.is_file())
+    series = kept.get("SeriesInstanceUID")
+    tries = 0
+    for file in files:
+        if tries >= _DICOM_HEADER_TRIES:
+            break
+        if not is_dicom_file(file):
+            continue
+        tries += 1
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ds = pydicom.dcmread(str(file), stop_before_pixels=True,
+                                     specific_tags=["BitsAllocated", "PixelRepresentation", "SeriesInstanceUID"])
+        except Exception:  # noqa: BLE001 (an unreadable header: try the next file)
+            continue
+        if series and str(ds.get("SeriesInstanceUID", "")) != series:
+            continue
+        bits = int(ds.get("BitsAllocated", 16) or 16)
+        signed = int(ds.get("PixelRepresentation", 1)) == 1
+        if bits in (8, 16, 32, 64):
+            return f"{'' if signed else 'u'}int{bits}"
+        break
+    return "int16"
+
+
+def _fits_int16(array: np.ndarray) -> bool:
+    return bool(array.size == 0 or (np.rint(array.min()) >= INT16_MIN and np.rint(array.max()) <= INT16_MAX))
+
+
+def choose_pixel_type(volume, output_type: str = "auto") -> Tuple[str, str]:
+    """``(pixel type, why)`` for writing ``volume``: ``"int16"`` or ``"float32"`` by the module's rule,
+    ``why`` in words for the history. ValueError for an unknown ``output_type``, and for ``"int16"``
+    when the values do not fit the int16 range."""
+    if output_type not in OUTPUT_TYPES:
+        raise ValueError(f"output_type must be {', '.join(OUTPUT_TYPES[:-1])} or {OUTPUT_TYPES[-1]}, "
+                         f"got {output_type!r}")
+    source = volume.metadata.get(SOURCE_PIXEL_TYPE)
+    stored = f"the input stored {source} pixels" if source else "the input's pixel type is not known"
+    if output_type == "float32":
+        return "float32", "output type float32"
+    fits = _fits_int16(volume.array)
+    if output_type == "int16":
+        if not fits:
+            raise ValueError(f"the result's values ({volume.array.min():.0f} to {volume.array.max():.0f} HU) do not "
+                             f"fit int16 [{INT16_MIN}, {INT16_MAX}]: use output type float32 or auto")
+        return "int16", "output type int16"
+    if not is_integer_type(source):
+        return "float32", f"{stored}, output type auto"
+    if not fits:
+        return "float32", f"{stored} but the values do not fit int16, output type auto"
+    return "int16", f"{stored}, output type auto"
+
+
+def for_writing(volume, output_type: str = "auto", note: bool = True):
+    """``(volume to write, pixel type)`` for :func:`QHQGANLib.core.io.write_volume`: rounded to whole HU
+    for int16. The choice is added to the last step of its history (the step that made the result:
+    ``"enhanced by ...; stored as int16, whole HU (rounded; ...)"``), or is its only step; ``note=False``
+    records nothing (e.g. a temporary file)."""
+    pixel_type, why = choose_pixel_type(volume, output_type)
+    if pixel_type == "int16":
+        typed = volume.with_array(np.rint(volume.array))
+        text = f"stored as int16, whole HU (rounded; {why})"
+    elif not note:
+        return volume, pixel_type
+    else:
+        typed = volume.with_array(volume.array)
+        text = f"stored as float32 ({why})"
+    if note:
+        steps = list(typed.metadata.get("history") or [])
+        typed.metadata["history"] = steps[:-1] + [f"{steps[-1]}; {text}" if steps else text]
+    return typed, pixel_type
