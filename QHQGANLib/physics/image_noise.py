@@ -24,7 +24,9 @@ axis (``sqrt((fx / 0.5)^2 + (fy / 0.5)^2)`` with ``fx, fy`` in cycles per pixel)
 texture is defined per pixel, as an FBP reconstruction on that grid would be. The zero
 frequency is removed, so every slice's noise has mean exactly 0; each slice's noise is then
 scaled so that its standard deviation over the slice is exactly ``std_hu``. Values are not
-clipped (clipping would change the noise level); the input is never modified.
+clipped (clipping would change the noise level); the input is never modified. Padding recorded
+by DICOM (``metadata["padding_hu"]``, :mod:`QHQGANLib.core.padding`) lies outside the patient: it
+gets no noise and keeps its value, and the patient gets the same noise as with air there.
 
 Console usage::
 
@@ -42,6 +44,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 
+from ..core.padding import padding_mask, padding_value, restore_padding
 from ..core.volume import Volume, require_finite
 
 NPS_SHAPES: Tuple[str, ...] = ("ramp", "white")
@@ -127,6 +130,6 @@ def add_ct_noise(volume: Volume, std_hu: float, seed: Optional[int] = None, nps:
         sd = float(noise.std())
         out[k] += noise * (std_hu / sd) if sd > 0 else 0.0
     note = f"add_ct_noise(std_hu={std_hu:g}, nps={nps}, cutoff={cutoff:g}, seed={entropy})"
-    result = volume.with_array(out, note=note)
+    result = restore_padding(volume.with_array(out, note=note), padding_mask(volume), padding_value(volume))
     result.metadata["image_noise"] = {"std_hu": std_hu, "nps": nps, "seed": entropy, "cutoff": float(cutoff)}
     return result

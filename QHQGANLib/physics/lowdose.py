@@ -14,7 +14,9 @@ protocols", Med Phys 39(8):4710, 2012, and Zeng et al., "A simple low-dose x-ray
 simulation from high-dose scan", IEEE TNS 62(5):2226, 2015. For every axial slice:
 
 1. HU -> linear attenuation ``mu = mu_water * (1 + HU/1000)`` (clipped at 0, so air and
-   the padding outside the scan circle attenuate nothing).
+   the padding outside the scan circle attenuate nothing). Padding recorded by DICOM
+   (``metadata["padding_hu"]``, :mod:`QHQGANLib.core.padding`) is simulated as air, marks the
+   edge of the field of view for the truncation model, and is put back unchanged: no noise.
 2. Forward projection (parallel beam, ASTRA's CPU projector) gives the line integrals
    ``p`` and the expected full-dose counts ``lam = I0 * exp(-p)`` of every ray (``I0``
    varies with the view angle under tube-current modulation, ``ScannerModel``).
@@ -72,10 +74,12 @@ from typing import Callable, Dict, List, Optional, Tuple
 import numpy as np
 
 from ..core.orientation import to_axial
+from ..core.padding import as_air, padding_mask, padding_value, restore_padding
 from ..core.progress import OperationCancelled, check_cancel, report
 from ..core.volume import Volume, require_finite
 from .calibration import (calibrate_photons, pilot_slices, positive_or_none, reference_noise, rms_in_masks,
                           sample_slices)
+from .projector import _block_mean_local as _block_mean  # mean over f x f blocks (edge-padded)
 from .projector import make_parallel_beam  # ASTRA, or the numpy fallback where ASTRA has no wheel
 from .truncation import MODES as TRUNCATION_MODES, plan_extension
 
@@ -155,18 +159,6 @@ class ScannerModel:
 
 
 # --- helpers -------------------------------------------------------------------------
-
-def _block_mean(img: np.ndarray, f: int) -> np.ndarray:
-    """Mean over f x f blocks of the last two axes (sizes padded with edge values)."""
-    ny, nx = img.shape[-2:]
-    py, px = (-ny) % f, (-nx) % f
-    if py or px:
-        pad = [(0, 0)] * (img.ndim - 2) + [(0, py), (0, px)]
-        img = np.pad(img, pad, mode="edge")
-    ny, nx = img.shape[-2:]
-    shape = img.shape[:-2] + (ny // f, f, nx // f, f)
-    return img.reshape(shape).mean(axis=(-3, -1))
-
 
 class _ParallelBeam:
     """ASTRA 2D parallel-beam projector + FBP for one slice size, in units of image pixels.
@@ -378,12 +370,14 @@ def simulate_low_dose(volume: Volume, dose_fraction: float, seed: Optional[int] 
         return out
 
     f = max(1, int(projection_downsample))
-    ext = plan_extension(volume.array, pixel_mm, truncation, multiple=f)
+    pad = padding_mask(volume)  # the scanner's padding (core.padding): air here, put back unchanged at the end
+    source = as_air(volume.array, pad)
+    ext = plan_extension(source, pixel_mm, truncation, multiple=f, outside=pad)
     hu_px = 1000.0 / scanner.mu_water / pixel_mm  # HU per (1/pixel) of reconstructed attenuation
     bin_ratio = pixel_mm / scanner.detector_bin_mm  # simulated bins get I0 * pixel / detector_bin photons
 
     def line_integrals(g: _ParallelBeam, k: int) -> np.ndarray:
-        sl = volume.array[k].astype(np.float64)
+        sl = source[k].astype(np.float64)
         mu_px = np.clip(scanner.mu_water * (1.0 + sl / 1000.0), 0.0, None) * pixel_mm  # 1/pixel
         return g.project_coarse(ext.attenuation(k, sl, mu_px, scanner.mu_water * pixel_mm))
 
@@ -391,15 +385,15 @@ def simulate_low_dose(volume: Volume, dose_fraction: float, seed: Optional[int] 
     done = 0.0
     record.update(reference_noise_hu=None, reference_noise_source="none")
     if photons is None:
-        reference, source, candidates, why = reference_noise(volume.array, pixel_mm, reference)
-        record.update(reference_noise_hu=reference, reference_noise_source=source)
+        reference, origin, candidates, why = reference_noise(source, pixel_mm, reference)
+        record.update(reference_noise_hu=reference, reference_noise_source=origin)
         if reference is None:
             warnings.warn(f"simulate_low_dose: {why}; using the scanner's fixed {scanner.incident_photons:g} "
                           "photons (pass reference_noise_hu= or photons=)", RuntimeWarning, stacklevel=2)
             photons = scanner.incident_photons
         else:
             target = math.sqrt(1.0 / a - 1.0) * reference
-            measured_on = pilot_slices(volume.array, pixel_mm, reference, candidates)
+            measured_on = pilot_slices(source, pixel_mm, reference, candidates)
             n_pilot = min(scanner.n_views, max(60, scanner.n_views // 4))
             pilot = make_parallel_beam(_ParallelBeam, ny, nx, n_pilot, scanner.recon_filter, f, ext.pad)
             try:
@@ -434,16 +428,16 @@ def simulate_low_dose(volume: Volume, dose_fraction: float, seed: Optional[int] 
             check_cancel(cancel)
             delta = _noise_sinogram(p, a, scanner, i0_bin, rng)
             check_cancel(cancel)
-            out[k] = volume.array[k] + (geom.fbp(delta) * hu_px).astype(np.float32)
+            out[k] = source[k] + (geom.fbp(delta) * hu_px).astype(np.float32)
             report(progress, done + (1.0 - done) * (k + 1) / nz, f"slice {k + 1}/{nz}")
     finally:
         geom.close()
     check_cancel(cancel)
     if measured_on is None:
-        measured_on = pilot_slices(volume.array, pixel_mm, None, sample_slices(nz, ny * nx))
-    diffs = [out[k].astype(np.float64) - volume.array[k] for k in measured_on[0]]
+        measured_on = pilot_slices(source, pixel_mm, None, sample_slices(nz, ny * nx))
+    diffs = [out[k].astype(np.float64) - source[k] for k in measured_on[0]]
     record.update(photons=float(photons), inserted_noise_hu=rms_in_masks(diffs, measured_on[1]),
                   measured_on_slices=list(measured_on[0]), truncation=ext.info)
-    low = volume.with_array(out, note=note)
+    low = restore_padding(volume.with_array(out, note=note), pad, padding_value(volume))
     low.metadata["low_dose"] = record
     return low

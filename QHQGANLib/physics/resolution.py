@@ -12,6 +12,7 @@ from typing import Optional
 
 import numpy as np
 
+from ..core.padding import as_air, padding_mask, padding_value, restore_padding
 from ..core.progress import ProgressCallback, check_cancel, report
 from ..core.volume import Volume, require_finite
 
@@ -33,7 +34,9 @@ def degrade_resolution(volume: Volume, scale: int = 2, sigma_px: Optional[float]
     When a size is not a multiple of ``scale``: ``remainder="crop"`` (default) drops the
     last rows/columns (the extent shrinks by < scale pixels at the high-index end);
     ``"pad"`` repeats the edge values (the extent grows by < scale pixels there).
-    Mean HU is preserved. Returns a new Volume with a ``history`` note.
+    Mean HU is preserved. Padding recorded by DICOM (``metadata["padding_hu"]``,
+    :mod:`QHQGANLib.core.padding`) is blurred as air and put back on the coarse voxels that are
+    mostly padding. Returns a new Volume with a ``history`` note.
     """
     require_finite(volume, "degrade_resolution")
     if isinstance(scale, bool) or int(scale) != scale or scale < 1:
@@ -58,18 +61,23 @@ def degrade_resolution(volume: Volume, scale: int = 2, sigma_px: Optional[float]
     else:
         cy, cx = -(-ny // scale) * scale, -(-nx // scale) * scale
     out = np.empty((nz, cy // scale, cx // scale), np.float32)
+    pad = padding_mask(volume)  # the scanner's padding: blurred as air, put back below
+
+    def blocks(sl: np.ndarray) -> np.ndarray:
+        sl = sl[..., :cy, :cx] if remainder == "crop" else np.pad(
+            sl, [(0, 0)] * (sl.ndim - 2) + [(0, cy - ny), (0, cx - nx)], mode="edge")
+        return sl.reshape(sl.shape[:-2] + (cy // scale, scale, cx // scale, scale)).mean(axis=(-3, -1))
+
     for k in range(nz):
         check_cancel(cancel)
-        sl = volume.array[k].astype(np.float64)
+        sl = as_air(volume.array[k], None if pad is None else pad[k]).astype(np.float64)
         if sigma_px > 0:
             sl = gaussian_filter(sl, sigma_px, mode="nearest")
-        if remainder == "crop":
-            sl = sl[:cy, :cx]
-        else:
-            sl = np.pad(sl, ((0, cy - ny), (0, cx - nx)), mode="edge")
-        out[k] = sl.reshape(cy // scale, scale, cx // scale, scale).mean(axis=(1, 3))
+        out[k] = blocks(sl)
         report(progress, (k + 1) / nz, f"slice {k + 1}/{nz}")
     sx, sy, sz = volume.spacing
     shift = np.array([(scale - 1) / 2.0 * sx, (scale - 1) / 2.0 * sy, 0.0])
     origin = np.asarray(volume.origin) + volume.direction @ shift
-    return volume.with_geometry(out, (sx * scale, sy * scale, sz), origin, note=note)
+    result = volume.with_geometry(out, (sx * scale, sy * scale, sz), origin, note=note)
+    return result if pad is None else restore_padding(result, blocks(pad.astype(np.float32)) >= 0.5,
+                                                      padding_value(volume))

@@ -102,9 +102,11 @@ class SliceTruncation:
     fill_hu: float = 0.0  # what the missing part of the patient is filled with
 
 
-def field_of_view(image: np.ndarray) -> np.ndarray:
-    """Reconstructed pixels: all but the scanner's padding (values below -1500 HU)."""
-    return np.asarray(image) > PADDING_BELOW_HU
+def field_of_view(image: np.ndarray, outside: Optional[np.ndarray] = None) -> np.ndarray:
+    """Reconstructed pixels: all but the scanner's padding (values below -1500 HU, and the ``outside``
+    mask where the padding is known: DICOM PixelPaddingValue, :mod:`QHQGANLib.core.padding`)."""
+    fov = np.asarray(image) > PADDING_BELOW_HU
+    return fov if outside is None else fov & ~np.asarray(outside, dtype=bool)
 
 
 def body_mask(image: np.ndarray, pixel_mm: float) -> np.ndarray:
@@ -148,13 +150,14 @@ def _fit_outline(rows: np.ndarray, cols: np.ndarray, pixel_mm: float) -> Optiona
     return ell
 
 
-def detect_truncation(image: np.ndarray, pixel_mm: float) -> SliceTruncation:
-    """Whether the patient in a 2D slice touches the edge of the field of view, and its outline ellipse."""
+def detect_truncation(image: np.ndarray, pixel_mm: float, outside: Optional[np.ndarray] = None) -> SliceTruncation:
+    """Whether the patient in a 2D slice touches the edge of the field of view, and its outline ellipse
+    (``outside``: the slice's known padding, see :func:`field_of_view`)."""
     from scipy import ndimage as ndi
 
     image = np.asarray(image, np.float64)
     ny, nx = image.shape
-    fov = field_of_view(image)
+    fov = field_of_view(image, outside)
     fov_edge = fov & ~ndi.binary_erosion(fov, border_value=0)
     body = body_mask(image, pixel_mm) & fov
     touching = body & fov_edge
@@ -186,6 +189,7 @@ class Extension:
     ellipses: Dict[int, Ellipse] = field(default_factory=dict)
     fill_hu: Dict[int, float] = field(default_factory=dict)
     info: Dict[str, object] = field(default_factory=dict)
+    outside: Optional[np.ndarray] = None  # the known padding (z, y, x), outside the field of view
 
     def attenuation(self, k: int, image: np.ndarray, mu: np.ndarray, water: float) -> np.ndarray:
         """``mu`` (the attenuation of slice ``k``) on the padded grid; the missing part of the patient
@@ -200,30 +204,31 @@ class Extension:
         if ell is not None:
             rows, cols = np.mgrid[-py:ny + py, -px:nx + px]
             missing = np.ones(out.shape, bool)
-            missing[py:py + ny, px:px + nx] = ~field_of_view(image)
+            missing[py:py + ny, px:px + nx] = ~field_of_view(image, None if self.outside is None else self.outside[k])
             out[missing & ell.inside(rows, cols)] = water * (1.0 + self.fill_hu.get(k, 0.0) / 1000.0)
         return out
 
 
 def plan_extension(array: np.ndarray, pixel_mm: float, mode: str = "auto", multiple: int = 1,
-                   max_canvas: int = 4096) -> Extension:
+                   max_canvas: int = 4096, outside: Optional[np.ndarray] = None) -> Extension:
     """Detect truncation in every slice of ``array`` (z, y, x) and the padding the ellipses need.
 
     ``mode``: ``"auto"`` (extend truncated slices) or ``"off"`` (project the image alone).
     ``multiple``: the padding is a multiple of it (the projector's grid coarsening). The padded
-    canvas is at most ``max_canvas`` pixels on a side. ``info`` summarises the result for the
-    output's metadata.
+    canvas is at most ``max_canvas`` pixels on a side. ``outside``: the known padding (z, y, x) of
+    ``array`` (its voxels may then hold anything, e.g. air), outside the field of view. ``info``
+    summarises the result for the output's metadata.
     """
     if mode not in MODES:
         raise ValueError(f"truncation must be one of {', '.join(MODES)}, got {mode!r}")
     nz, ny, nx = array.shape
-    ext = Extension((ny, nx))
+    ext = Extension((ny, nx), outside=outside)
     if mode == "off":
         ext.info = {"mode": "off"}
         return ext
     sources, touching = [], []
     for k in range(nz):
-        found = detect_truncation(array[k], pixel_mm)
+        found = detect_truncation(array[k], pixel_mm, None if outside is None else outside[k])
         if found.truncated:
             ext.ellipses[k] = found.ellipse
             ext.fill_hu[k] = found.fill_hu

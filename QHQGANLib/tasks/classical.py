@@ -27,6 +27,7 @@ from typing import Iterator, Optional, Sequence, Tuple
 import numpy as np
 
 from ..core.constants import HU_MAX, HU_MIN, HU_RANGE
+from ..core.padding import carry_padding
 from ..core.progress import check_cancel, report
 from ..core.volume import Volume
 from ..metrics.image import noise_in_uniform_regions, uniform_region_mask
@@ -140,7 +141,8 @@ def bm3d_denoise(volume: Volume, sigma_hu: Optional[float] = None, psd: Optional
             denoised = bm3d.bm3d(x, sigma_psd=sigma)
         out[k] = np.asarray(denoised, np.float32) * (high - low) + low
         report(progress, (k + 1) / volume.shape[0], f"BM3D slice {k + 1}/{volume.shape[0]}")
-    return volume.with_array(out, note="BM3D denoised" + (" (noise PSD)" if psd_unit is not None else ""))
+    return carry_padding(volume, volume.with_array(
+        out, note="BM3D denoised" + (" (noise PSD)" if psd_unit is not None else "")))
 
 
 def bicubic_upsample(volume: Volume, scale: int = 2) -> Volume:
@@ -153,4 +155,4 @@ def bicubic_upsample(volume: Volume, scale: int = 2) -> Volume:
     x = torch.from_numpy(np.clip(volume.array, HU_MIN, HU_MAX))[:, None]
     y = F.interpolate(x, scale_factor=scale, mode="bicubic", align_corners=False)[:, 0].numpy()
     spacing, origin = super_resolved_geometry(volume, scale)
-    return volume.with_geometry(y, spacing, origin, note=f"bicubic x{scale}")
+    return carry_padding(volume, volume.with_geometry(y, spacing, origin, note=f"bicubic x{scale}"))

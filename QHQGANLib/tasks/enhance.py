@@ -13,6 +13,10 @@ checked before every batch.
 Orientation: the networks work on axial planes; a volume stored coronally or sagittally is
 processed on its axial planes and stored back in its own order (:mod:`QHQGANLib.core.orientation`).
 
+Padding: the voxels outside the reconstruction circle (DICOM PixelPaddingValue, ``metadata["padding_hu"]``,
+:mod:`QHQGANLib.core.padding`) get their padding value back in every output (for a finer grid, the mask
+resampled by nearest neighbour), whatever the network made of them.
+
 Geometry: ``enhance`` keeps the grid. ``super_resolve`` divides the in-plane spacing
 by the scale and moves the origin so the physical region covered by the voxels is
 unchanged: with ``origin`` the centre of the first voxel, the new first centre sits
@@ -36,6 +40,7 @@ import numpy as np
 from ..core.constants import HU_MAX, HU_MIN
 from ..core.kinds import default_model
 from ..core.orientation import to_axial
+from ..core.padding import carry_padding
 from ..core.progress import sub_progress
 from ..core.volume import Volume
 from .geometry import super_resolved_geometry
@@ -114,8 +119,8 @@ def enhance(volume: Volume, model: Union[str, object] = default_model("enhance")
                          f"{info['noise_hu_full_strength']:.1f} HU at full strength (strength 1 used)")
     if strength < 1.0:
         array = blend(volume.array, array, strength)
-    result = volume.with_array(array, note=f"enhanced by {net_name}"
-                               + (f" at strength {strength:.2f}" if strength < 1.0 else ""))
+    result = carry_padding(volume, volume.with_array(array, note=f"enhanced by {net_name}"
+                                                     + (f" at strength {strength:.2f}" if strength < 1.0 else "")))
     result.metadata["enhancement"] = info
     if adaptation is not None and "stopped" in adaptation:
         notes.append(f"adaptation stopped early: {adaptation['stopped']}")
@@ -209,7 +214,8 @@ def super_resolve(volume: Volume, scale: int = 2, model: Union[str, object, None
         raise ValueError(f"model {net_name} does not upscale by {scale} (output {array.shape[1:]} "
                          f"for input {(ny, nx)})")
     spacing, origin = super_resolved_geometry(volume, scale)
-    result = volume.with_geometry(array, spacing, origin, note=f"super-resolved x{scale} by {net_name}")
+    result = carry_padding(volume, volume.with_geometry(array, spacing, origin,
+                                                        note=f"super-resolved x{scale} by {net_name}"))
     if note:
         result.metadata["warnings"] = list(result.metadata.get("warnings", [])) + [note]
     return result

@@ -9,6 +9,10 @@ maps it back and is scored against the normal-dose original:
   windows of the normal-dose image between -100 and 200 HU whose local standard
   deviation is in its lowest quintile), mean over those windows, in HU.
 
+The reference's padding (the voxels outside the reconstruction circle, DICOM PixelPaddingValue:
+:mod:`QHQGANLib.core.padding`) is left out of every score: it is no image, and what a method
+writes there changes nothing.
+
 Console usage::
 
     >>> from QHQGANLib.tasks.evaluate import evaluate_enhancement
@@ -25,7 +29,7 @@ import numpy as np
 from ..core.constants import HU_MAX, HU_MIN
 from ..core.progress import report
 from ..core.volume import Volume
-from ..metrics.image import noise_in_uniform_regions, psnr, ssim, uniform_region_mask
+from ..metrics.image import noise_in_uniform_regions, psnr, scored_voxels, ssim, uniform_region_mask
 from .classical import bicubic_upsample
 
 Method = Union[str, object, Callable[[Volume], Volume]]
@@ -42,12 +46,16 @@ def _apply(method: Method, volume: Volume, task: str) -> Volume:
 
 
 def score(output: Volume, reference: Volume, mask: np.ndarray) -> Dict[str, float]:
+    """PSNR, SSIM and noise of ``output`` against ``reference`` (noise in the windows ``mask``), the
+    reference's padding left out."""
+    valid = scored_voxels(output, reference)
+    noisy = output.array if valid is None else np.where(valid, output.array, np.clip(reference.array, HU_MIN, HU_MAX))
     return {
-        "psnr_abdomen": psnr(output, reference, window="abdomen"),
-        "ssim_abdomen": ssim(output, reference, window="abdomen"),
-        "psnr_full": psnr(output, reference, window="full"),
-        "ssim_full": ssim(output, reference, window="full"),
-        "noise_hu": noise_in_uniform_regions(output.array, mask),
+        "psnr_abdomen": psnr(output, reference, window="abdomen", valid=valid),
+        "ssim_abdomen": ssim(output, reference, window="abdomen", valid=valid),
+        "psnr_full": psnr(output, reference, window="full", valid=valid),
+        "ssim_full": ssim(output, reference, window="full", valid=valid),
+        "noise_hu": noise_in_uniform_regions(noisy, mask if valid is None else mask & valid),
     }
 
 

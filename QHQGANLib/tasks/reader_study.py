@@ -19,7 +19,8 @@ metadata, no history, no names; the same grid for every method of a case, uncomp
 image of a case has the same file size, and all files get the same modification time), and every arm
 alike: rounded to whole HU, clipped to the CT range [-1024, 3071] and stored as int16, so that neither
 the values a viewer's probe shows (whole numbers for a scanner's image, decimals for a network's) nor
-the scanner's padding (-3024, which only the unprocessed arm would keep) tells the arms apart. Items are
+the scanner's padding tells the arms apart (every arm made by the library keeps it, :mod:`QHQGANLib.core.padding`,
+and the clip makes it -1024 in all; an arm from a file without it holds whatever was written there). Items are
 single images (``mode="single"``: Likert questions) or two images of one case side by side
 (``mode="pairs"``: two-alternative forced choice, left/right randomized). The same inputs and seed give
 the same study.

@@ -38,6 +38,7 @@ import numpy as np
 from ..core.constants import HU_MAX, HU_MIN
 from ..core.kinds import default_model
 from ..core.options import FINE_TUNE_DEFAULT_STEPS
+from ..core.padding import carry_padding
 from ..core.progress import check_cancel, report, sub_progress
 from ..core.volume import Volume, require_finite
 from ..physics.slice_profile import (INTERPOLATION_ORDER, PatchSampler, check_scale, patch_size_for, slice_profile,
@@ -224,7 +225,8 @@ def super_resolve_z(volume: Volume, scale: int = 2, model: Union[str, object, No
                          tile_batch=tile_batch)
     spacing, origin = super_resolved_geometry(volume, scale, axis="z")
     name = card.get("name", type(net).__name__)
-    result = volume.with_geometry(array, spacing, origin, note=f"super-resolved x{scale} along z by {name}")
+    result = carry_padding(volume, volume.with_geometry(array, spacing, origin,
+                                                        note=f"super-resolved x{scale} along z by {name}"))
     result.metadata["super_resolution"] = {"axis": "z", "scale": scale, "model": name, "planes": list(planes),
                                            "slice_profile": profile.to_dict(), "fine_tune_steps": fine_tune_steps}
     if "profile_warning" in card:
@@ -242,8 +244,8 @@ def interpolate_z(volume: Volume, scale: int = 2, order: int = 1) -> Volume:
     scale = check_scale(scale)
     spacing, origin = super_resolved_geometry(volume, scale, axis="z")
     array = upsample_along_axis(volume.array, scale, axis=0, order=order)
-    return volume.with_geometry(array, spacing, origin,
-                                note=f"{'linear' if order == 1 else 'cubic'} interpolation x{scale} along z")
+    return carry_padding(volume, volume.with_geometry(
+        array, spacing, origin, note=f"{'linear' if order == 1 else 'cubic'} interpolation x{scale} along z"))
 
 
 def thin_grid(volume: Volume, scale: int) -> Tuple[Tuple[float, float, float], Tuple[float, float, float]]:
