@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Optional
@@ -72,7 +71,7 @@ def run_demo(input_path: Optional[str] = None, dose: float = 0.25, seed: int = 0
              output_dir: Optional[str] = None, max_slices: int = 8, show_progress: bool = True,
              force: bool = False) -> DemoResult:
     """Run the demo and return where its outputs went and what it measured."""
-    from ..core.outputs import timestamped_folder
+    from ..core.outputs import make_temp_folder, timestamped_folder
     from ..core.figures import save_panels_png
     from ..core.io import read_volume, write_volume
     from ..physics.lowdose import simulate_low_dose
@@ -134,8 +133,9 @@ def run_demo(input_path: Optional[str] = None, dose: float = 0.25, seed: int = 0
     if folder.exists() and any(folder.iterdir()):
         raise FileExistsError(f"{folder} exists and is not empty; choose another --output-dir")
     folder.parent.mkdir(parents=True, exist_ok=True)
-    # everything is written into a private folder first, then moved into place at once
-    staging = Path(tempfile.mkdtemp(prefix=".qhqgan-demo-", dir=folder.parent))
+    # everything is written into a private folder first, then moved into place at once; named after this
+    # process (core.outputs), so that a later run removes it when this one is killed
+    staging = make_temp_folder(folder.parent)
     try:
         pct = int(round(dose * 100))
         files = {

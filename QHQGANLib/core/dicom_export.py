@@ -64,7 +64,7 @@ from typing import Any, Dict, List, Mapping, Optional, Union
 import numpy as np
 
 from .dicom_terms import BODY_PARTS, PATIENT_POSITIONS, is_uid  # noqa: F401 (importable from here too)
-from .outputs import claim_output, make_temp_folder
+from .outputs import claim_output, make_temp_folder, raise_if_disk_full
 from .volume import Volume
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -190,13 +190,13 @@ def _write_series(volume: Volume, folder: Path, *, attributes, synthetic, keep_p
                 ds.save_as(tmp / names[k], enforce_file_format=True)
             except TypeError:
                 ds.save_as(tmp / names[k], write_like_original=False)
-            expected = 128 + 4 + len(ds.PixelData)  # a full disk leaves short files: never moved into place
-            if (tmp / names[k]).stat().st_size < expected:
+            if (tmp / names[k]).stat().st_size < 128 + 4 + len(ds.PixelData):  # a full disk leaves short files
                 raise OSError(f"{folder}: writing {names[k]} failed (the disk may be full); nothing was written")
         _check_target(folder, overwrite)  # again: another program may have filled the folder meanwhile
         _move_into_place(tmp, folder)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        raise_if_disk_full(folder, exc)  # one line: pydicom puts a whole traceback into its message
         raise
     return [folder / name for name in names]
 

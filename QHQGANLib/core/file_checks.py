@@ -8,6 +8,9 @@ data. These checks parse the header first (NIfTI-1/2, NRRD, MetaImage) and refus
 - anything that is not a regular file (a FIFO would block the reader for ever, a device never ends);
 - data shorter than the header declares (truncated or lying files), for raw and gzip/zlib data;
 - zero, NaN or infinite voxel spacing;
+- 4-D images (a time series, several values per voxel) and malformed headers (no or inconsistent
+  dimension and sizes, an unknown pixel type or encoding, no byte order), named, not left to ITK;
+- a read that needs more memory than the machine has (:mod:`QHQGANLib.core.memory`);
 - a detached data file outside the header's folder, unless ``allow_external_data=True``.
 
 Console usage::
@@ -27,6 +30,8 @@ import struct
 import zlib
 from pathlib import Path
 from typing import Dict, List, Tuple
+
+from .memory import memory_shortfall
 
 #: Bytes per voxel of the NRRD type names (normalised: lower case, no spaces, no ``_t``).
 NRRD_TYPE_BYTES = {
@@ -48,14 +53,23 @@ class VolumeReadError(ValueError):
     """The input cannot be read as one consistent CT volume; the message says why."""
 
 
-def check_voxel_count(n_voxels: int, size, source: Path, max_voxels: int) -> None:
-    """Refuse an empty volume, or one above ``max_voxels`` (before its voxels are allocated)."""
+def check_voxel_count(n_voxels: int, size, source: Path, max_voxels: int, stored_bytes: int = 0) -> None:
+    """Refuse an empty volume, one above ``max_voxels``, or one whose read needs more memory than is
+    available (``stored_bytes`` per voxel as read, plus the float32 copy): before its voxels are allocated."""
     if n_voxels == 0:
         raise VolumeReadError(f"{source}: the volume is empty (size {tuple(size)})")
     if n_voxels > max_voxels:
         raise VolumeReadError(
             f"{source}: {n_voxels:,} voxels (size {tuple(size)}) exceed the limit of {max_voxels:,} "
             f"({n_voxels * 4 / 2**30:.1f} GiB as float32); crop it, or raise max_voxels")
+    check_memory(n_voxels, stored_bytes, size, source)
+
+
+def check_memory(n_voxels: int, stored_bytes: int, size, source) -> None:
+    """Refuse a read needing more memory than is available (:mod:`QHQGANLib.core.memory`), before allocating."""
+    problem = memory_shortfall(n_voxels, stored_bytes, size, source)
+    if problem:
+        raise VolumeReadError(problem)
 
 
 def printable(text) -> str:
@@ -85,17 +99,18 @@ def require_regular_file(path: Path, role: str = "input") -> None:
         raise VolumeReadError(f"{path}: the {role} is {kind}; give a regular file")
 
 
-def check_volume_file(path: Path, *, allow_external_data: bool = False) -> None:
-    """Validate a NIfTI / NRRD / MetaImage file against its own header before it is read (see module doc)."""
+def check_volume_file(path: Path, *, allow_external_data: bool = False, memory: bool = True) -> None:
+    """Validate a NIfTI / NRRD / MetaImage file against its own header before it is read (see module doc);
+    ``memory=False`` leaves out the memory check (a file just written from a volume in memory)."""
     path = Path(path)
     require_regular_file(path)
     name = path.name.lower()
     if name.endswith((".nii", ".nii.gz")):
-        _check_nifti(path)
+        _check_nifti(path, memory)
     elif name.endswith((".nrrd", ".nhdr")):
-        _check_nrrd(path, allow_external_data)
+        _check_nrrd(path, allow_external_data, memory)
     elif name.endswith((".mha", ".mhd")):
-        _check_metaimage(path, allow_external_data)
+        _check_metaimage(path, allow_external_data, memory)
 
 
 def data_files(path: Path) -> List[Path]:
@@ -124,7 +139,7 @@ def data_files(path: Path) -> List[Path]:
 # ---------------------------------------------------------------------------
 # NIfTI-1 / NIfTI-2
 # ---------------------------------------------------------------------------
-def _check_nifti(path: Path) -> None:
+def _check_nifti(path: Path, memory: bool = True) -> None:
     gz = path.name.lower().endswith(".gz")
     try:
         with (gzip.open(path, "rb") if gz else open(path, "rb")) as fh:
@@ -132,14 +147,17 @@ def _check_nifti(path: Path) -> None:
     except (OSError, EOFError, zlib.error) as exc:
         raise VolumeReadError(f"{path}: not a readable NIfTI file ({exc})") from None
     dims, bitpix, pixdim, offset = _nifti_fields(head, path)
+    extra = dims[3:]  # dim[4]: time points, dim[5..7]: values per voxel (a vector image)
+    _refuse_not_3d(path, len(dims), extra[:1], math.prod(extra[1:]) * (3 if bitpix == 24 else 1),
+                   "the header's dim[5..7]" if math.prod(extra[1:]) > 1 else "RGB colour", dims[:3])
     n_voxels = math.prod(dims)
     expected = offset + n_voxels * bitpix // 8
     spacing = pixdim[: min(len(dims), 3)]
     if any(not math.isfinite(s) or s == 0 for s in spacing):
         raise VolumeReadError(f"{path}: the header's voxel spacing (pixdim) is {tuple(spacing)}: zero, NaN or "
                               "infinite spacing gives no geometry; fix the file's header")
-    actual = _decompressed_size(path, expected) if gz else path.stat().st_size
-    _check_length(path, actual, expected, dims)
+    _check_data(path, [(path, lambda: _decompressed_size(path, expected) if gz else path.stat().st_size,
+                        expected)], gz, dims, max(bitpix // 8, 1), memory)
 
 
 def _nifti_fields(head: bytes, path: Path) -> Tuple[List[int], int, List[float], int]:
@@ -200,37 +218,73 @@ def _nrrd_header(path: Path) -> Tuple[Dict[str, str], int, List[Path]]:
     return fields, length, data
 
 
-def _check_nrrd(path: Path, allow_external: bool) -> None:
+def _check_nrrd(path: Path, allow_external: bool, memory: bool = True) -> None:
     fields, header_length, data = _nrrd_header(path)
-    try:
-        dims = [int(s) for s in fields["sizes"].split()]
-    except (KeyError, ValueError):
-        raise VolumeReadError(f"{path}: the NRRD header has no valid 'sizes' field") from None
-    type_name = fields.get("type", "").lower().replace(" ", "").replace("_t", "")
-    if type_name not in NRRD_TYPE_BYTES or any(d < 1 for d in dims):
-        raise VolumeReadError(f"{path}: the NRRD header is invalid (sizes {dims}, type {fields.get('type')!r})")
+    dims, type_name, encoding = _nrrd_layout(path, fields)
     spacing = [float(s) for s in fields.get("spacings", "").split() if s.lower() != "nan"]
     if any(s == 0 or not math.isfinite(s) for s in spacing):
         raise VolumeReadError(f"{path}: the header's spacings {fields['spacings']!r} include zero or infinity")
     for f in data:
         _check_data_file(path, f, allow_external)
-    encoding = fields.get("encoding", "raw").lower()
     expected = math.prod(dims) * NRRD_TYPE_BYTES[type_name]
     skip = int(fields.get("byteskip", "0") or 0)
-    if encoding in ("ascii", "text", "txt", "hex"):
-        return  # text data: ITK reports short text itself
-    if not data:  # attached: the data follow the header
-        if encoding == "raw":
-            _check_length(path, path.stat().st_size - header_length, expected, dims)
-        else:
-            _check_length(path, _decompressed_size(path, expected, encoding, header_length), expected, dims)
-        return
-    per_file = expected // len(data)
-    for f in data:
-        if encoding == "raw":
-            _check_length(f, f.stat().st_size - max(skip, 0), per_file, dims)
-        else:
-            _check_length(f, _decompressed_size(f, per_file, encoding), per_file, dims)
+    if encoding in ("ascii", "text", "txt", "hex"):  # text data: ITK reports short text itself
+        targets = []
+    elif not data:  # attached: the data follow the header
+        targets = [(path, (lambda: path.stat().st_size - header_length) if encoding == "raw" else
+                    (lambda: _decompressed_size(path, expected, encoding, header_length)), expected)]
+    else:
+        per_file = expected // len(data)
+        targets = [(f, (lambda f=f: f.stat().st_size - max(skip, 0)) if encoding == "raw" else
+                    (lambda f=f: _decompressed_size(f, per_file, encoding)), per_file) for f in data]
+    _check_data(path, targets, encoding != "raw", dims, NRRD_TYPE_BYTES[type_name], memory)
+
+
+#: NRRD encodings (the names ITK's reader knows) and the NRRD axis kinds that are image axes (the others
+#: hold each voxel's values: vector, RGB-color, list, ...).
+NRRD_ENCODINGS = ("raw", "gzip", "gz", "bzip2", "bz2", "ascii", "text", "txt", "hex")
+NRRD_DOMAIN_KINDS = ("domain", "space", "time", "???", "none")
+
+
+def _nrrd_layout(path: Path, fields: Dict[str, str]) -> Tuple[List[int], str, str]:
+    """(sizes, normalised type name, encoding) of a NRRD header, or the reason it cannot be read."""
+    what = f"{path}: the NRRD header"
+    if "sizes" not in fields:
+        raise VolumeReadError(f"{what} has no 'sizes' field: the image size is unknown")
+    try:
+        dims = [int(s) for s in fields["sizes"].split()]
+        dimension = int(fields["dimension"])
+    except KeyError:
+        raise VolumeReadError(f"{what} has no 'dimension' field (NRRD needs it before 'sizes')") from None
+    except ValueError:
+        raise VolumeReadError(f"{what}'s sizes {fields['sizes']!r} or dimension {fields.get('dimension')!r} "
+                              "are not whole numbers") from None
+    if dimension != len(dims) or list(fields).index("dimension") > list(fields).index("sizes"):
+        raise VolumeReadError(f"{what} says dimension {dimension} but lists {len(dims)} sizes ({fields['sizes']})"
+                              if dimension != len(dims) else f"{what} gives 'sizes' before 'dimension'; NRRD needs "
+                              "the dimension first")
+    if not dims or any(d < 1 for d in dims):
+        raise VolumeReadError(f"{what} declares size {dims}: every size must be at least 1")
+    type_name = fields.get("type", "").lower().replace(" ", "").replace("_t", "")
+    if type_name not in NRRD_TYPE_BYTES:
+        raise VolumeReadError(f"{what}'s type {fields.get('type', '')!r} is not a NRRD pixel type (e.g. short, float)"
+                              if fields.get("type") else f"{what} has no 'type' field: the pixel type is unknown")
+    encoding = fields.get("encoding", "").lower()
+    if encoding not in NRRD_ENCODINGS:
+        raise VolumeReadError(f"{what}'s encoding {fields['encoding']!r} is not one NRRD defines (raw, gzip, "
+                              "bzip2, ascii, hex)" if encoding else f"{what} has no 'encoding' field")
+    endian = fields.get("endian", "").lower()
+    if NRRD_TYPE_BYTES[type_name] > 1 and encoding not in ("ascii", "text", "txt", "hex") and endian not in (
+            "little", "big"):
+        raise VolumeReadError(f"{what}'s endian {fields['endian']!r} is neither little nor big" if endian else
+                              f"{what} has no 'endian' field, which {fields['type']} data need (little or big)")
+    kinds = fields.get("kinds", "").split()
+    kinds = kinds if len(kinds) == len(dims) else ["domain"] * len(dims)
+    image = [d for d, k in zip(dims, kinds) if k.lower() in NRRD_DOMAIN_KINDS]
+    values = [(d, k) for d, k in zip(dims, kinds) if k.lower() not in NRRD_DOMAIN_KINDS and d > 1]
+    _refuse_not_3d(path, len(dims), image[3:], math.prod(d for d, _ in values),
+                   ", ".join(f"axis kind {k!r}" for _, k in values), image[:3])
+    return dims, type_name, encoding
 
 
 # ---------------------------------------------------------------------------
@@ -266,16 +320,26 @@ def _metaimage_header(path: Path) -> Tuple[Dict[str, str], int, List[Path]]:
     return fields, length, data
 
 
-def _check_metaimage(path: Path, allow_external: bool) -> None:
+def _check_metaimage(path: Path, allow_external: bool, memory: bool = True) -> None:
     fields, header_length, data = _metaimage_header(path)
+    what = f"{path}: the MetaImage header"
     try:
         dims = [int(s) for s in fields["DimSize"].split()]
-        element = MET_TYPE_BYTES[fields["ElementType"].upper()]
+        ndims = int(fields["NDims"])
         channels = int(fields.get("ElementNumberOfChannels", "1"))
-    except (KeyError, ValueError):
-        raise VolumeReadError(f"{path}: the MetaImage header lacks a valid DimSize or ElementType") from None
-    if any(d < 1 for d in dims):
-        raise VolumeReadError(f"{path}: the MetaImage header declares size {dims}")
+    except KeyError as exc:
+        raise VolumeReadError(f"{what} has no {exc.args[0]} line") from None
+    except ValueError:
+        raise VolumeReadError(f"{what}'s DimSize {fields['DimSize']!r}, NDims {fields['NDims']!r} or "
+                              "ElementNumberOfChannels are not whole numbers") from None
+    if fields.get("ElementType", "").upper() not in MET_TYPE_BYTES:
+        raise VolumeReadError(f"{what}'s ElementType {fields['ElementType']!r} is not a MetaImage pixel type (e.g. "
+                              "MET_SHORT, MET_FLOAT)" if fields.get("ElementType") else f"{what} has no ElementType line")
+    element = MET_TYPE_BYTES[fields["ElementType"].upper()]
+    if ndims != len(dims) or not dims or any(d < 1 for d in dims) or channels < 1:
+        raise VolumeReadError(f"{what} says NDims {ndims} but DimSize {fields['DimSize']!r}" if ndims != len(dims)
+                              else f"{what} declares size {dims} with {channels} channel(s): each must be at least 1")
+    _refuse_not_3d(path, ndims, dims[3:], channels, f"ElementNumberOfChannels = {channels}", dims[:3])
     spacing = [float(s) for s in fields.get("ElementSpacing", fields.get("ElementSize", "")).split()]
     if any(s == 0 or not math.isfinite(s) for s in spacing):
         raise VolumeReadError(f"{path}: the header's ElementSpacing {tuple(spacing)} includes zero, NaN or infinity")
@@ -285,12 +349,10 @@ def _check_metaimage(path: Path, allow_external: bool) -> None:
     compressed = fields.get("CompressedData", "False").lower() == "true"
     targets = [(path, header_length, expected)] if not data else [(f, 0, expected // len(data)) for f in data]
     skip = int(fields.get("HeaderSize", "0") or 0)
-    for f, offset, size in targets:
-        if compressed:
-            actual = _decompressed_size(f, size, "zlib", offset)
-        else:
-            actual = f.stat().st_size - offset - max(skip, 0) if data else f.stat().st_size - offset
-        _check_length(f, actual, size, dims)
+    _check_data(path, [(f, (lambda f=f, offset=offset, size=size: _decompressed_size(f, size, "zlib", offset))
+                        if compressed else (lambda f=f, offset=offset: f.stat().st_size - offset - (max(skip, 0) if data
+                                                                                                 else 0)), size)
+                       for f, offset, size in targets], compressed, dims, element * channels, memory)
 
 
 # ---------------------------------------------------------------------------
@@ -304,6 +366,32 @@ def _check_data_file(header: Path, data: Path, allow_external: bool) -> None:
             f"{header}: its data file {data} lies outside the header's folder {folder}; QHQGAN reads only data "
             "beside the header (pass allow_external_data=True if you trust this header)")
     require_regular_file(data, role="header's data file")
+
+
+def _refuse_not_3d(path: Path, ndim: int, extra: List[int], values: int, values_what: str, size: List[int]) -> None:
+    """Refuse an image that is not one 3-D volume of one value per voxel: more image axes of size above 1
+    (``extra``: a time series) or ``values`` above 1 per voxel (a vector or colour image; ``values_what``
+    says where the header puts them). Axes of size 1 beyond the third are harmless."""
+    series = math.prod(extra)
+    if series <= 1 and values <= 1:
+        return
+    parts = ([f"a series of {series} volumes of size {' x '.join(map(str, size))}"] if series > 1 else []) + (
+        [f"{values} values per voxel: {values_what}"] if values > 1 else [])
+    kind = f"{ndim}-D image" if ndim > 3 else "image of several values per voxel"
+    raise VolumeReadError(f"{path}: {kind} ({'; '.join(parts)}): QHQGAN reads 3-D CT volumes of one value per "
+                          "voxel; save one 3-D volume of it (e.g. with 3D Slicer or SimpleITK's Extract) and read that")
+
+
+def _check_data(header: Path, targets, compressed: bool, dims, stored_bytes: int, memory: bool) -> None:
+    """The length checks (``targets``: (file, its data length in bytes when called, the length expected))
+    and the memory check: memory first for compressed data (counting a 10 GB stream takes a minute), after
+    the lengths for raw data (a lying header is told as such)."""
+    if memory and compressed:
+        check_memory(math.prod(dims), stored_bytes, dims, header)
+    for f, actual, expected in targets:
+        _check_length(f, actual(), expected, dims)
+    if memory and not compressed:
+        check_memory(math.prod(dims), stored_bytes, dims, header)
 
 
 def _check_length(path: Path, actual: int, expected: int, dims) -> None:

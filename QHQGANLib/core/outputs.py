@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import errno
 import os
 import shutil
 from pathlib import Path
@@ -32,6 +33,9 @@ TEMP_PREFIX = ".qhqgan-write-"
 CLAIM_SUFFIX = ".qhqgan-claim"
 #: The two-file formats and the data-file endings SimpleITK gives them.
 DETACHED_DATA = {".nhdr": (".raw", ".raw.gz"), ".mhd": (".raw", ".zraw")}
+#: Volume endings ITK's writers recognise only in lower case (``OUT.NII.GZ`` failed as if the disk were full);
+#: NRRD's ``.NRRD`` / ``.NHDR`` are written in any case.
+LOWER_CASE_ENDINGS = (".nii.gz", ".nii", ".mha", ".mhd")
 
 
 def timestamped_folder(prefix: str, parent: Optional[PathLike] = None) -> Path:
@@ -80,6 +84,10 @@ def check_output_path(path: PathLike, *, overwrite: bool = False, suffixes: Sequ
     out = Path(path).expanduser()
     if suffixes and not folder and not out.name.lower().endswith(tuple(suffixes)):
         raise ValueError(f"{out}: the output must end with one of {', '.join(suffixes)}")
+    ending = next((s for s in LOWER_CASE_ENDINGS if out.name.lower().endswith(s)), "")
+    if ending and not folder and not out.name.endswith(ending):
+        raise ValueError(f"{out}: NIfTI and MetaImage files are written with a lower-case ending: name it "
+                         f"{out.name[:-len(ending)]}{ending} (ITK's writer does not know '{out.name[-len(ending):]}')")
     if not out.parent.is_dir():
         raise FileNotFoundError(f"{out.parent}: the output folder does not exist; create it first")
     if not os.access(out.parent, os.W_OK | os.X_OK):
@@ -235,16 +243,41 @@ def claim_output(path: PathLike) -> Iterator[Path]:
 def make_temp_folder(parent: Path) -> Path:
     """A private temporary folder beside the output (same file system: the final rename is atomic).
 
-    Folders left by QHQGAN runs that were killed (``.qhqgan-write-<pid>-*`` whose process is gone) are
-    removed first: QHQGAN created them and nothing else uses that name.
+    Its name holds this process as a claim does (``.qhqgan-write-<pid>-<start time>-*``). Folders left
+    by QHQGAN runs that were killed are removed first: those whose process is gone, or whose process id
+    now belongs to another process (another start time). QHQGAN created them; nothing else uses the name.
     """
     import tempfile
 
     for old in parent.glob(f"{TEMP_PREFIX}*"):
-        pid = old.name[len(TEMP_PREFIX):].split("-", 1)[0]
-        if old.is_dir() and pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+        parts = old.name[len(TEMP_PREFIX):].split("-")  # pid, start time, random (older: pid, random)
+        if not (old.is_dir() and parts[0].isdigit()):
+            continue
+        token = " ".join(parts[:2] if len(parts) > 2 and parts[1].isdigit() else parts[:1])
+        if token != process_token() and not holder_alive(token):
             shutil.rmtree(old, ignore_errors=True)
-    return Path(tempfile.mkdtemp(dir=parent, prefix=f"{TEMP_PREFIX}{os.getpid()}-"))
+    return Path(tempfile.mkdtemp(dir=parent, prefix=f"{TEMP_PREFIX}{process_token().replace(' ', '-')}-"))
+
+
+def _chain(exc: BaseException) -> list:
+    """``exc`` and the exceptions it wraps (``__cause__``, else ``__context__``), outermost first."""
+    chain = [exc]
+    while len(chain) < 20 and (chain[-1].__cause__ or chain[-1].__context__) is not None:
+        chain.append(chain[-1].__cause__ or chain[-1].__context__)
+    return chain
+
+
+def write_failed(target: PathLike, exc: BaseException, outcome: str = "Nothing was written.") -> OSError:
+    """One line for a write that failed part-way (a full disk, a file-size limit): the system's reason,
+    found through wrapped exceptions (pydicom puts a whole traceback into its message), and the free space."""
+    from .file_checks import first_line
+
+    reason = next((e.strerror for e in _chain(exc) if isinstance(e, OSError) and e.strerror), "")
+    try:
+        free = f"; {shutil.disk_usage(Path(target).expanduser().parent).free / 2**20:.0f} MiB free on that disk"
+    except OSError:
+        free = ""
+    return OSError(f"{target}: writing failed ({reason or first_line(exc)}){free}: is it full? {outcome}")
 
 
 def commit_file(tmp: Path, target: Path, overwrite: bool) -> None:
@@ -264,3 +297,13 @@ def commit_file(tmp: Path, target: Path, overwrite: bool) -> None:
         os.replace(tmp, target)
         return
     os.unlink(tmp)
+
+
+#: errno values of a write that ran out of room: a full disk, a file-size limit, a quota.
+DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
+def raise_if_disk_full(target: PathLike, exc: BaseException, outcome: str = "Nothing was written.") -> None:
+    """Raise :func:`write_failed`'s one line when ``exc``, or an exception it wraps, is a full disk."""
+    if any(isinstance(e, OSError) and e.errno in DISK_FULL_ERRNOS for e in _chain(exc)):
+        raise write_failed(target, exc, outcome) from None

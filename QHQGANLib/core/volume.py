@@ -32,6 +32,9 @@ from typing import Any, Dict, Sequence, Tuple
 import numpy as np
 
 Vector3 = Tuple[float, float, float]
+#: How far from unit length and from perpendicular (cosine) the axes a file's header gives may be:
+#: rounding in the header (they are then made exactly orthonormal), not a sheared or scaled grid.
+ORTHONORMAL_TOLERANCE = 1e-3
 
 
 def _as_vector3(values: Sequence[float], name: str) -> Vector3:
@@ -76,7 +79,9 @@ class Volume:
         self.origin = _as_vector3(self.origin, "origin")
         direction = np.asarray(self.direction, dtype=np.float64).reshape(3, 3)
         if not np.allclose(direction.T @ direction, np.eye(3), atol=1e-4):
-            raise ValueError(f"direction must be an orthonormal 3x3 matrix, got {direction.tolist()}")
+            problem = orientation_problem(direction.T, tolerance=1e-4) or "not a rotation"
+            raise ValueError(f"image orientation is not orthonormal ({problem}; direction "
+                             f"{np.round(direction, 4).tolist()}): a sheared or scaled grid is no CT geometry")
         self.direction = direction
         self.metadata = dict(self.metadata)
 
@@ -153,6 +158,35 @@ class Volume:
         lo, hi = float(np.min(self.array)), float(np.max(self.array))
         return (f"Volume(shape(z,y,x)={self.shape}, spacing={tuple(round(s, 4) for s in self.spacing)}, "
                 f"origin={tuple(round(o, 3) for o in self.origin)}, HU range=[{lo:.0f}, {hi:.0f}])")
+
+
+def orientation_problem(axes, names: Sequence[str] = ("i", "j", "k"),
+                        tolerance: float = ORTHONORMAL_TOLERANCE) -> str:
+    """What keeps ``axes`` (one direction vector per image axis) from being orthonormal, e.g.
+    ``"axes i and j at 63.4 degrees, not 90"``; ``""`` when they are (within ``tolerance``)."""
+    vectors = [np.asarray(a, dtype=np.float64) for a in axes]
+    norms = [float(np.linalg.norm(v)) for v in vectors]
+    problems = [f"axis {n} has length {length:.4g}, not 1" for n, length in zip(names, norms)
+                if not np.isfinite(length) or abs(length - 1.0) > tolerance]
+    for a in range(len(vectors)):
+        for b in range(a + 1, len(vectors)):
+            if norms[a] > 0 and norms[b] > 0 and np.isfinite(norms[a] * norms[b]):
+                cosine = float(vectors[a] @ vectors[b]) / (norms[a] * norms[b])
+                if abs(cosine) > tolerance:
+                    angle = np.degrees(np.arccos(np.clip(cosine, -1.0, 1.0)))
+                    problems.append(f"axes {names[a]} and {names[b]} at {angle:.2f} degrees, not 90")
+    return "; ".join(problems)
+
+
+def orthonormalized(axes) -> np.ndarray:
+    """The orthonormal axes nearest ``axes`` (rows; Gram-Schmidt in order): for axes that passed
+    :func:`orientation_problem`, i.e. off by rounding only."""
+    out = []
+    for v in np.asarray(axes, dtype=np.float64):
+        for u in out:
+            v = v - (v @ u) * u
+        out.append(v / np.linalg.norm(v))
+    return np.array(out)
 
 
 def slab(array: np.ndarray, k: int, context: int) -> np.ndarray:

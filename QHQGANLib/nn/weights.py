@@ -57,9 +57,10 @@ def save_model(model, path: Union[str, Path], card: Optional[Dict[str, Any]] = N
     """
     import os
 
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
-    from ..core.outputs import check_output_path, claim_output
+    from ..core.outputs import check_output_path, claim_output, write_failed
     from .build import model_config
 
     path = Path(path)
@@ -72,7 +73,12 @@ def save_model(model, path: Union[str, Path], card: Optional[Dict[str, Any]] = N
         tmp_weights = weights.with_name(f".{weights.name}.{os.getpid()}.tmp")
         tmp_card = card_path.with_name(f".{card_path.name}.{os.getpid()}.tmp")
         try:
-            save_file(state, str(tmp_weights), metadata={"qhqgan_config": json.dumps(config)})
+            try:
+                save_file(state, str(tmp_weights), metadata={"qhqgan_config": json.dumps(config)})
+            except (OSError, SafetensorError) as exc:  # a full disk is a SafetensorError "I/O error: ..."
+                if isinstance(exc, OSError) or "I/O error" in str(exc):
+                    raise write_failed(weights, exc) from None
+                raise
             card = _card(model, config, card, weights.name, sha256_of(tmp_weights), path.stem)
             tmp_card.write_text(json.dumps(card, indent=2) + "\n")
             for target in (weights, card_path):

@@ -17,9 +17,18 @@ import torch
 
 def write_checkpoint(path: Path, state: Dict) -> None:
     """``torch.save`` of a dict of tensors, numbers and strings, atomically (a crash leaves the
-    previous checkpoint); :func:`load_checkpoint` reads it back without unpickling objects."""
+    previous checkpoint); :func:`load_checkpoint` reads it back without unpickling objects. A failed
+    write (a full disk) is one line with the reason, and leaves no ``checkpoint.tmp``."""
+    from ..core.outputs import raise_if_disk_full
+
     tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
+    try:
+        with open(tmp, "wb") as fh:  # a file object: the system's error (ENOSPC) stays in the exception chain
+            torch.save(state, fh)
+    except BaseException as exc:  # torch words a full disk "enforce fail at inline_container.cc ... unexpected pos"
+        tmp.unlink(missing_ok=True)
+        raise_if_disk_full(path, exc, "The previous checkpoint is kept.")
+        raise
     os.replace(tmp, path)
 
 
