@@ -21,9 +21,10 @@ from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 import numpy as np
 
 from .file_checks import VolumeReadError, check_voxel_count, first_line
+from .padding import AIR_HU, PADDING_KEY, mark_padding, padded_pixels, set_padding, stored_padding_range
 from .slice_grid import (SPACING_TOLERANCE, describe_blocks, gap_blocks, grid_size, is_regular,  # noqa: F401
                          mm, resample_note, resample_slices, same_gap, uneven_error)
-from .volume import Volume
+from .volume import Volume, orientation_problem, orthonormalized
 
 #: DICOM attributes kept in ``Volume.metadata["dicom"]`` for provenance and later export.
 KEPT_DICOM_KEYWORDS = (
@@ -113,6 +114,7 @@ def read_dicom_files(files: Sequence[Path], *, source: Path, force: bool, max_vo
     check_voxel_count(rows * cols * depth, (cols, rows, depth), source, max_voxels)
 
     array = np.empty((len(slices), rows, cols), dtype=np.float32)
+    padded: Optional[np.ndarray] = None  # PixelPaddingValue: the voxels outside the reconstruction circle
     for k, (f, _pos, _ds) in enumerate(slices):
         try:
             ds = pydicom.dcmread(str(f))
@@ -130,6 +132,13 @@ def read_dicom_files(files: Sequence[Path], *, source: Path, force: bool, max_vo
             raise VolumeReadError(f"{f}: RescaleSlope {slope:g} / RescaleIntercept {intercept:g} cannot map stored "
                                   "values to HU (a slope of 0 makes every voxel the intercept): the file is broken")
         array[k] = pixels.astype(np.float32) * slope + intercept
+        mask = padded_pixels(pixels, stored_padding_range(ds))  # compared with the stored values
+        if mask is not None:
+            padded = np.zeros(array.shape, dtype=bool) if padded is None else padded
+            padded[k] = mask
+    padding_hu = mark_padding(array, padded) if padded is not None else None
+    if padding_hu is not None and (shear is not None or resample):
+        array[padded] = AIR_HU  # resampled below as air; the mask is resampled alike and marked again
 
     row_cos, col_cos, normal = _orientation(first, source)
     row_spacing, col_spacing = (float(v) for v in first.PixelSpacing)
@@ -157,10 +166,28 @@ def read_dicom_files(files: Sequence[Path], *, source: Path, force: bool, max_vo
                                    "source_positions_mm": [round(float(h - heights[0]), 4) for h in heights],
                                    "note": history[-1]}
         slice_spacing = float(resample_z)
+    if padding_hu is not None:  # every padded voxel holds this value, and no other (core.padding)
+        if shear is not None or resample:
+            padding_hu = set_padding(array, _regridded_padding(padded, shear, row_cos, col_cos,
+                                                               (col_spacing, row_spacing), heights, resample_z
+                                                               if resample else None), padding_hu)
+        metadata[PADDING_KEY] = padding_hu
     if history:
         metadata["history"] = history
     # DICOM PixelSpacing is (row spacing = between rows = y, column spacing = x)
     return Volume(array, (col_spacing, row_spacing, slice_spacing), tuple(slices[0][1]), direction, metadata)
+
+
+def _regridded_padding(padded: np.ndarray, shear, row_cos, col_cos, pixel: Tuple[float, float],
+                       heights: np.ndarray, resample_z: Optional[float]) -> np.ndarray:
+    """The padding mask taken through the same tilt regularization and z resampling as the voxels
+    (linear, then more than half padded: nearest neighbour at the rim; beyond the data is padding too)."""
+    grid = np.where(padded, np.float32(-1024.0), np.float32(0.0))  # _unshear fills beyond the data with -1024
+    if shear is not None:
+        grid = _unshear(grid, shear, row_cos, col_cos, pixel)
+    if resample_z is not None:
+        grid = resample_slices(grid, heights, resample_z)
+    return grid < -512.0
 
 
 #: What every file of one series must share: (keyword, its plural, one of them, compared only where present).
@@ -232,8 +259,13 @@ def _orientation(ds, source: Path) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
         raise VolumeReadError(f"{source}: ImageOrientationPatient is missing; the geometry is unknown")
     row_cos = np.asarray(iop[:3], dtype=np.float64)
     col_cos = np.asarray(iop[3:], dtype=np.float64)
-    row_cos /= np.linalg.norm(row_cos)
-    col_cos /= np.linalg.norm(col_cos)
+    problem = orientation_problem((row_cos, col_cos), names=("row", "column"))
+    if problem:  # not a gantry tilt (whole slices shifted): each slice's own grid is sheared or scaled
+        raise VolumeReadError(
+            f"{source}: image orientation is not orthonormal (ImageOrientationPatient "
+            f"{' '.join(f'{float(v):g}' for v in iop)}: {problem}); the header is broken (this is not a gantry "
+            "tilt, which shifts whole slices): the row and column directions must be unit vectors at 90 degrees")
+    row_cos, col_cos = orthonormalized((row_cos, col_cos))  # rounding in the header only
     return row_cos, col_cos, np.cross(row_cos, col_cos)
 
 

@@ -40,7 +40,7 @@ import numpy as np
 from .dicom_read import KEPT_DICOM_KEYWORDS, SPACING_TOLERANCE, is_dicom_file  # noqa: F401 (public names)
 from .constants import __version__
 from .dicom_read import read_dicom_files, read_dicom_folder
-from .file_checks import VolumeReadError, check_volume_file, check_voxel_count, first_line, require_regular_file
+from .file_checks import VolumeReadError, check_volume_file, check_voxel_count, require_regular_file
 from .slice_grid import check_step, grid_size, resample_note, resample_slices, same_gap
 from .volume import Volume
 
@@ -146,6 +146,11 @@ def read_volume(path: PathLike, *, force: bool = False, series_uid: Optional[str
         if resample_z is not None and volume.shape[0] > 1 and not same_gap(volume.spacing[2], resample_z):
             volume = _resample_regular(volume, resample_z, path, max_voxels)
     _check_values(volume, path, force=force)
+    from .pixel_types import SOURCE_PIXEL_TYPE, stored_pixel_type
+
+    pixel_type = stored_pixel_type(path, volume.metadata)  # integer inputs give int16 outputs (core.pixel_types)
+    if pixel_type:
+        volume.metadata[SOURCE_PIXEL_TYPE] = pixel_type
     return volume
 
 
@@ -225,8 +230,10 @@ def write_volume(volume: Volume, path: PathLike, *, overwrite: bool = False,
                 else:
                     sitk.WriteImage(image, str(tmp_path), useCompression=compress)
             except (RuntimeError, OSError) as exc:
+                from .itk_checks import itk_reason
+
                 free = shutil.disk_usage(path.parent).free
-                raise OSError(f"{path}: writing failed ({first_line(exc)}); {free / 2**20:.0f} MiB free on that "
+                raise OSError(f"{path}: writing failed ({itk_reason(exc)}); {free / 2**20:.0f} MiB free on that "
                               "disk: is it full? Nothing was written.") from None
             _verify_written(tmp_path, volume.shape, path)
             written = sorted(tmp.iterdir())
@@ -326,7 +333,7 @@ def _nifti_marked(path: Path) -> bool:
 def _verify_written(tmp_path: Path, shape, target: Path) -> None:
     """Re-read what the writer produced (ITK only prints a message when the disk is full)."""
     try:
-        check_volume_file(tmp_path)
+        check_volume_file(tmp_path, memory=False)  # the volume is in memory already: only the file is checked
         import SimpleITK as sitk
 
         reader = sitk.ImageFileReader()
@@ -334,8 +341,10 @@ def _verify_written(tmp_path: Path, shape, target: Path) -> None:
         reader.ReadImageInformation()
         size = reader.GetSize()
     except (VolumeReadError, RuntimeError) as exc:
+        from .itk_checks import itk_reason
+
         free = shutil.disk_usage(tmp_path.parent).free
-        raise OSError(f"{target}: the written file is incomplete ({first_line(exc)}); {free / 2**20:.0f} MiB "
+        raise OSError(f"{target}: the written file is incomplete ({itk_reason(exc)}); {free / 2**20:.0f} MiB "
                       "free on that disk: is it full? Nothing was written.") from None
     if tuple(size[::-1]) != tuple(shape):
         raise OSError(f"{target}: the written file holds size {size}, expected {tuple(shape[::-1])}; nothing was written")
@@ -386,21 +395,18 @@ def _resample_regular(volume: Volume, step: float, path: Path, max_voxels: int) 
 # ITK formats
 # ---------------------------------------------------------------------------
 def _read_itk(path: Path, *, max_voxels: int) -> Volume:
-    import SimpleITK as sitk
+    from .itk_checks import itk_reason, open_itk, quiet_itk
+    from .volume import orthonormalized
 
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
+    reader, axes = open_itk(path, max_voxels)  # the header checked: dimensions, orientation, voxel and memory limits
     try:
-        reader.ReadImageInformation()
+        with quiet_itk():
+            image = reader.Execute()
     except RuntimeError as exc:
-        raise VolumeReadError(f"{path}: cannot be read as an image ({first_line(exc)})") from None
-    size = reader.GetSize()
-    check_voxel_count(int(np.prod(size)), size, path, max_voxels)
-    try:
-        image = reader.Execute()
-    except RuntimeError as exc:
-        raise VolumeReadError(f"{path}: the image data cannot be read ({first_line(exc)})") from None
-    fmt = "nifti" if ".nii" in path.name.lower() else path.name.lower().rsplit(".", 1)[-1]
+        raise VolumeReadError(f"{path}: the image data cannot be read ({itk_reason(exc)})") from None
+    if image.GetDimension() == 3 and not np.allclose(axes @ axes.T, np.eye(3), rtol=0, atol=1e-9):
+        image.SetDirection(tuple(orthonormalized(axes).T.reshape(-1)))  # rounding in the header only (checked)
+    fmt = "nifti" if path.name.lower().endswith(NIFTI_SUFFIXES) else path.name.lower().rsplit(".", 1)[-1]
     metadata = {"source": str(path), "format": fmt}
     if image.HasMetaDataKey(HISTORY_KEY):  # what made it: later outputs add to the same record
         metadata["history"] = [h for h in image.GetMetaData(HISTORY_KEY).split(" | ") if h]
