@@ -101,6 +101,18 @@ def test_crafted_series_padding_detected_and_recorded(padded):
     assert original.metadata.get("padding_hu") is None  # its own tag (SS -2000) matches no voxel
 
 
+@pytest.mark.parametrize("suffix", [".nrrd", ".mha"])
+def test_padding_is_still_known_after_a_write_and_read(padded, tmp_path, suffix):
+    """An enhanced NRRD/MHA of a padded series read back later: its padded voxels are still left out
+    of the metrics and out of a second dose simulation (the mark is a header field)."""
+    path = q.write_volume(padded, tmp_path / f"padded{suffix}")
+    back = q.read_volume(path)
+    assert back.metadata["padding_hu"] == padded.metadata["padding_hu"]
+    assert np.array_equal(padding_mask(back), padding_mask(padded))
+    plain = q.write_volume(_as_air(padded), tmp_path / f"air{suffix}")
+    assert q.read_volume(plain).metadata.get("padding_hu") is None
+
+
 def test_range_limit_and_a_padding_at_the_ct_floor_get_one_distinctive_value(tmp_path):
     rng = np.random.default_rng(0)
     ranged = q.read_volume(_write_series(tmp_path / "ranged", 2, tag=("SS", -2010), limit=("SS", -1990),

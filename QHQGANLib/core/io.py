@@ -66,6 +66,8 @@ NIFTI_COMMENT_ECODE = 6
 RESAMPLED_KEY = "QHQGAN_RESAMPLED_Z"
 #: Provenance written into NRRD and MetaImage headers (issue #31): what made the image, and which QHQGAN.
 HISTORY_KEY, VERSION_KEY = "QHQGAN_history", "QHQGAN_version"
+#: NRRD / MetaImage header field holding ``metadata["padding_hu"]`` (DICOM pixel padding, ``core.padding``)
+PADDING_FIELD = "QHQGAN_padding_hu"
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 
@@ -210,6 +212,8 @@ def write_volume(volume: Volume, path: PathLike, *, overwrite: bool = False,
             image.SetMetaData("ITK_FileNotes", history[-80:])  # NIfTI's descrip holds 80 characters: the latest
         image.SetMetaData(VERSION_KEY, str(__version__))  # (a volume with no history, e.g. a blinded reader
         # study's image, carries nothing but its geometry)
+    if volume.metadata.get("padding_hu") is not None:  # the padded voxels stay known after a write and read
+        image.SetMetaData(PADDING_FIELD, repr(float(volume.metadata["padding_hu"])))
     resampled = volume.metadata.get("resampled_z")
     if isinstance(resampled, dict) and resampled.get("note"):
         image.SetMetaData(RESAMPLED_KEY, " ".join(str(resampled["note"]).split()))
@@ -410,6 +414,11 @@ def _read_itk(path: Path, *, max_voxels: int) -> Volume:
     metadata = {"source": str(path), "format": fmt}
     if image.HasMetaDataKey(HISTORY_KEY):  # what made it: later outputs add to the same record
         metadata["history"] = [h for h in image.GetMetaData(HISTORY_KEY).split(" | ") if h]
+    if image.HasMetaDataKey(PADDING_FIELD):
+        try:
+            metadata["padding_hu"] = float(image.GetMetaData(PADDING_FIELD))
+        except ValueError:
+            pass  # a header edited by hand: the padding is simply not known
     if image.HasMetaDataKey(RESAMPLED_KEY):  # read back: through-plane super-resolution refuses it
         metadata["resampled_z"] = {"note": image.GetMetaData(RESAMPLED_KEY)}
     if image.HasMetaDataKey(SYNTHETIC_KEY):
