@@ -39,6 +39,31 @@ def test_card_is_complete_and_weights_match(card):
     assert sum(p.numel() for p in model.parameters()) == card["n_parameters"]
 
 
+@pytest.fixture(scope="module")
+def training_split_hashes():
+    """The voxel sha256 of every training-split volume of protocol.json (read as the training runs read them)."""
+    import sys
+    from pathlib import Path
+
+    shared_path("")
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "Benchmarks"))
+    from protocol import load_split
+    from QHQGANLib.training.provenance import voxel_sha256
+
+    return {voxel_sha256(v) for v in load_split("train")}
+
+
+@pytest.mark.parametrize("card", CARDS, ids=[c["name"] for c in CARDS])
+def test_card_names_its_training_volumes_by_hash_and_none_held_out(card, training_split_hashes):
+    """Provenance (issue #27 item 5): every card carries the voxel sha256 of each training volume, and each
+    is a training-split volume of protocol.json (so none is a tuning or evaluation patient's)."""
+    data = card["training_data"]
+    assert isinstance(data, dict), f"{card['name']}: training_data is not a record of volumes"
+    hashes = data.get("voxel_sha256") or []
+    assert len(hashes) == data["n_volumes"] >= 1 and all(len(h) == 64 for h in hashes), card["name"]
+    assert set(hashes) <= training_split_hashes, f"{card['name']}: a training hash is not a training-split volume"
+
+
 @pytest.mark.parametrize("card", CARDS, ids=[c["name"] for c in CARDS])
 def test_runs_from_the_cli(card, tmp_path, ct_small_path):
     task = card["task"]
