@@ -152,3 +152,30 @@ def test_cli_adapt_flag(white_noise_case, tmp_path):
     with pytest.raises(SystemExit):  # argparse refuses it with the allowed range
         main(["enhance", str(src), str(tmp_path / "x.nrrd"), "--adapt-steps", "9999", "--quiet"])
     assert not (tmp_path / "x.nrrd").exists()
+
+
+def test_the_models_card_sets_the_rate_and_the_warning(white_noise_case):
+    """The adaptation's rate and the warning come from the model's card (bench_adapt.py retune writes the
+    record): no record -> the old rate and 'not tuned'; 'not recommended' -> its rate and the measured loss;
+    recommended -> its rate and no warning."""
+    from QHQGANLib.nn.weights import load_model
+    from QHQGANLib.tasks.adapt import ADAPT_LR, card_advice
+
+    _clean, noisy = white_noise_case
+    small = noisy.with_geometry(noisy.array[:, 128:320, 128:320].copy(), noisy.spacing, noisy.origin)
+    net = load_model("redcnn-enhance")
+    net.card = {k: v for k, v in net.card.items() if k != "adaptation"}
+    lr, warning = card_advice(net)
+    assert lr is None and "not been tuned for redcnn-enhance" in warning
+    _, info = adapt_model(small, net, steps=2)
+    assert info["lr"] == ADAPT_LR and info["warning"] == warning
+    net.card["adaptation"] = {"recommended": False, "lr": 1e-5, "added_db": -0.43}
+    out = enhance(small, net, adapt_steps=2)
+    assert out.metadata["enhancement"]["adaptation"]["lr"] == 1e-5
+    assert any("worse on the tuning patient (-0.43 dB" in w for w in out.metadata["warnings"])
+    net.card["adaptation"] = {"recommended": True, "lr": 3e-4, "added_db": 0.5}
+    out = enhance(small, net, adapt_steps=2)
+    assert out.metadata["enhancement"]["adaptation"]["lr"] == 3e-4
+    assert not any("adaptation" in w for w in out.metadata.get("warnings", []))
+    _, info = adapt_model(small, net, steps=2, lr=1e-4)  # an explicit rate wins
+    assert info["lr"] == 1e-4

@@ -72,8 +72,26 @@ def _body_centres(array: np.ndarray, patch: int) -> Tuple[np.ndarray, np.ndarray
     return np.asarray(ks), np.asarray(y0s), np.asarray(x0s)
 
 
+def card_advice(net) -> Tuple[Optional[float], Optional[str]]:
+    """``(learning rate, warning)`` for adapting ``net``, from its card's ``"adaptation"`` record (written by
+    ``Testing/Benchmarks/bench_adapt.py retune``: the rate chosen on the tuning patient and whether the
+    adaptation helped there). No record: ``(None, a warning that it was never tuned for this model)``; a
+    record that says it did not help: its least harmful rate and a warning with the measured number."""
+    card = getattr(net, "card", None) or {}
+    name = card.get("name") or type(net).__name__
+    record = card.get("adaptation")
+    if not isinstance(record, dict):
+        return None, (f"adaptation has not been tuned for {name} (its settings come from the models shipped before "
+                      "the realistic-noise retraining): compare with the result without adaptation")
+    lr = float(record["lr"]) if record.get("lr") else None
+    if not record.get("recommended", False):
+        return lr, (f"adaptation makes {name} worse on the tuning patient ({float(record['added_db']):+.2f} dB at the "
+                    "least harmful learning rate tried): compare with the result without adaptation")
+    return lr, None
+
+
 def adapt_model(volume: Volume, model, steps: int = ADAPT_DEFAULT_STEPS, *, alpha: float = ADAPT_ALPHA,
-                lr: float = ADAPT_LR, batch_size: int = ADAPT_BATCH, patch_size: int = ADAPT_PATCH, seed: int = 0,
+                lr: Optional[float] = None, batch_size: int = ADAPT_BATCH, patch_size: int = ADAPT_PATCH, seed: int = 0,
                 max_seconds: float = ADAPT_MAX_SECONDS, texture: Optional[NoiseTexture] = None,
                 device: Optional[str] = None, quantum_backend: Optional[str] = None,
                 progress: Optional[Callable[[float, str], None]] = None, cancel=None):
@@ -81,7 +99,9 @@ def adapt_model(volume: Volume, model, steps: int = ADAPT_DEFAULT_STEPS, *, alph
 
     Returns ``(adapted_model, info)``; ``info`` records the steps done and asked for, the seconds,
     ``alpha``, the learning rate and the measured noise texture (``texture`` overrides the
-    measurement). The input volume and the given model are never modified.
+    measurement). The input volume and the given model are never modified. ``lr`` None: the rate
+    the model's card records (:func:`card_advice`), else ``ADAPT_LR``; ``info["warning"]`` holds the
+    card's advice against adapting this model, when it gives one.
     """
     import torch
 
@@ -105,6 +125,8 @@ def adapt_model(volume: Volume, model, steps: int = ADAPT_DEFAULT_STEPS, *, alph
     # a model loaded here by name or path is this call's own; a given network is copied, never changed
     net = (base if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__") else copy.deepcopy(base))
     net = net.to(device=device, memory_format=torch.contiguous_format).float()
+    card_lr, warning = card_advice(base)
+    lr = float(lr) if lr is not None else (card_lr or ADAPT_LR)
     context = (getattr(net, "in_slices", 1) - 1) // 2
     multiple = int(getattr(net, "multiple", 1))
     report(progress, 0.0, "measuring the scan's noise texture")
@@ -154,6 +176,8 @@ def adapt_model(volume: Volume, model, steps: int = ADAPT_DEFAULT_STEPS, *, alph
             if losses else None}
     if stopped:
         info["stopped"] = stopped
+    if warning:
+        info["warning"] = warning
     card = dict(getattr(base, "card", None) or {})
     net.card = {**card, "adapted": info}
     return net, info

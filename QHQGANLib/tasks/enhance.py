@@ -124,10 +124,8 @@ def enhance(volume: Volume, model: Union[str, object] = default_model("enhance")
     result.metadata["enhancement"] = info
     if adaptation is not None and "stopped" in adaptation:
         notes.append(f"adaptation stopped early: {adaptation['stopped']}")
-    if adaptation is not None:  # measured, 2026-12-08 (README, Testing/test_adapt.py): say it where it is used
-        notes.append("adaptation was tuned for the models shipped before the realistic-noise retraining and "
-                     "now makes the shipped models' results worse on the test scans (e.g. 12 -> 29 HU of noise): "
-                     "compare with the result without adaptation")
+    if adaptation is not None and adaptation.get("warning"):  # the model card's advice (tasks.adapt.card_advice)
+        notes.append(adaptation["warning"])
     if notes:
         result.metadata["warnings"] = list(result.metadata.get("warnings", [])) + notes
     return result

@@ -25,14 +25,19 @@ import numpy as np
 from ..core.volume import Volume
 
 
-class _ConstantOutput:
-    """Replaces a mixer's forward: the stored mean vector for every position."""
+def _constant_mixer(mean):
+    """A module that outputs ``mean`` (a buffer, so it moves with the network) at every position."""
+    import torch
 
-    def __init__(self, mean):
-        self.mean = mean
+    class ConstantMixer(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("mean", mean.clone())
 
-    def __call__(self, angles):
-        return self.mean.to(angles.dtype).expand(angles.shape[0], -1)
+        def forward(self, angles):
+            return self.mean.to(angles.dtype).expand(angles.shape[0], -1)
+
+    return ConstantMixer()
 
 
 def freeze_mixer(model, volume: Volume, device: Optional[str] = None,
@@ -68,6 +73,6 @@ def freeze_mixer(model, volume: Volume, device: Optional[str] = None,
         handle.remove()
     mean = (total / max(count, 1)).float()
     frozen = copy.deepcopy(net)
-    frozen.mix.mixer.forward = _ConstantOutput(mean.to(next(frozen.parameters()).device))
+    frozen.mix.mixer = _constant_mixer(mean.to(next(frozen.parameters()).device))  # the slot, replaced
     frozen.card = {**(getattr(net, "card", None) or {}), "frozen_mixer": True}
     return frozen, mean.cpu().numpy()
