@@ -19,6 +19,19 @@ PSNR / SSIM in the soft-tissue window ([-160, 240] HU, ``QHQGANLib.metrics.image
     python Testing/Benchmarks/bench_through_plane.py train --arch hqgan --scale 2 --steps 1200   # background-able
     python Testing/Benchmarks/bench_through_plane.py run [--models runs/through_plane]            # writes BENCHMARKS.md
     python Testing/Benchmarks/bench_through_plane.py ship      # Resources/Models/hqgan-srz2, if it beats linear
+    python Testing/Benchmarks/bench_through_plane.py unseen    # the shipped model on the evaluation patients
+
+``unseen`` (rules written on 2026-12-08, before its first run; issue #27): the evaluation patients now
+include ``Lung_Dx-A0002`` (30 contiguous 8 mm chest slices, two reconstructions of one scan), so the z
+test on an unseen patient the rule of measurement 1 asks for is possible. It scores the **shipped**
+``hqgan-srz2`` (its classical control was never shipped and its run is not kept) against linear and cubic
+interpolation at x2, with patients as the unit: (a) z on every evaluation volume with at least 4
+contiguous slices, both reconstructions of a patient averaged into that patient's figure (today one
+patient: a single patient's result, "not resolvable" as a general claim); (b) one in-plane axis on every
+evaluation slice as in measurement 2, averaged per patient first (the earlier row pooled slices), then a
+t interval over patients of model minus cubic and model minus linear (n - 1 degrees of freedom), with
+per-patient signs. Nothing is chosen from these numbers: the model and its interpolation are the shipped
+ones. Written to BENCHMARKS.md section ``through-plane-unseen``.
 """
 from __future__ import annotations
 
@@ -297,6 +310,64 @@ def _coronal_figure(out: Dict[str, np.ndarray], scale: int) -> None:
                     footer=f"coronal reformat, x{scale} along z (superior up), soft-tissue window")
 
 
+def cmd_unseen(args) -> int:
+    """The ``unseen`` rules of the module docstring (the shipped model, patients as the unit)."""
+    import torch
+
+    from QHQGANLib.metrics.statistics import patient_interval
+    from QHQGANLib.nn.weights import load_model
+
+    torch.set_num_threads(args.threads)
+    model = load_model("hqgan-srz2")
+    evaluation = load_split("evaluation")
+    methods = ("linear", "cubic", "model")
+    z: Dict[str, Dict[str, List[float]]] = {}
+    axis: Dict[str, Dict[str, List[float]]] = {}
+    for v in evaluation:
+        patient = v.metadata["protocol"]["patient"]
+        if v.shape[0] >= 4:  # (a) z: two thick slices of 2 and the thin ones between them
+            out = z_restore({"model": model}, v, 2)
+            for m in methods:
+                z.setdefault(patient, {}).setdefault(m, []).append(psnr(out[m], out["reference"], "abdomen"))
+            print(f"z x2 | {patient} {v.shape} | " + ", ".join(f"{m} {z[patient][m][-1]:.2f}" for m in methods),
+                  flush=True)
+        for im in v.array:  # (b) one in-plane axis, both orientations, every slice
+            for oriented in (im, im.T):
+                crop = oriented[: oriented.shape[0] // 4 * 4]
+                out = {"reference": crop}
+                thick = degrade_along_axis(crop, 2, axis=0)
+                out["linear"] = upsample_along_axis(thick, 2, axis=0, order=1)
+                out["cubic"] = upsample_along_axis(thick, 2, axis=0, order=3)
+                out["model"] = restore_with(model, {k: x[None] for k, x in out.items()})[0]
+                for m in methods:
+                    axis.setdefault(patient, {}).setdefault(m, []).append(psnr(out[m], crop, "abdomen"))
+    lines = ["## Through-plane x2 on unseen patients: the shipped hqgan-srz2 (issue #27)", "",
+             "Script: `Testing/Benchmarks/bench_through_plane.py unseen` (rules in its docstring, written before "
+             "the run). PSNR (dB) in the soft-tissue window; each patient's figure is the mean over its slices "
+             "(and its two reconstructions); the model is the shipped one with its shipped interpolation; its "
+             "classical control is not in this table (never shipped, its run not kept).", ""]
+    for title, table in (("z: thick slices of 2 restored along z (8 mm -> 16 mm -> 8 mm)", z),
+                         ("one in-plane axis: 2 pixels box-averaged along one axis, restored", axis)):
+        patients = list(table)
+        lines += [f"### {title}", "", "| method | " + " | ".join(patients) + " |", "|---|" + "---|" * len(patients)]
+        for m in methods:
+            lines.append(f"| {'hqgan-srz2' if m == 'model' else m} | "
+                         + " | ".join(f"{np.mean(table[p][m]):.2f}" for p in patients) + " |")
+        lines.append("")
+        for other in ("linear", "cubic"):
+            diffs = [np.mean(table[p]["model"]) - np.mean(table[p][other]) for p in patients]
+            r = patient_interval(diffs, patients)
+            interval = (f"[{r['ci_low']:+.2f}, {r['ci_high']:+.2f}]" if np.isfinite(r["ci_low"])
+                        else "(one patient: no interval)")
+            lines.append(f"- hqgan-srz2 minus {other}: {r['mean']:+.2f} dB {interval}; ahead on {r['ahead']} of "
+                         f"{r['n_patients']} patients: {r['verdict'].replace('A better', 'hqgan-srz2 better').replace('B better', other + ' better')}.")
+        lines.append("")
+    body = "\n".join(lines)
+    write_section("through-plane-unseen", body)
+    print(body)
+    return 0
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -317,6 +388,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--scales", type=int, nargs="+", default=list(SCALES))
     p.add_argument("--threads", type=int, default=1)
     p.set_defaults(func=cmd_run)
+    p = sub.add_parser("unseen")
+    p.add_argument("--threads", type=int, default=1)
+    p.set_defaults(func=cmd_unseen)
     p = sub.add_parser("ship")
     p.add_argument("--scale", type=int, default=2, choices=SCALES)
     p.set_defaults(func=cmd_ship)
