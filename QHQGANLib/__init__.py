@@ -43,10 +43,13 @@ _LAZY = {
     "train_enhancer": "training.enhancement",
     "SynthConfig": "training.synthesis",
     "train_synth": "training.synthesis",
+    "LabelSynthConfig": "training.label_synthesis",
+    "train_from_labels": "training.label_synthesis",
     "enhance": "tasks.enhance",
     "super_resolve": "tasks.enhance",
     "synthesize": "tasks.synthesize",
     "insert_lesion": "tasks.lesion",
+    "synthesize_from_labels": "tasks.label_synthesis",
     "evaluate_enhancement": "tasks.evaluate",
     "evaluate_super_resolution": "tasks.evaluate",
 }

@@ -29,6 +29,15 @@ ENHANCE_ARCHS: Tuple[str, ...] = ("hqgan", "mlp-control", "no-circuit", "bottlen
                                   "mlp-control-film")
 #: ``train-synth --method``: the synthesis methods (QHQGANLib.nn.synthesis.METHODS), the same controls.
 SYNTH_METHODS: Tuple[str, ...] = ("hqgan", "mlp-control", "no-circuit", "bottleneck-ablation", "wgan-gp", "dcgan")
+#: ``train-from-labels --method``: the label-conditioned generators (QHQGANLib.nn.label_synthesis.METHODS): HQGAN
+#: (the circuit makes each sample's style), its fair MLP control in the circuit's place, the classical SPADE
+#: baseline (Gaussian noise through a linear layer); and the ``config["arch"]`` of their cards (issue #30).
+LABEL_SYNTH_METHODS: Tuple[str, ...] = ("hqgan", "mlp-control", "spade")
+LABEL_SYNTH_ARCHS: Tuple[str, ...] = ("hqgan-labels", "mlp-control-labels", "spade-labels")
+#: The task of those cards and its command; the model ``synthesize-from-labels`` uses when none is named (none is
+#: shipped yet: ``qhqgan train-from-labels`` makes one). Not in ``KINDS`` (the panel's tasks) until the panel has it.
+LABEL_SYNTH_TASK = "synthesize-from-labels"
+LABEL_SYNTH_DEFAULT_MODEL = "hqgan-labels"
 #: Names of earlier versions, still accepted by ``TrainConfig.arch`` / ``SynthConfig.method`` and
 #: stored in the retired ``ablation-synth`` card: "ablation" is the legacy bottleneck.
 LEGACY_NAMES: Dict[str, str] = {"ablation": "bottleneck-ablation"}

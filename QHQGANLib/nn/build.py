@@ -2,7 +2,9 @@
 
 Architectures (``config["arch"]``): ``hqgan`` and its controls ``mlp-control``, ``no-circuit``,
 ``bottleneck-ablation`` (:mod:`QHQGANLib.nn.enhancer`), ``redcnn`` (:mod:`QHQGANLib.nn.baselines`),
-and the synthesis generators (``hqgan-synth``, ``mlp-control-synth``, ... :mod:`QHQGANLib.nn.synthesis`).
+the synthesis generators (``hqgan-synth``, ``mlp-control-synth``, ... :mod:`QHQGANLib.nn.synthesis`) and the
+label-conditioned generators (``hqgan-labels``, ``mlp-control-labels``, ``spade-labels``:
+:mod:`QHQGANLib.nn.label_synthesis`).
 
 Legacy descriptions (cards written before the controls were named) still build the very same
 network: enhancement ``arch "ablation"`` with ``mixer "classical"`` and no ``mlp_hidden`` is the
@@ -24,6 +26,8 @@ from ..core.kinds import LEGACY_NAMES
 from ..quantum.layer import QuantumLayer
 from .baselines import REDCNN
 from .enhancer import MIXER_OF_ARCH, HQGANGenerator, placement_of_arch
+from .label_synthesis import METHOD_OF_ARCH as LABEL_ARCHS
+from .label_synthesis import build_from_config as build_label_from_config
 from .mixers import LEGACY_MIXERS
 from .synthesis import ARCH_OF_METHOD
 from .synthesis import build_from_config as build_synth_from_config
@@ -59,6 +63,8 @@ def build_from_config(config: Dict[str, Any]):
         return HQGANGenerator(**kwargs)
     if arch in set(ARCH_OF_METHOD.values()):
         return build_synth_from_config(config)
+    if arch in LABEL_ARCHS:
+        return build_label_from_config(config)
     raise ValueError(f"unknown architecture {config.get('arch')!r} in the model description")
 
 

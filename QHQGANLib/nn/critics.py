@@ -1,4 +1,5 @@
-"""Classical critics: the patch critic of the enhancement GAN and the critic of synthesis.
+"""Classical critics: the patch critic of the enhancement GAN, the critic of synthesis, and the conditional
+patch critic of label-conditioned synthesis.
 
 Console usage::
 
@@ -54,3 +55,30 @@ class Critic(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x).view(-1)
+
+
+class LabelPatchCritic(nn.Module):
+    """Conditional patch critic of the label-conditioned generators (:mod:`QHQGANLib.nn.label_synthesis`).
+
+    Image (B, 1, s, s) in [-1, 1] and its label channels (B, C, s, s) in [0, 1], concatenated ->
+    three stride-2 4x4 convolutions (LeakyReLU 0.2) -> a 3x3 convolution to one score per patch
+    (70x70-pixel receptive field at s = 128, PatchGAN's). Returns ``(scores (B,), features)``: the mean
+    patch score and the activations of the three strided layers (for feature matching).
+    ``spectral``: spectral normalisation of every convolution (hinge loss); off for WGAN-GP.
+    """
+
+    def __init__(self, label_channels: int, width: int = 32, spectral: bool = True):
+        super().__init__()
+        norm = nn.utils.parametrizations.spectral_norm if spectral else (lambda layer: layer)
+        w = width
+        self.layers = nn.ModuleList([norm(nn.Conv2d(1 + label_channels, w, 4, 2, 1)),
+                                     norm(nn.Conv2d(w, 2 * w, 4, 2, 1)), norm(nn.Conv2d(2 * w, 4 * w, 4, 2, 1))])
+        self.score = norm(nn.Conv2d(4 * w, 1, 3, 1, 1))
+
+    def forward(self, image: torch.Tensor, labels: torch.Tensor):
+        x = torch.cat([image, labels.to(image.dtype)], dim=1)
+        features = []
+        for layer in self.layers:
+            x = torch.nn.functional.leaky_relu(layer(x), 0.2)
+            features.append(x)
+        return self.score(x).mean(dim=(1, 2, 3)), features

@@ -44,6 +44,9 @@ tissue; mottled bowel content (gas and stool) near the lung bases can pass as lu
 of ``../shared/data`` (``Testing/test_tissue_classes.py``, numbers in its docstrings): Dice 0.89
 with TotalSegmentator's lungs (3 mm example), 0.71 with its bones (the 20-slice Siemens series).
 
+A label map from elsewhere (a user's, a Slicer segmentation exported as a labelmap, an organ map) becomes
+class codes with :func:`class_codes` (values recoded by a mapping; unknown values refused, named).
+
 Console usage::
 
     >>> import QHQGANLib as q
@@ -53,7 +56,7 @@ Console usage::
 """
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, Mapping, Optional
 
 import numpy as np
 
@@ -236,3 +239,44 @@ def class_fractions(labels: Volume) -> Dict[str, float]:
     fractions = {TISSUE_CLASSES[c]: float(counts[c] / inside) for c in range(1, len(TISSUE_CLASSES))}
     fractions[TISSUE_CLASSES[0]] = float(counts[0] / codes.size)
     return fractions
+
+
+def class_codes(labels, mapping: Optional[Mapping[float, int]] = None, what: str = "the label map") -> np.ndarray:
+    """A label map's voxels as tissue class codes 0-6 (:data:`TISSUE_CLASSES`), int64 of the same shape.
+
+    ``labels``: a Volume or an array of whole numbers (a map from :func:`tissue_labels`, a user's own, a Slicer
+    segmentation exported as a labelmap). ``mapping`` ({value: class}) recodes values first (e.g. an organ map's
+    labels to classes); values it does not name keep their value. Refused with one line naming them: values
+    that are not whole numbers, and values that are not classes 0-6 after the mapping.
+    """
+    array = np.asarray(labels.array if isinstance(labels, Volume) else labels)
+    if not np.all(np.isfinite(array)):
+        raise ValueError(f"{what} holds non-finite values (NaN or infinity); a label map holds whole class numbers")
+    values = np.unique(array)
+    fractional = values[values != np.round(values)]
+    if fractional.size:
+        raise ValueError(f"{what} holds values that are not whole numbers ({_listed(fractional)}): a label map "
+                         "holds class numbers, not HU (a CT given as labels?)")
+    table = {}
+    for value, code in (mapping or {}).items():
+        if int(code) not in TISSUE_CLASSES or float(code) != int(code):
+            raise ValueError(f"mapping {value!r} -> {code!r}: classes are 0-6 ({_class_names()})")
+        table[float(value)] = int(code)
+    codes = {float(v): table.get(float(v), int(v)) for v in values}
+    unknown = [v for v, c in codes.items() if c not in TISSUE_CLASSES]
+    if unknown:
+        raise ValueError(f"{what} holds label value(s) {_listed(np.array(unknown))} that are not tissue classes "
+                         f"0-6 ({_class_names()}); map them to classes (mapping={{value: class}}, the CLI's --map "
+                         "VALUE=CLASS)")
+    lut_values = np.array(sorted(codes), dtype=np.float64)
+    out = np.array([codes[v] for v in lut_values], dtype=np.int64)
+    return out[np.searchsorted(lut_values, array.astype(np.float64))]
+
+
+def _class_names() -> str:
+    return ", ".join(f"{c} {name}" for c, name in TISSUE_CLASSES.items())
+
+
+def _listed(values: np.ndarray, most: int = 8) -> str:
+    shown = ", ".join(f"{v:g}" for v in values[:most])
+    return shown + (f" and {values.size - most} more" if values.size > most else "")

@@ -60,6 +60,15 @@ CROP_MARGIN = 1.05
 def _square_crops(volumes: Sequence[Volume], roi: Optional[Sequence[np.ndarray]],
                   min_body_fraction: float) -> Iterator[Tuple[np.ndarray, float]]:
     """(square crop in HU, its side in mm) of every usable axial slice (see :func:`training_slices`)."""
+    for index, k, ys_idx, xs_idx, side_mm in crop_boxes(volumes, roi, min_body_fraction):
+        yield take_crop(volumes[index].array[k], ys_idx, xs_idx, HU_MIN), side_mm
+
+
+def crop_boxes(volumes: Sequence[Volume], roi: Optional[Sequence[np.ndarray]] = None,
+               min_body_fraction: float = 0.05) -> Iterator[Tuple[int, int, np.ndarray, np.ndarray, float]]:
+    """(volume index, slice index, row indices, column indices, side in mm) of the square crop of every usable
+    axial slice (:func:`training_slices`); indices -1 and the slice's size stand for one pixel of padding
+    (:func:`take_crop`). The same crop of another array on the slice's grid (a label map) is ``take_crop`` of it."""
     for index, volume in enumerate(volumes):
         mask_volume = None if roi is None else np.asarray(roi[index]) > 0
         if mask_volume is not None and mask_volume.shape != volume.shape:
@@ -78,5 +87,10 @@ def _square_crops(volumes: Sequence[Volume], roi: Optional[Sequence[np.ndarray]]
             hy, hx = side_mm / sy / 2, side_mm / sx / 2
             ys_idx = np.clip(np.arange(int(np.floor(cy - hy)), int(np.ceil(cy + hy))), -1, image.shape[0])
             xs_idx = np.clip(np.arange(int(np.floor(cx - hx)), int(np.ceil(cx + hx))), -1, image.shape[1])
-            padded = np.pad(image, 1, constant_values=HU_MIN)
-            yield padded[np.ix_(ys_idx + 1, xs_idx + 1)], float(side_mm)
+            yield index, k, ys_idx, xs_idx, float(side_mm)
+
+
+def take_crop(plane: np.ndarray, ys_idx: np.ndarray, xs_idx: np.ndarray, fill: float) -> np.ndarray:
+    """The crop of a 2-D ``plane`` at :func:`crop_boxes`' indices, ``fill`` where they fall outside it."""
+    padded = np.pad(plane, 1, constant_values=fill)
+    return padded[np.ix_(ys_idx + 1, xs_idx + 1)]
