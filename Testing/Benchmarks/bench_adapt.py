@@ -169,6 +169,30 @@ def retune(model_name: str) -> None:
                    rule=" ".join(__doc__.split("* **Re-tuning", 1)[1].split("python Testing", 1)[0].split()))
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps({k: results[k] for k in ("best_lr", "recommended")}))
+    _record_in_card(model_name, results)
+
+
+def _record_in_card(model_name: str, results: dict) -> None:
+    """The rule's outcome into the shipped model's card (``"adaptation"``; read by
+    ``QHQGANLib.tasks.adapt.card_advice``). Only the JSON card changes, never the weights."""
+    import os
+
+    from QHQGANLib.core.resources import models_dir
+
+    path = models_dir() / f"{model_name}.json"
+    card = json.loads(path.read_text())
+    best = results["lr"][str(results["best_lr"])]
+    card["adaptation"] = {
+        "recommended": bool(results["recommended"]), "lr": results["best_lr"], "steps": results["steps"],
+        "alpha": results["alpha"], "added_db": round(best["added_db"], 3),
+        "added_db_per_lr": {lr: round(r["added_db"], 3) for lr, r in results["lr"].items()},
+        "unadapted_gain_db": round(results["base_gain_db"], 3),
+        "tuned_on": "the tuning patient's slices CT2/20/21/22, simulator 25 % and phantom-texture noise "
+                    "(Testing/Benchmarks/bench_adapt.py retune)"}
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(card, indent=2) + "\n")
+    os.replace(tmp, path)
+    print(f"{path.name}: adaptation {'recommended' if results['recommended'] else 'not recommended'}")
 
 
 def _evaluation_cases() -> List[Tuple[str, Volume]]:
