@@ -15,7 +15,9 @@ Methods, budget, tuning (the same for all three)
 ------------------------------------------------
 * ``hqgan`` (``hqgan-labels``: the circuit makes the style), ``mlp-control`` (the fair MLP in the circuit's
   place), ``spade`` (Gaussian noise through a linear layer): the same generator, critic, losses, data,
-  batch (8), size (128), updates (``--steps``, default 3000) and optimiser (``LabelSynthConfig``'s defaults).
+  batch (8), size (128), updates (``--steps``, default 1000) and optimiser (``LabelSynthConfig``'s defaults).
+  The budget is this machine's (set on 2026-12-08 before any run): about 2 s per update at 128x128, batch 8,
+  on one CPU core, so 15 runs of 1,000 updates take about 8 core-hours; a longer budget is a new benchmark.
 * **Tuning grid**, identical for every method: ``l1_weight`` in {3, 10, 30}, seed 0. Each setting is
   scored on the tuning patient by the **class agreement error** (below, lower is better); the best
   setting per method is kept (ties: the smaller weight). Nothing else is tuned.
@@ -41,7 +43,7 @@ sample per slice per seed, style seed ``1000 + seed``, compared with the real sl
 
 Commands (runs are resumable: a finished run's model is kept, an interrupted one resumes from its checkpoint)
 ------------------------------------------------------------------------------------------------------------
-    python Testing/Benchmarks/bench_labels.py train --runs-dir /tmp/label_runs [--steps 3000] [--device cuda]
+    python Testing/Benchmarks/bench_labels.py train --runs-dir /tmp/label_runs [--steps 1000] [--device cuda]
     python Testing/Benchmarks/bench_labels.py evaluate --runs-dir /tmp/label_runs   # BENCHMARKS.md "labels"
     python Testing/Benchmarks/bench_labels.py ship --runs-dir /tmp/label_runs       # seed-0 models + cards
 
@@ -334,7 +336,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("command", choices=("train", "evaluate", "ship"))
     ap.add_argument("--runs-dir", type=Path, required=True)
-    ap.add_argument("--steps", type=int, default=3000)
+    ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=2)
