@@ -8,7 +8,7 @@ with the allowed range.
 Console usage::
 
     qhqgan info                                   # versions, compute device, models
-    qhqgan demo [--input CT] [--dose 0.25]        # simulate low dose on a real CT, figure + metrics
+    qhqgan demo [--input CT] [--dose 0.25] [--model redcnn-enhance]   # low dose + enhancement, figure + metrics
     qhqgan simulate-low-dose IN OUT --dose 0.25 --seed 0
     qhqgan enhance IN OUT [--model hqgan-enhance] [--device cuda] [--tile-batch 16]
     qhqgan enhance CT_FOLDER OUT_FOLDER --dicom [--deidentify]   # a derived DICOM series
@@ -16,6 +16,8 @@ Console usage::
     qhqgan simulate-low-dose CT_FOLDER OUT.nrrd --series-block 2 # or one regular block as acquired
     python -m QHQGANLib degrade-resolution IN OUT --scale 2
     qhqgan insert-lesion IN MASK OUT_synthetic.nrrd --kind hypodense   # a synthetic lesion + its label map
+    qhqgan train-from-labels --input CT --save-model M                 # a label-conditioned model
+    qhqgan synthesize-from-labels LABELS OUT_synthetic.nrrd --model M.safetensors --samples 4
 
 Errors print one line and exit with status 2 (1 for an unexpected failure);
 ``--debug`` shows the traceback instead. Long steps draw a progress bar on stderr.
@@ -33,6 +35,7 @@ from ..core.devices import DEVICES
 from ..core.kinds import ENHANCE_ARCHS, SYNTH_METHODS, TRAINABLE_IMAGE_TASKS, default_model, preferred_models
 from ..core.options import add_option_argument, add_task_arguments, check_task_values
 from . import commands, train_commands
+from .label_commands import add_label_commands
 from .lesion_commands import add_lesion_command
 from .reader_cli import add_reader_study_commands
 
@@ -91,15 +94,23 @@ def _add_io(p: argparse.ArgumentParser) -> None:
     p.add_argument("output", help="output file: .nrrd, .nhdr, .nii(.gz), .mha, .mhd")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.add_argument("--force", action="store_true", help="accept a non-CT modality or non-HU values")
-    p.add_argument("--series-uid", help="the series to read when the DICOM folder holds several")
+    _add_series_options(p)
+
+
+def _add_series_options(p: argparse.ArgumentParser, every: bool = False) -> None:
+    """How a DICOM series is read (apps.series_input); ``every``: applied to every --input."""
+    each = " (applied to every --input)" if every else ""
+    if not every:
+        p.add_argument("--series-uid", help="the series to read when the DICOM folder holds several")
     p.add_argument("--regularize-tilt", action="store_true",
-                   help="resample a gantry-tilted DICOM series onto a regular grid (refused otherwise)")
+                   help="resample a gantry-tilted DICOM series onto a regular grid (refused otherwise)" + each)
     p.add_argument("--resample-z", type=positive_float, metavar="MM",
                    help="resample along z to a regular grid of MM mm from the slices' real positions (linear, "
                         "no extrapolation): for a DICOM series with uneven gaps or several blocks (refused "
-                        "otherwise); stated in the output's history and header")
+                        "otherwise); stated in the output's history and header" + each)
     p.add_argument("--series-block", type=positive_int, metavar="N",
-                   help="read only the N-th regular block (from 1, in slice order) of a multi-block DICOM series")
+                   help="read only the N-th regular block (from 1, in slice order) of a multi-block DICOM series"
+                        + each)
 
 
 def _add_task_commands(sub, common: argparse.ArgumentParser) -> None:
@@ -121,9 +132,14 @@ def _add_task_commands(sub, common: argparse.ArgumentParser) -> None:
         if task in ("enhance", "super-resolve"):
             p.add_argument("--dicom", action="store_true",
                            help="OUTPUT is a folder: a derived DICOM series, in the input's patient and study when "
-                                "the input is DICOM (the one output that carries the patient's identity)")
+                                "the input is DICOM (the one output that carries the patient's identity); an "
+                                "uneven series keeps every slice's own position")
             p.add_argument("--deidentify", action="store_true",
                            help="with --dicom: a de-identified series in a new study, for sharing")
+        elif task == "simulate-low-dose":
+            p.add_argument("--dicom", action="store_true",
+                           help="OUTPUT is a folder: a DICOM series, always de-identified in a new study (a simulation "
+                                "is no acquisition of the patient); an uneven series keeps every slice's position")
         add_task_arguments(p, task)
         p.set_defaults(func=func)
 
@@ -167,6 +183,7 @@ def _add_training_commands(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing --save-model PATH and an earlier run in a non-empty --output-dir")
     p.add_argument("--force", action="store_true", help="accept a non-CT modality or non-HU values")
+    _add_series_options(p, every=True)
     add_compute(p)
     p.set_defaults(func=train_commands.cmd_train_enhance)
 
@@ -204,6 +221,7 @@ def _add_training_commands(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing --save-model PATH and an earlier run in a non-empty --output-dir")
     p.add_argument("--force", action="store_true", help="accept a non-CT modality or non-HU values")
+    _add_series_options(p, every=True)
     add_compute(p)
     p.set_defaults(func=train_commands.cmd_train_synth)
 
@@ -221,6 +239,7 @@ def _add_evaluation_commands(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--json", help="also write the rows to this JSON file (a new file, checked before the run)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     p.add_argument("--force", action="store_true")
+    _add_series_options(p, every=True)
     p.set_defaults(func=commands.cmd_evaluate)
 
     p = sub.add_parser("evaluate-synth", parents=[common],
@@ -282,6 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluation_commands(sub, common)
     add_reader_study_commands(sub, common)
     add_lesion_command(sub, common)
+    add_label_commands(sub, common)
 
     p = sub.add_parser("list-models", parents=[common], help="the shipped models and their validation metrics")
     p.set_defaults(func=commands.cmd_list_models)
@@ -289,11 +309,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", parents=[common],
                        help="run the main job on a real CT (pydicom's CT_small.dcm unless --input)")
     p.add_argument("--input", help="a CT to use instead of the bundled CT_small.dcm")
+    p.add_argument("--model", help=f"a shipped enhancement model or weights file (default {default_model('enhance')})")
     add_option_argument(p, "dose")
     add_option_argument(p, "seed")
     p.add_argument("--output-dir", help="folder for the outputs (default: qhqgan-demo-<time> here)")
-    p.add_argument("--max-slices", type=int, default=8, help="use at most this many central slices (default 8)")
+    p.add_argument("--max-slices", type=int, default=8,
+                   help="use at most this many slices, around the slice shown (default 8)")
     p.add_argument("--force", action="store_true", help="accept a non-CT modality or non-HU values")
+    _add_series_options(p)
     p.set_defaults(func=commands.cmd_demo)
     return parser
 

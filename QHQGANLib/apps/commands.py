@@ -30,12 +30,10 @@ from ..core.file_checks import require_regular_file
 from ..core.outputs import (check_not_input, check_output_path, check_report_path, claim_output,
                             require_synthetic_name, write_text_output)
 from .output_types import check_output_type, write_result
+from .series_input import read_series
 
 #: Endings of the volume files the commands write (DICOM goes to a folder).
 VOLUME_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
-#: What through-plane super-resolution needs of its input (said when an uneven series is refused).
-THROUGH_PLANE_NEEDS = ("super-resolve --axis z needs the slices as acquired, one slice thickness on one regular grid "
-                       "(its model restores a known slice profile; interpolated or mixed slices have another)")
 
 
 def _prepare_output(args: argparse.Namespace, folder: bool = False) -> contextlib.AbstractContextManager:
@@ -48,28 +46,10 @@ def _prepare_output(args: argparse.Namespace, folder: bool = False) -> contextli
     return claim_output(out)
 
 
-def _read_input(args: argparse.Namespace, through_plane: bool = False):
-    """The command's input, read with its series options (--series-uid, --regularize-tilt, --resample-z,
-    --series-block); a note on stderr says what reading changed (tilt, block, resampling)."""
-    from ..core.io import read_volume
-    from ..core.slice_grid import UnevenSeriesError
-
-    if through_plane and args.resample_z is not None:
-        raise ValueError(f"{THROUGH_PLANE_NEEDS}: --resample-z would give it interpolated slices; read one "
-                         "regular block of an uneven series with --series-block N instead")
-    try:
-        volume = read_volume(args.input, force=args.force, series_uid=args.series_uid,
-                             regularize_tilt=args.regularize_tilt, resample_z=args.resample_z,
-                             series_block=args.series_block)
-    except UnevenSeriesError as exc:
-        if not through_plane:
-            raise
-        block = f": read one regular block with --series-block N (N from 1 to {exc.n_blocks})" if exc.n_blocks > 1 else ""
-        raise ValueError(f"{args.input}: {exc.description}; {THROUGH_PLANE_NEEDS}{block}") from None
-    if not args.quiet:
-        for note in volume.metadata.get("history", []):
-            print(f"qhqgan: note: input {note}", file=sys.stderr)
-    return volume
+def _read_input(args: argparse.Namespace, through_plane: bool = False, slice_wise: bool = False):
+    """The command's input, read with its series options (apps.series_input: an uneven series is kept at
+    its slices' positions for a slice-wise task's DICOM output); notes on stderr say what reading changed."""
+    return read_series(args, args.input, slice_wise=slice_wise, through_plane=through_plane)
 
 
 def _check_input(path) -> None:
@@ -177,12 +157,18 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_simulate_low_dose(args: argparse.Namespace) -> int:
     from ..physics.lowdose import simulate_low_dose
 
-    with _prepare_output(args):
-        volume = _read_input(args)
+    check_output_type(args)
+    with _prepare_output(args, folder=args.dicom):
+        if args.dicom:
+            from ..core.dicom_derived import check_series_folder
+
+            check_series_folder(args.output, args.overwrite)
+        volume = _read_input(args, slice_wise=True)
         with _progress(args, f"simulating {args.dose:.0%} dose") as progress:
             low = simulate_low_dose(volume, args.dose, seed=args.seed, progress=progress,
                                     reference_noise_hu=args.reference_noise_hu, photons=args.photons)
-        pixel_type = write_result(args, low)
+        pixel_type = (_write_derived_series(args, low, volume, simulated=True) if args.dicom
+                      else write_result(args, low))
     _say(args, f"wrote {args.output}: {low.shape[0]} slice(s) at {args.dose:.0%} of the input dose (seed {args.seed}), "
                f"{pixel_type}")
     info = low.metadata["low_dose"]
@@ -227,7 +213,7 @@ def _run_model_command(args: argparse.Namespace, task: str) -> int:
             from ..core.dicom_derived import check_series_folder
 
             check_series_folder(args.output, args.overwrite)
-        volume = _read_input(args, through_plane)
+        volume = _read_input(args, through_plane, slice_wise=not through_plane)
         said = _before_super_resolution(args, volume, model) if task == "super-resolve" else set()
         options = dict(device=args.device, quantum_backend=args.quantum_backend, tile_size=args.tile_size,
                        overlap=args.overlap, tile_batch=args.tile_batch)
@@ -282,18 +268,24 @@ def _before_super_resolution(args: argparse.Namespace, volume, model) -> set:
     return {note} if note else set()
 
 
-def _write_derived_series(args: argparse.Namespace, result, source) -> str:
-    """--dicom: the derived series (core.dicom_derived); a note when the patient is not kept unasked."""
+def _write_derived_series(args: argparse.Namespace, result, source, simulated: bool = False) -> str:
+    """--dicom: the derived series (core.dicom_derived); a note when the patient is not kept unasked. A dose
+    simulation is no acquisition of the patient: always de-identified, in a new study."""
     from ..core.dicom_derived import export_derived_series, plan_derived_series
 
-    plan = plan_derived_series(result, source, deidentify=args.deidentify)
-    files = export_derived_series(result, args.output, source, deidentify=args.deidentify, overwrite=args.overwrite)
-    if plan.note:
-        print(f"qhqgan: note: {plan.note}", file=sys.stderr)
+    deidentify = simulated or args.deidentify
+    plan = plan_derived_series(result, source, deidentify=deidentify)
+    files = export_derived_series(result, args.output, source, deidentify=deidentify, overwrite=args.overwrite)
+    note = plan.note or ("a simulated dose is no acquisition of the patient: the series is de-identified, in a "
+                         "new study" if simulated and plan.mode == "deidentified" and source.metadata.get("dicom")
+                         else None)
+    if note:
+        print(f"qhqgan: note: {note}", file=sys.stderr)
     filed = {"patient": "in the input's patient and study (identifiable, not de-identified)",
              "deidentified": "de-identified, in a new study",
              "synthetic": "marked synthetic, synthetic patient, new study"}[plan.mode]
-    return f"DICOM series {plan.series_number} '{plan.series_description}' of {len(files)} file(s), {filed}"
+    kept = ", every slice at its own source position" if result.metadata.get("slice_positions") else ""
+    return f"DICOM series {plan.series_number} '{plan.series_description}' of {len(files)} file(s), {filed}{kept}"
 
 
 def cmd_enhance(args: argparse.Namespace) -> int:
@@ -345,12 +337,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace, models, report) -> int:
-    from ..core.io import read_volume
     from ..tasks.evaluate import evaluate_enhancement, evaluate_super_resolution
 
     from ..training.provenance import voxel_sha256
 
-    volumes = [read_volume(p, force=args.force) for p in args.input]
+    # slice by slice, no image written: an uneven series is read at its slices' own positions (apps.series_input)
+    volumes = [read_series(args, p, keep_positions=True, label=f"input {i + 1}") for i, p in enumerate(args.input)]
     with _progress(args, f"evaluating {len(models)} model(s) on {sum(v.shape[0] for v in volumes)} slice(s)") as progress:
         if args.task == "enhance":
             doses = [float(d) for d in args.doses.split(",")]
@@ -431,7 +423,13 @@ def cmd_list_models(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
+    model = args.model
+    if model is not None:
+        _check_model_task(model, "enhance")
+        _check_model_files(model)
     result = run_demo(input_path=args.input, dose=args.dose, seed=args.seed, output_dir=args.output_dir,
-                      max_slices=args.max_slices, show_progress=not args.quiet, force=args.force)
+                      max_slices=args.max_slices, show_progress=not args.quiet, force=args.force, model=model,
+                      read_options=dict(series_uid=args.series_uid, regularize_tilt=args.regularize_tilt,
+                                        resample_z=args.resample_z, series_block=args.series_block))
     print(result.summary())
     return 0

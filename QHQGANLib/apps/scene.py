@@ -70,10 +70,14 @@ def node_from_volume(volume: Volume, scene, name: str, reference_node=None,
     With ``reference_node``, the new node goes under its parent transform and
     beside it (its study) in the subject hierarchy. The node's scalar type follows the rule of
     :mod:`QHQGANLib.core.pixel_types`: int16 (whole HU) when the volume's source stored integers
-    and the values fit, float32 otherwise.
+    and the values fit, float32 otherwise. A node is one regular grid: a volume whose slices keep
+    uneven positions (:mod:`QHQGANLib.core.slice_positions`) is refused with what helps.
     """
     import slicer.util
 
+    from ..core.slice_positions import require_regular_grid
+
+    require_regular_grid(volume, "a Slicer volume node")
     node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", scene.GenerateUniqueName(name))
     node.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(volume.ijk_to_ras_matrix()))
     integer = choose_pixel_type(volume)[0] == "int16"

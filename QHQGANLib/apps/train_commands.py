@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ..training.provenance import speed, training_data
 from .commands import _check_input, _check_model_outputs, _progress, _say
+from .series_input import read_series
 
 
 def cmd_train_enhance(args: argparse.Namespace) -> int:
@@ -32,12 +33,17 @@ def _prepare_training_dir(args: argparse.Namespace) -> contextlib.AbstractContex
     return claim_output_dir(args.output_dir, int(os.environ.get("RANK", "0")))
 
 
+def _read_inputs(args: argparse.Namespace) -> list:
+    """Every --input, read with the series options (apps.series_input): an uneven series is refused unless
+    --resample-z or --series-block puts it on one regular grid (training takes 2.5D stacks of neighbours)."""
+    return [read_series(args, p, label=f"input {i + 1}") for i, p in enumerate(args.input)]
+
+
 def _train_enhance(args: argparse.Namespace) -> int:
-    from ..core.io import read_volume
     from ..nn.weights import save_model
     from ..training.enhancement import TrainConfig, train_enhancer
 
-    volumes = [read_volume(p, force=args.force) for p in args.input]
+    volumes = _read_inputs(args)
     cfg = TrainConfig(arch=args.arch, task=args.task, steps=args.steps, batch_size=args.batch_size,
                       patch_size=args.patch_size, lr=args.lr, adv_weight=args.adv_weight,
                       ssim_weight=args.ssim_weight, dose_range=(args.dose_min, args.dose_max), seed=args.seed,
@@ -75,7 +81,7 @@ def _train_synth(args: argparse.Namespace) -> int:
     from ..nn.weights import save_model
     from ..training.synthesis import SynthConfig, train_synth
 
-    volumes = [read_volume(p, force=args.force) for p in args.input]
+    volumes = _read_inputs(args)
     roi = None
     if args.roi:
         if len(args.roi) != len(volumes):

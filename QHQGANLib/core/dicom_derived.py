@@ -3,7 +3,8 @@ the patient's identity, and only when asked.
 
 :func:`export_derived_series` writes a result with :func:`~QHQGANLib.core.dicom_export.export_dicom_series`
 (int16 HU, slope 1, intercept 0, per-slice positions from the volume, so a through-plane result keeps exact
-geometry) in one of three ways, chosen by :func:`plan_derived_series`:
+geometry, and slices read at their own uneven positions keep each one: :mod:`QHQGANLib.core.slice_positions`)
+in one of three ways, chosen by :func:`plan_derived_series`:
 
 * ``"patient"``: the source was read from DICOM and ``deidentify`` is False: the series is filed in the
   source's patient and study (same ``PatientID``, ``StudyInstanceUID``, ``FrameOfReferenceUID``), with a
@@ -47,6 +48,7 @@ _ENHANCED = re.compile(r"^enhanced by (?P<model>.+?)(?P<adapted> adapted to this
                        r"(?: at strength (?P<strength>[\d.]+))?$")
 _UNCHANGED = re.compile(r"^enhancement strength 0 \((?P<model>.+) not applied\)$")
 _SUPER_RESOLVED = re.compile(r"^super-resolved x(?P<scale>\d+)(?P<z> along z)? by (?P<model>.+)$")
+_SIMULATED = re.compile(r"^simulate_low_dose\(dose_fraction=(?P<dose>[\d.e+-]+)")
 
 
 @dataclass(frozen=True)
@@ -166,7 +168,7 @@ def _processing_entry(result: Volume) -> str:
     """The history entry of the processing: the last enhancement or super-resolution note, else the last note."""
     history = [str(h) for h in result.metadata.get("history", []) if str(h).strip()]
     for entry in reversed(history):
-        if any(p.match(entry) for p in (_ENHANCED, _UNCHANGED, _SUPER_RESOLVED)):
+        if any(p.match(entry) for p in (_ENHANCED, _UNCHANGED, _SUPER_RESOLVED, _SIMULATED)):
             return entry
     return history[-1] if history else "processed"
 
@@ -197,6 +199,8 @@ def _description(entry: str, *, synthetic: bool) -> str:
     elif _SUPER_RESOLVED.match(entry):
         m = _SUPER_RESOLVED.match(entry)
         head, model = f"SR X{m['scale']}{' Z' if m['z'] else ''}", _model_name(m["model"])
+    elif _SIMULATED.match(entry):
+        head = f"SIMULATED {float(_SIMULATED.match(entry)['dose']) * 100:g}% DOSE"
     prefix = "SYNTHETIC QHQGAN " if synthetic else "QHQGAN "
     room = LO_MAX - len(prefix) - len(NOT_FOR_DIAGNOSIS)
     if model and room - len(head) - 1 - len(tail) < 8:

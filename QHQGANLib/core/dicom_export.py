@@ -3,10 +3,11 @@
 One file per slice, explicit VR little endian, signed 16-bit HU (slope 1,
 intercept 0), with the exact LPS geometry of the volume:
 
-* ``ImagePositionPatient`` of slice ``k`` = ``volume.index_to_physical((0, 0, k))``;
+* ``ImagePositionPatient`` of slice ``k`` = ``volume.index_to_physical((0, 0, k))``, or the slice's own
+  position for slices kept at uneven positions (:mod:`QHQGANLib.core.slice_positions`);
 * ``ImageOrientationPatient`` = direction column 0 (along a row, i) then column 1 (down a column, j);
 * ``PixelSpacing`` = ``[spacing[1], spacing[0]]`` (row spacing, column spacing);
-* ``SliceThickness`` = ``SpacingBetweenSlices`` = ``spacing[2]``.
+* ``SliceThickness`` = ``SpacingBetweenSlices`` = ``spacing[2]`` (uneven slices: the source's thickness only).
 
 Every export gets new Series and SOP Instance UIDs, and new Study and Frame of Reference UIDs unless
 ``keep_patient`` (below). Works with pydicom 2.4 and 3.
@@ -65,6 +66,7 @@ import numpy as np
 
 from .dicom_terms import BODY_PARTS, PATIENT_POSITIONS, is_uid  # noqa: F401 (importable from here too)
 from .outputs import claim_output, make_temp_folder, raise_if_disk_full
+from .slice_positions import image_plane, slice_origins, slice_plane
 from .volume import Volume
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -162,7 +164,7 @@ def _write_series(volume: Volume, folder: Path, *, attributes, synthetic, keep_p
     n = volume.shape[0]
     width = max(4, len(str(n)))
     names = [f"IMG{k + 1:0{width}d}.dcm" for k in range(n)]
-    normal = np.cross(volume.direction[:, 0], volume.direction[:, 1])
+    normal, positions = np.cross(volume.direction[:, 0], volume.direction[:, 1]), slice_origins(volume)
 
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = make_temp_folder(folder.parent)
@@ -174,9 +176,7 @@ def _write_series(volume: Volume, folder: Path, *, attributes, synthetic, keep_p
             sop_uid = generate_uid()
             ds.SOPInstanceUID = sop_uid
             ds.InstanceNumber = k + 1
-            position = volume.index_to_physical((0.0, 0.0, float(k)))
-            ds.ImagePositionPatient = [_ds(v) for v in position]
-            ds.SliceLocation = _ds(float(position @ normal))
+            slice_plane(ds, volume, k, positions[k], normal)  # the grid's position, or the slice's own
             ds.PixelData = np.ascontiguousarray(pixels[k]).tobytes()
             meta = FileMetaDataset()
             meta.MediaStorageSOPClassUID = CT_IMAGE_STORAGE
@@ -292,12 +292,7 @@ def _shared_dataset(volume: Volume, attributes: Dict[str, Any], *, synthetic: bo
     # frame of reference, image plane
     ds.FrameOfReferenceUID = frame_of_reference_uid or generate_uid()
     ds.PositionReferenceIndicator = None
-    direction = volume.direction
-    ds.ImageOrientationPatient = [_ds(v) for v in np.concatenate([direction[:, 0], direction[:, 1]])]
-    sx, sy, sz = volume.spacing
-    ds.PixelSpacing = [_ds(sy), _ds(sx)]  # row spacing (between rows, y), column spacing (x)
-    ds.SliceThickness = _ds(sz)
-    ds.SpacingBetweenSlices = _ds(sz)
+    image_plane(ds, volume)  # orientation, pixel spacing, thickness (core.slice_positions)
 
     # image pixel, CT image
     ds.SamplesPerPixel = 1
@@ -377,16 +372,6 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
         return [str(v) for v in value]
     return str(value)
-
-
-def _ds(value: float) -> str:
-    """A float as a DICOM decimal string (at most 16 characters, full available precision)."""
-    from pydicom.valuerep import format_number_as_ds
-
-    value = float(value)
-    if value == 0.0:
-        return "0"
-    return format_number_as_ds(value)
 
 
 def _version() -> str:

@@ -5,7 +5,8 @@ slices, uneven spacing, gantry tilt, mixed orientations or matrix sizes is refus
 (see :func:`QHQGANLib.core.io.read_volume`, the public entry point). pydicom reads the files;
 pylibjpeg decodes compressed pixel data. An uneven or multi-block series is read on request,
 resampled along z (``resample_z``) or one regular block of it (``series_block``): see
-:mod:`QHQGANLib.core.slice_grid`.
+:mod:`QHQGANLib.core.slice_grid`; or, for slice-wise work, as it is, each slice at its own position
+(``keep_positions``: :mod:`QHQGANLib.core.slice_positions`).
 
 Console usage::
 
@@ -24,6 +25,7 @@ from .file_checks import VolumeReadError, check_voxel_count, first_line
 from .padding import AIR_HU, PADDING_KEY, mark_padding, padded_pixels, set_padding, stored_padding_range
 from .slice_grid import (SPACING_TOLERANCE, describe_blocks, gap_blocks, grid_size, is_regular,  # noqa: F401
                          mm, resample_note, resample_slices, same_gap, uneven_error)
+from .slice_positions import SLICE_POSITIONS, SLICE_THICKNESSES, kept_positions_note
 from .volume import Volume, orientation_problem, orthonormalized
 
 #: DICOM attributes kept in ``Volume.metadata["dicom"]`` for provenance and later export.
@@ -47,7 +49,7 @@ def is_dicom_file(path: Path) -> bool:
 
 def read_dicom_folder(folder: Path, *, series_uid: Optional[str], force: bool, max_voxels: int,
                       regularize_tilt: bool = False, resample_z: Optional[float] = None,
-                      series_block: Optional[int] = None) -> Volume:
+                      series_block: Optional[int] = None, keep_positions: bool = False) -> Volume:
     # is_file() is False for FIFOs, sockets and devices: they are never opened
     files = [p for p in sorted(folder.iterdir())
              if p.is_file() and not p.name.startswith(".") and p.name.upper() != "DICOMDIR"]
@@ -58,12 +60,13 @@ def read_dicom_folder(folder: Path, *, series_uid: Optional[str], force: bool, m
         raise VolumeReadError(f"{folder}: no DICOM file in this folder ({len(files)} other files)")
     return read_dicom_files(dicom_files, source=folder, series_uid=series_uid, force=force,
                             max_voxels=max_voxels, regularize_tilt=regularize_tilt, resample_z=resample_z,
-                            series_block=series_block)
+                            series_block=series_block, keep_positions=keep_positions)
 
 
 def read_dicom_files(files: Sequence[Path], *, source: Path, force: bool, max_voxels: int,
                      series_uid: Optional[str] = None, regularize_tilt: bool = False,
-                     resample_z: Optional[float] = None, series_block: Optional[int] = None) -> Volume:
+                     resample_z: Optional[float] = None, series_block: Optional[int] = None,
+                     keep_positions: bool = False) -> Volume:
     import pydicom
 
     headers = []
@@ -102,7 +105,8 @@ def read_dicom_files(files: Sequence[Path], *, source: Path, force: bool, max_vo
         raise VolumeReadError(f"{source}: multi-frame (enhanced) DICOM is not supported yet; "
                               "convert it to single-frame files or NRRD first")
 
-    stack = _sorted_slices(chosen, source, regularize_tilt, resample_z is not None, series_block)
+    stack = _sorted_slices(chosen, source, regularize_tilt, resample_z is not None, series_block,
+                           keep_positions=keep_positions and resample_z is None)
     slices, shear, heights = stack.slices, stack.shear, stack.heights
     first = slices[0][2]  # the first slice of the block read: its orientation and thickness
     rows, cols = int(first.Rows), int(first.Columns)
@@ -143,6 +147,9 @@ def read_dicom_files(files: Sequence[Path], *, source: Path, force: bool, max_vo
     row_cos, col_cos, normal = _orientation(first, source)
     row_spacing, col_spacing = (float(v) for v in first.PixelSpacing)
     slice_spacing = _slice_spacing(heights, first)
+    own = not resample and len(heights) > 1 and not is_regular(heights)  # uneven: kept at their own positions
+    if own:  # (_sorted_slices refused it unless keep_positions)
+        slice_spacing = float(np.median(np.diff(heights)))  # for display only
     direction = np.column_stack([row_cos, col_cos, normal])
     metadata = {
         "source": str(source),
@@ -166,6 +173,12 @@ def read_dicom_files(files: Sequence[Path], *, source: Path, force: bool, max_vo
                                    "source_positions_mm": [round(float(h - heights[0]), 4) for h in heights],
                                    "note": history[-1]}
         slice_spacing = float(resample_z)
+    if own:  # each slice's ImagePositionPatient; after a tilt regularization, on the normal through the first
+        positions = ([pos for _f, pos, _ds in slices] if shear is None else
+                     [slices[0][1] + (h - heights[0]) * normal for h in heights])
+        metadata[SLICE_POSITIONS] = [[float(v) for v in pos] for pos in positions]
+        metadata[SLICE_THICKNESSES] = [_thickness_of(ds) for _f, _pos, ds in slices]
+        history.append(kept_positions_note(heights))
     if padding_hu is not None:  # every padded voxel holds this value, and no other (core.padding)
         if shear is not None or resample:
             padding_hu = set_padding(array, _regridded_padding(padded, shear, row_cos, col_cos,
@@ -277,9 +290,10 @@ class _Stack(NamedTuple):
 
 
 def _sorted_slices(chosen, source: Path, regularize_tilt: bool = False, resample: bool = False,
-                   series_block: Optional[int] = None) -> _Stack:
+                   series_block: Optional[int] = None, keep_positions: bool = False) -> _Stack:
     """Slices sorted along their normal, after the series checks: one regular stack, or an uneven one
-    when it will be resampled, or the block ``series_block`` (1-based) of a multi-block series."""
+    when it will be resampled or kept at its own positions, or the block ``series_block`` (1-based) of a
+    multi-block series."""
     first = chosen[0][1]
     size0 = (first.get("Rows"), first.get("Columns"))
     spacing0 = np.asarray(first.get("PixelSpacing", [np.nan, np.nan]), dtype=np.float64)
@@ -347,7 +361,7 @@ def _sorted_slices(chosen, source: Path, regularize_tilt: bool = False, resample
         tilt = np.degrees(np.arctan2(np.linalg.norm(across[-1]), abs(along[-1])))
         if tilt > 0.1 and not regularize_tilt:
             stated = entries[0][2].get("GantryDetectorTilt")
-            also = ("" if uneven is None or resample else
+            also = ("" if uneven is None or resample or keep_positions else
                     f"; its slices are also unevenly spaced ({uneven.description}): add resample_z=MM "
                     f"(--resample-z MM, e.g. {mm(uneven.suggested_mm)})")
             raise VolumeReadError(
@@ -362,9 +376,17 @@ def _sorted_slices(chosen, source: Path, regularize_tilt: bool = False, resample
         if dup.size:
             raise VolumeReadError(f"{source}: {dup.size} duplicated slice position(s), e.g. {names[dup[0]]} and "
                                   f"{names[dup[0] + 1]} at {heights[dup[0]]:.2f} mm along the slice normal")
-        if uneven is not None and not resample:
+        if uneven is not None and not (resample or keep_positions):
             raise uneven
     return _Stack([(f, pos, ds) for f, pos, ds, _, _ in entries], heights, shear, notes)
+
+
+def _thickness_of(ds) -> Optional[float]:
+    value = ds.get("SliceThickness")
+    try:
+        return float(value) if value not in (None, "") and float(value) > 0 else None
+    except (TypeError, ValueError):
+        return None
 
 
 def _slice_spacing(heights: np.ndarray, first) -> float:

@@ -42,6 +42,7 @@ from .constants import __version__
 from .dicom_read import read_dicom_files, read_dicom_folder
 from .file_checks import VolumeReadError, check_volume_file, check_voxel_count, require_regular_file
 from .slice_grid import check_step, grid_size, resample_note, resample_slices, same_gap
+from .slice_positions import require_regular_grid
 from .volume import Volume
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -77,7 +78,7 @@ NIFTI_SUFFIXES = (".nii", ".nii.gz")
 def read_volume(path: PathLike, *, force: bool = False, series_uid: Optional[str] = None,
                 max_voxels: int = DEFAULT_MAX_VOXELS, allow_external_data: bool = False,
                 regularize_tilt: bool = False, resample_z: Optional[float] = None,
-                series_block: Optional[int] = None) -> Volume:
+                series_block: Optional[int] = None, keep_positions: bool = False) -> Volume:
     """Read a CT volume from a file or a DICOM folder.
 
     Args:
@@ -97,6 +98,8 @@ def read_volume(path: PathLike, *, force: bool = False, series_uid: Optional[str
             (:mod:`QHQGANLib.core.slice_grid`); ``metadata["history"]`` and ``["resampled_z"]`` say so.
         series_block: read only this regular block (1-based, in slice order) of a multi-block DICOM
             series, e.g. one half of a two-block head protocol; stated in the history.
+        keep_positions: read an uneven DICOM series as it is, each slice at its own position
+            (``metadata["slice_positions"]``, :mod:`QHQGANLib.core.slice_positions`), for slice-wise work.
 
     Returns:
         A :class:`Volume` in HU with LPS geometry; ``metadata`` holds ``source``,
@@ -120,7 +123,7 @@ def read_volume(path: PathLike, *, force: bool = False, series_uid: Optional[str
     if path.is_dir():
         volume = read_dicom_folder(path, series_uid=series_uid, force=force, max_voxels=max_voxels,
                                    regularize_tilt=regularize_tilt, resample_z=resample_z,
-                                   series_block=series_block)
+                                   series_block=series_block, keep_positions=keep_positions)
     else:
         try:
             require_regular_file(path)
@@ -188,6 +191,7 @@ def write_volume(volume: Volume, path: PathLike, *, overwrite: bool = False,
     source = volume.metadata.get("source")
     if source and Path(source).is_file():
         check_not_input(source, path)
+    require_regular_grid(volume, f"{path.name}: an NRRD, NIfTI or MetaImage file")
     if not np.all(np.isfinite(volume.array)):
         raise ValueError("the volume holds NaN or infinite values; refusing to write it")
 

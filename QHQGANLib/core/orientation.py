@@ -27,6 +27,7 @@ from typing import Callable, Tuple
 
 import numpy as np
 
+from .slice_positions import SLICE_POSITIONS
 from .volume import Volume
 
 #: How far (degrees) from superior-inferior an index axis may lie to be taken as the slice axis.
@@ -67,10 +68,14 @@ def to_axial(volume: Volume) -> Tuple[Volume, Callable[[Volume], Volume]]:
     if s == 2 or not near_s:
         return volume, (lambda result: result)
     # in-plane: the axis nearest left-right first (i), then the one nearest posterior (j), as axial CT is stored
+    plane = slice_axis_name(volume)
+    if volume.metadata.get(SLICE_POSITIONS):  # its axial planes would cross slices at uneven positions
+        raise ValueError(f"{plane} slices at uneven positions: the models and the dose simulation work on axial "
+                         "planes, which cross these slices; resample the series along its slice axis first "
+                         "(resample_z=MM, --resample-z MM)")
     others = sorted((c for c in range(3) if c != s), key=lambda c: int(np.argmax(np.abs(volume.direction[:2, c]))))
     order = (others[0], others[1], s)
     inverse = tuple(int(np.argsort(order)[n]) for n in range(3))
-    plane = slice_axis_name(volume)
     axial = _permuted(volume, order)
 
     def undo(result: Volume) -> Volume:

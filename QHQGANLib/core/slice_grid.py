@@ -46,13 +46,14 @@ BLOCKS_LISTED = 4
 class UnevenSeriesError(VolumeReadError):
     """A series whose slices are not on one regular grid. ``description`` says where the gaps are,
     ``n_blocks`` how many regular blocks it holds, ``suggested_mm`` a spacing for ``resample_z``
-    (the finest regular gap) and ``mixed_orientation`` whether the blocks differ in orientation
-    (then they cannot be resampled onto one grid)."""
+    (the finest regular gap), ``mixed_orientation`` whether the blocks differ in orientation
+    (then they cannot be resampled onto one grid) and ``kind`` what is wrong (``"missing slice(s)"``, ...)."""
 
     def __init__(self, message: str, *, description: str, n_blocks: int, suggested_mm: float,
-                 mixed_orientation: bool = False) -> None:
+                 mixed_orientation: bool = False, kind: str = "uneven slice spacing") -> None:
         super().__init__(message)
         self.description = description
+        self.kind = kind
         self.n_blocks = n_blocks
         self.suggested_mm = suggested_mm
         self.mixed_orientation = mixed_orientation
@@ -177,7 +178,7 @@ def uneven_error(source, heights: Sequence[float], names: Sequence[str], labels:
         "a regular grid would claim slice positions these slices do not have"
     message = f"{source}: {kind}: {text}; {where}: {' or '.join(options)}"
     return UnevenSeriesError(message, description=text, n_blocks=len(blocks), suggested_mm=suggested,
-                             mixed_orientation=mixed_orientation)
+                             mixed_orientation=mixed_orientation, kind=kind)
 
 
 def check_step(step: float) -> float:

@@ -40,6 +40,7 @@ from ..core.kinds import default_model
 from ..core.options import FINE_TUNE_DEFAULT_STEPS
 from ..core.padding import carry_padding
 from ..core.progress import check_cancel, report, sub_progress
+from ..core.slice_positions import has_own_positions
 from ..core.volume import Volume, require_finite
 from ..physics.slice_profile import (INTERPOLATION_ORDER, PatchSampler, check_scale, patch_size_for, slice_profile,
                                      upsample_along_axis)
@@ -193,6 +194,10 @@ def super_resolve_z(volume: Volume, scale: int = 2, model: Union[str, object, No
         raise ValueError("through-plane super-resolution needs the slices as acquired, one thickness on one regular "
                          "grid (the model restores a known slice profile); this volume was resampled along z: read "
                          "one regular block of the series instead (read_volume(..., series_block=N), --series-block N)")
+    if has_own_positions(volume):
+        raise ValueError("through-plane super-resolution needs the slices as acquired on one regular grid (the model "
+                         "restores a known slice profile); these slices lie at uneven positions: read one regular "
+                         "block of the series instead (read_volume(..., series_block=N), --series-block N)")
     fine_tune_steps = int(fine_tune_steps)
     if fine_tune_steps < 0:
         raise ValueError(f"fine_tune_steps must be >= 0, got {fine_tune_steps}")
