@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -170,8 +171,12 @@ def cmd_train(args) -> None:
         tuning[method] = {"scores": {f"{w:g}": v for w, v in scores.items()}, "l1_weight": best}
         for seed in seeds[1:]:
             _run(args, method, best, seed, train, label_maps)
-    (args.runs_dir / "tuning.json").write_text(json.dumps({"smoke": args.smoke, "methods": tuning,
-                                                           "seeds": list(seeds)}, indent=1))
+    path = args.runs_dir / "tuning.json"  # workers that train other methods in parallel add to the same record
+    record = json.loads(path.read_text()) if path.exists() else {"methods": {}}
+    record.update(smoke=args.smoke, seeds=list(seeds), methods={**record.get("methods", {}), **tuning})
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(record, indent=1))
+    os.replace(tmp, path)
 
 
 def _dice(synthetic: np.ndarray, onehot: np.ndarray, pixel_mm: float) -> Dict[int, float]:
