@@ -291,7 +291,7 @@ DESCRIPTIONS = {
 }
 
 
-def ship(out: Path) -> None:
+def ship(out: Path, cards_only: bool = False) -> None:
     """The retrained runs into ``out`` (Resources/Models) under their shipped names, with this benchmark's
     numbers in their cards (mean gain over patients per condition, and the frozen-slot loss)."""
     from evidence_train import _load_json
@@ -327,6 +327,13 @@ def ship(out: Path) -> None:
                 m_all, lo_all, hi_all = _t_interval(means)
                 entry["method_over_seeds"] = {"seeds": seeds, "mean_gain_db_over_patients": round(m_all, 3),
                                               "ci95_t": [round(lo_all, 3), round(hi_all, 3)]}
+                frozen_all = [over_seeds[(c, f"{method} (retrained)", p)][0]
+                              - over_seeds[(c, f"{method} (retrained) slot frozen", p)][0] for p in patients
+                              if (c, f"{method} (retrained) slot frozen", p) in over_seeds]
+                if frozen_all:
+                    fm, flo, fhi = _t_interval(frozen_all)
+                    entry["method_over_seeds"]["frozen_slot_loss_db"] = round(fm, 3)
+                    entry["method_over_seeds"]["frozen_slot_loss_ci95_t"] = [round(flo, 3), round(fhi, 3)]
             validation.append(entry)
         card = {
             "name": name, "task": "enhance", "arch": trained["training"]["arch"], "description": DESCRIPTIONS[method],
@@ -346,9 +353,34 @@ def ship(out: Path) -> None:
                            "filters), not real low-dose scans; see BENCHMARKS.md 'realnoise' for its gain beside "
                            "RED-CNN and blind BM3D",
         }
+        if cards_only:  # the weights already shipped: only the card's numbers change (weights and sha256 kept)
+            path = out / f"{name}.json"
+            shipped = json.loads(path.read_text())
+            if shipped.get("sha256") != _sha256(run / "model.safetensors", shipped):
+                raise SystemExit(f"{name}: the shipped weights are not {run}'s: ship them first")
+            shipped.update(validation=card["validation"], limitations=card["limitations"])
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(shipped, indent=2) + "\n")
+            os.replace(tmp, path)
+            print(f"{name}: card updated", flush=True)
+            continue
         model = load_model(str(run / "model.safetensors"), device="cpu")
         saved = save_model(model, out / name, card, overwrite=True)
         print(f"{name}: from {run} ({saved['sha256'][:12]})", flush=True)
+
+
+def _sha256(run_weights: Path, shipped: dict) -> str:
+    """The sha256 the shipped file would have if it holds ``run_weights``' tensors: the shipped file's own
+    when the tensors are equal (its header may differ from the run's), else the run file's."""
+    from safetensors.numpy import load_file
+
+    from QHQGANLib.core.resources import models_dir
+    from QHQGANLib.nn.weights import sha256_of
+
+    shipped_file = models_dir() / shipped["weights"]
+    a, b = load_file(str(run_weights)), load_file(str(shipped_file))
+    same = a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    return sha256_of(shipped_file) if same else sha256_of(run_weights)
 
 
 def main() -> None:
@@ -357,13 +389,14 @@ def main() -> None:
     ap.add_argument("--methods", help="evaluate: these rows only (comma-separated; default all), e.g. the "
                     "baselines while the models still train")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--cards-only", action="store_true", help="ship: update the shipped cards' numbers only")
     ap.add_argument("--seeds", default="0", help="evaluate: these training seeds (e.g. 1,2; seeds above 0 score "
                     "the hybrid methods only)")
     args = ap.parse_args()
     if args.command == "ship":
         from QHQGANLib.core.resources import models_dir
 
-        return ship(models_dir())
+        return ship(models_dir(), cards_only=args.cards_only)
     if args.command == "evaluate":
         chosen = [m for m in args.methods.split(",") if m] if args.methods else list(METHODS)
         unknown = [m for m in chosen if m not in METHODS]
