@@ -308,3 +308,15 @@ def test_cli_overwrite_replaces_an_earlier_derived_series(tmp_path, dicom_input,
     assert main(args) == 2 and "not empty" in capsys.readouterr().err
     assert main(args + ["--overwrite"]) == 0
     assert {ds.SeriesInstanceUID for ds in _series(out)}.isdisjoint(first)
+
+
+def test_a_storage_note_after_the_step_keeps_the_description(source):
+    """A result written as int16 and read back carries '; stored as int16, ...' on its processing step
+    (core.pixel_types): the series description still names the model and the strength, nothing more."""
+    from QHQGANLib.core.pixel_types import for_writing
+
+    result = _enhanced(source)
+    typed, pixel_type = for_writing(result)
+    assert pixel_type == "int16" and "; stored as int16" in typed.metadata["history"][-1]
+    plan = plan_derived_series(typed, source)
+    assert plan.series_description == "QHQGAN ENHANCED hqgan-enhance S0.50 - NOT FOR DIAGNOSIS"

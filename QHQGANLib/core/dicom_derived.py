@@ -44,10 +44,12 @@ PathLike = Union[str, "os.PathLike[str]"]
 MODES = ("patient", "deidentified", "synthetic")
 #: Added to the source's ``SeriesNumber`` (derived series sort after the originals in a viewer).
 SERIES_NUMBER_OFFSET = 1000
-_ENHANCED = re.compile(r"^enhanced by (?P<model>.+?)(?P<adapted> adapted to this scan \(\d+ updates\))?"
-                       r"(?: at strength (?P<strength>[\d.]+))?$")
-_UNCHANGED = re.compile(r"^enhancement strength 0 \((?P<model>.+) not applied\)$")
-_SUPER_RESOLVED = re.compile(r"^super-resolved x(?P<scale>\d+)(?P<z> along z)? by (?P<model>.+)$")
+#: a step may end with notes after "; " (e.g. core.pixel_types' "; stored as int16, ..."): not part of the model
+_NOTES = r"(?:; .*)?$"
+_ENHANCED = re.compile(r"^enhanced by (?P<model>[^;]+?)(?P<adapted> adapted to this scan \(\d+ updates\))?"
+                       r"(?: at strength (?P<strength>[\d.]+))?" + _NOTES)
+_UNCHANGED = re.compile(r"^enhancement strength 0 \((?P<model>[^;]+) not applied\)" + _NOTES)
+_SUPER_RESOLVED = re.compile(r"^super-resolved x(?P<scale>\d+)(?P<z> along z)? by (?P<model>[^;]+?)" + _NOTES)
 _SIMULATED = re.compile(r"^simulate_low_dose\(dose_fraction=(?P<dose>[\d.e+-]+)")
 
 
