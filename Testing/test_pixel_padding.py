@@ -240,3 +240,14 @@ def test_reader_study_arms_keep_the_padding_alike(padded):
     for name, arm in arms.items():
         assert np.all(arm.array[mask] == -3024.0), name
         assert np.all(neutral_voxels(arm.array)[mask] == -1024), name
+
+
+def test_padding_is_still_known_after_a_dicom_export(padded, tmp_path):
+    """A derived DICOM series of a padded volume writes PixelPaddingValue: read back, its padded voxels are
+    known again (left out of metrics and dose simulation)."""
+    from QHQGANLib.core.dicom_export import export_dicom_series
+
+    export_dicom_series(padded, tmp_path / "series")
+    back = q.read_volume(tmp_path / "series")
+    assert back.metadata["padding_hu"] == padded.metadata["padding_hu"]
+    assert np.array_equal(padding_mask(back), padding_mask(padded))

@@ -305,6 +305,9 @@ def _shared_dataset(volume: Volume, attributes: Dict[str, Any], *, synthetic: bo
     ds.RescaleIntercept = "0"
     ds.RescaleSlope = "1"
     ds.RescaleType = "HU"
+    padding = volume.metadata.get("padding_hu")  # outside the reconstruction circle (core.padding): kept known
+    if padding is not None and INT16_MIN <= round(float(padding)) <= INT16_MAX:
+        ds.add_new((0x0028, 0x0120), "SS", int(round(float(padding))))  # PixelPaddingValue, signed pixels
     ds.WindowCenter = "40"
     ds.WindowWidth = "400"
     return ds

@@ -141,6 +141,8 @@ def for_writing(volume, output_type: str = "auto", note: bool = True):
     pixel_type, why = choose_pixel_type(volume, output_type)
     if pixel_type == "int16":
         typed = volume.with_array(np.rint(volume.array))
+        if typed.metadata.get("padding_hu") is not None:  # the padding mark stays exact after rounding
+            typed.metadata["padding_hu"] = float(np.rint(typed.metadata["padding_hu"]))
         text = f"stored as int16, whole HU (rounded; {why})"
     elif not note:
         return volume, pixel_type

@@ -83,10 +83,13 @@ def card_advice(net) -> Tuple[Optional[float], Optional[str]]:
     if not isinstance(record, dict):
         return None, (f"adaptation has not been tuned for {name} (its settings come from the models shipped before "
                       "the realistic-noise retraining): compare with the result without adaptation")
-    lr = float(record["lr"]) if record.get("lr") else None
+    lr = float(record["lr"]) if isinstance(record.get("lr"), (int, float)) and record["lr"] > 0 else None
     if not record.get("recommended", False):
-        return lr, (f"adaptation makes {name} worse on the tuning patient ({float(record['added_db']):+.2f} dB at the "
-                    "least harmful learning rate tried): compare with the result without adaptation")
+        added = record.get("added_db")
+        measured = f" ({float(added):+.2f} dB at the least harmful learning rate tried)" if isinstance(
+            added, (int, float)) else ""
+        return lr, (f"adaptation makes {name} worse on the tuning patient{measured}: compare with the result "
+                    "without adaptation")
     return lr, None
 
 
