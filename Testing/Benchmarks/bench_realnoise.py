@@ -187,11 +187,13 @@ def _comparison(per, condition, patients, a, b, by_seed=None) -> str:
     verdict = (f"not resolvable with {len(d)} patient" if len(d) < 2 else f"{a} better" if lo > 0 else
                f"{b} better" if hi < 0 else f"not resolvable with {len(d)} patients")
     seeds = ""
-    if by_seed and len(by_seed) > 1:  # the same comparison within each training seed (second level)
+    if by_seed and len(by_seed) > 1 and (_seeded(a) or _seeded(b)):  # within each training seed (second level)
         parts = []
         for seed, per_seed in sorted(by_seed.items()):
-            ds = [per_seed[(condition, a, p)][0] - per_seed[(condition, b, p)][0] for p in patients
-                  if (condition, a, p) in per_seed and (condition, b, p) in per_seed]
+            def value(m, p):  # a one-seed method (RED-CNN, BM3D, the earlier models) enters every seed's comparison
+                return (per_seed if _seeded(m) else by_seed[min(by_seed)]).get((condition, m, p))
+            ds = [value(a, p)[0] - value(b, p)[0] for p in patients
+                  if value(a, p) is not None and value(b, p) is not None]
             if len(ds) == len(d):
                 parts.append(f"seed {seed} {np.mean(ds):+.2f} ({sum(x > 0 for x in ds)}/{len(ds)})")
         seeds = f" Per seed: {', '.join(parts)}." if len(parts) > 1 else ""
