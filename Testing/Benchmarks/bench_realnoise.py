@@ -183,9 +183,11 @@ def _comparison(per, condition, patients, a, b, by_seed=None) -> str:
          if (condition, a, p) in per and (condition, b, p) in per]
     if not d:
         return ""
-    mean, lo, hi = _t_interval(d)
-    verdict = (f"not resolvable with {len(d)} patient" if len(d) < 2 else f"{a} better" if lo > 0 else
-               f"{b} better" if hi < 0 else f"not resolvable with {len(d)} patients")
+    from QHQGANLib.metrics.statistics import patient_interval
+
+    r = patient_interval(d, list(range(len(d))))  # one value per patient already
+    mean, lo, hi = r["mean"], r["ci_low"], r["ci_high"]
+    verdict = {"A better": f"{a} better", "B better": f"{b} better"}.get(r["verdict"], r["verdict"])
     seeds = ""
     if by_seed and len(by_seed) > 1 and (_seeded(a) or _seeded(b)):  # within each training seed (second level)
         parts = []
