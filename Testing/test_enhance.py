@@ -270,3 +270,33 @@ def test_saved_model_round_trip_and_checksum(tmp_path, ct):
 def test_unknown_model_name_is_a_clear_error():
     with pytest.raises(ValueError, match="no model named 'nope'"):
         load_model("nope")
+
+
+def test_an_input_far_from_the_training_pixel_sizes_is_warned_before_the_work(tmp_path, capsys):
+    """Issue #31: the 0.48 mm head slice (training scans: 0.98-3.2 mm for this model) is enhanced with one
+    warning printed before the work and kept in the result; a 0.81 mm abdomen slice gets none."""
+    import warnings as warnings_module
+
+    from conftest import shared_path
+    from QHQGANLib.apps.cli import main
+
+    head = read_volume(shared_path("head-ct-slice/693_UNCR.dcm"))
+    head = head.with_geometry(head.array[:, 160:352, 160:352].copy(), head.spacing, head.origin)
+    abdomen = read_volume(shared_path("abdomen-ct-dcmqi/01.dcm"))
+    abdomen = abdomen.with_geometry(abdomen.array[:, 160:352, 160:352].copy(), abdomen.spacing, abdomen.origin)
+    with warnings_module.catch_warnings(record=True) as caught:
+        warnings_module.simplefilter("always")
+        out = enhance(head, "no-circuit-enhance")
+    said = [str(w.message) for w in caught if "pixel size 0.48 mm" in str(w.message)]
+    assert len(said) == 1 and "0.98-3.20 mm" in said[0]
+    assert said[0] in out.metadata["warnings"]
+    assert not any("pixel size" in w for w in enhance(abdomen, "no-circuit-enhance").metadata.get("warnings", []))
+    from QHQGANLib import write_volume
+
+    src = write_volume(head, tmp_path / "head.nrrd")
+    capsys.readouterr()
+    assert main(["enhance", str(src), str(tmp_path / "out.nrrd"), "--model", "no-circuit-enhance",
+                 "--progress", "none", "--force"]) == 0  # the crop holds no air: --force
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "pixel size 0.48 mm" in line]
+    assert len(lines) == 1  # said once, not repeated after the work

@@ -214,17 +214,18 @@ def _run_model_command(args: argparse.Namespace, task: str) -> int:
 
             check_series_folder(args.output, args.overwrite)
         volume = _read_input(args, through_plane, slice_wise=not through_plane)
-        said = _before_super_resolution(args, volume, model) if task == "super-resolve" else set()
+        said = _before_super_resolution(args, volume, model) if task == "super-resolve" else _before_enhancement(
+            args, volume, model)
         options = dict(device=args.device, quantum_backend=args.quantum_backend, tile_size=args.tile_size,
                        overlap=args.overlap, tile_batch=args.tile_batch)
         with _progress(args, task) as progress:
-            if task == "enhance":
-                result = enhance(volume, model=model, progress=progress, strength=args.strength,
-                                 target_noise_hu=args.target_noise_hu, adapt_steps=args.adapt_steps,
-                                 adapt_time_limit=args.adapt_time_limit, **options)
-            else:
-                with warnings.catch_warnings():  # said once, below, as one line
-                    warnings.simplefilter("ignore", UserWarning)
+            with warnings.catch_warnings():  # said once, before the work, as one line
+                warnings.simplefilter("ignore", UserWarning)
+                if task == "enhance":
+                    result = enhance(volume, model=model, progress=progress, strength=args.strength,
+                                     target_noise_hu=args.target_noise_hu, adapt_steps=args.adapt_steps,
+                                     adapt_time_limit=args.adapt_time_limit, **options)
+                else:
                     result = super_resolve(volume, scale=args.scale, model=model, progress=progress,
                                            axis=args.axis, fine_tune_steps=args.fine_tune_steps, **options)
         if dicom:
@@ -243,6 +244,17 @@ def _run_model_command(args: argparse.Namespace, task: str) -> int:
         _say(args, f"noise in uniform soft tissue: {info['noise_hu_input']:.1f} HU in, {info['noise_hu_output']:.1f} "
                    f"HU out (target {info['target_noise_hu']:g} HU; strength {info['strength']:.2f})")
     return 0
+
+
+def _before_enhancement(args: argparse.Namespace, volume, model) -> set:
+    """Before the work (issue #31): the pixel-size warning of the model's card, said once."""
+    from ..core.file_checks import printable
+    from ..tasks.enhance import enhancement_spacing_note
+
+    note = enhancement_spacing_note(volume, model)
+    if note:
+        print(f"qhqgan: warning: {printable(note)}", file=sys.stderr)
+    return {note} if note else set()
 
 
 def _before_super_resolution(args: argparse.Namespace, volume, model) -> set:

@@ -91,6 +91,9 @@ def enhance(volume: Volume, model: Union[str, object] = default_model("enhance")
     net_name = model if isinstance(model, str) else type(model).__name__
     if strength == 0.0 and target_noise_hu is None:  # the input unchanged: no model run needed
         return volume.with_array(volume.array.copy(), note=f"enhancement strength 0 ({net_name} not applied)")
+    spacing_note = enhancement_spacing_note(volume, model)  # said before the work (the CLI prints it first)
+    if spacing_note:
+        warnings.warn(spacing_note, UserWarning, stacklevel=2)
     adaptation, run_progress = None, progress
     if adapt_steps:
         from .adapt import adapt_model
@@ -107,7 +110,7 @@ def enhance(volume: Volume, model: Union[str, object] = default_model("enhance")
     info = {"strength": strength, "target_noise_hu": target_noise_hu}
     if adaptation is not None:
         info["adaptation"] = adaptation
-    notes = []
+    notes = [spacing_note] if spacing_note else []
     if target_noise_hu is not None:
         info.update(strength_for_noise(volume, array, float(target_noise_hu)))
         strength = info["strength"]
@@ -243,12 +246,25 @@ def _input_spacing_range(model, scale: int) -> Tuple[float, float]:
     return TRAINING_PIXEL_MM[0] * scale, TRAINING_PIXEL_MM[1] * scale
 
 
-def spacing_warning(volume: Volume, trained: Tuple[float, float]) -> Optional[str]:
+def enhancement_spacing_note(volume: Volume, model) -> Optional[str]:
+    """Before an enhancement (issue #31): a sentence when the input's in-plane pixel size lies far outside
+    the pixel sizes of the model's training scans (its card's ``input_spacing_mm``), else None."""
+    given = _model_card(model).get("input_spacing_mm")
+    if not (given and len(given) == 2):
+        return None  # a model whose card does not say: nothing to compare with
+    return spacing_warning(volume, (float(given[0]), float(given[1])), task="enhancement")
+
+
+def spacing_warning(volume: Volume, trained: Tuple[float, float], task: str = "super-resolution") -> Optional[str]:
     """A sentence when the input's in-plane pixel size lies far outside the model's training range, else None."""
     pixel = max(volume.spacing[0], volume.spacing[1])
     low, high = trained[0] / SPACING_TOLERANCE_FACTOR, trained[1] * SPACING_TOLERANCE_FACTOR
     if low <= pixel <= high:
         return None
+    if task == "enhancement":
+        return (f"the input's pixel size {pixel:.2f} mm is far from the {trained[0]:.2f}-{trained[1]:.2f} mm of the "
+                "scans the enhancement model was trained on: expect a pixel-level pattern or noise left in; compare "
+                "the result with the input, or resample the input nearer that range first")
     return (f"the input's pixel size {pixel:.2f} mm is far from the {trained[0]:.2f}-{trained[1]:.2f} mm the "
             f"super-resolution model was trained on: expect overshoot (bright rims, shifted background). "
             f"{'Resample the input to about ' + format(sum(trained) / 2, '.1f') + ' mm first' if pixel < low else 'Use an input nearer the training resolution'}, "

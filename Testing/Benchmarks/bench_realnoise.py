@@ -309,6 +309,8 @@ def ship(out: Path, cards_only: bool = False) -> None:
     per, patients = _per_patient(rows, seed=0), list(dict.fromkeys(r["patient"] for r in rows))
     over_seeds = _per_patient(rows)
     tuning = _load_json(RUNS / "tuning.json")
+    pixels = [max(v.spacing[:2]) for v in load_split("train")]  # the pixel sizes the models saw (enhance warns)
+    input_spacing = [round(min(pixels), 4), round(max(pixels), 4)]
     for method, name in RETRAINED.items():
         run = RUNS / method / "seed0"
         trained = json.loads((run / "model.json").read_text())
@@ -348,6 +350,7 @@ def ship(out: Path, cards_only: bool = False) -> None:
             "validation_data": "the evaluation patients of protocol.json, never trained or tuned on "
                                "(BENCHMARKS.md 'realnoise')",
             "dose_range": list(trained["training"]["dose_range"]),
+            "input_spacing_mm": input_spacing,
             "recon_filters": list(trained["training"]["recon_filters"]),
             "training": {**trained["training"], "seconds_this_session": trained.get("seconds_this_session")},
             "validation": validation,
@@ -362,7 +365,8 @@ def ship(out: Path, cards_only: bool = False) -> None:
             shipped = json.loads(path.read_text())
             if shipped.get("sha256") != _sha256(run / "model.safetensors", shipped):
                 raise SystemExit(f"{name}: the shipped weights are not {run}'s: ship them first")
-            shipped.update(validation=card["validation"], limitations=card["limitations"])
+            shipped.update(validation=card["validation"], limitations=card["limitations"],
+                           input_spacing_mm=card["input_spacing_mm"])
             tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
             tmp.write_text(json.dumps(shipped, indent=2) + "\n")
             os.replace(tmp, path)
