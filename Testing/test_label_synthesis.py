@@ -11,6 +11,8 @@ bone it changes by less than 15 HU; the conditioning test paints lung.
 """
 from __future__ import annotations
 
+import errno
+import os
 import pickle
 
 import numpy as np
@@ -20,9 +22,11 @@ import torch
 from conftest import shared_path
 from QHQGANLib import Volume, read_volume, write_volume
 from QHQGANLib.apps.cli import main
+from QHQGANLib.core.orientation import slice_axis_name, to_axial
 from QHQGANLib.nn.build import build_from_config
+from QHQGANLib.nn.critics import LabelPatchCritic
 from QHQGANLib.nn.label_synthesis import (ARCH_OF_METHOD, CROP_MARGIN, METHODS, LabelGenerator, label_channels,
-                                          style_parameters)
+                                          square_box, style_parameters)
 from QHQGANLib.nn.mixers import circuit_parameters
 from QHQGANLib.nn.weights import load_model, save_model
 from QHQGANLib.physics.tissue_classes import BONE, FAT, LUNG, OUTSIDE, SOFT, class_codes, tissue_labels
@@ -30,6 +34,7 @@ from QHQGANLib.tasks.label_synthesis import synthesize_from_labels
 from QHQGANLib.training.label_pairs import label_training_pairs
 from QHQGANLib.training.label_synthesis import LabelSynthConfig, train_from_labels
 from QHQGANLib.training.slices import CROP_MARGIN as TRAINING_CROP_MARGIN
+from QHQGANLib.training.slices import crop_boxes
 
 SLICE = "chest-ct-lungdx/A0001-kernel-B/1-31.dcm"
 #: The tiny budget of these tests (the shipped defaults are 128x128, batch 8, rate 1e-4, 2000 updates).
@@ -275,3 +280,204 @@ def test_config_refusals(ct):
         train_from_labels([ct], LabelSynthConfig(adversarial="lsgan"), steps=1)
     with pytest.raises(ValueError, match="label map"):
         train_from_labels([ct], steps=1, label_maps=[None, None], **TINY)
+
+
+# ---------------------------------------------------------------------------
+# review fixes
+# ---------------------------------------------------------------------------
+def _shrunk(plane: np.ndarray, factor: float) -> np.ndarray:
+    """The label plane's anatomy zoomed by ``factor`` (nearest) about the centre of the same grid: a smaller body."""
+    from scipy import ndimage as ndi
+
+    small = ndi.zoom(plane, factor, order=0)
+    out = np.zeros_like(plane)
+    oy, ox = (plane.shape[0] - small.shape[0]) // 2, (plane.shape[1] - small.shape[1]) // 2
+    out[oy:oy + small.shape[0], ox:ox + small.shape[1]] = small
+    return out
+
+
+def _stack(labels: Volume, planes) -> Volume:
+    return Volume(np.stack(planes).astype(np.float32), labels.spacing, labels.origin, labels.direction)
+
+
+def test_label_map_on_another_grid_refused(ct, labels):
+    """A map of the CT's shape on another grid (a flipped NIfTI, other spacing) would pair misaligned slices."""
+    flip = np.diag([-1.0, -1.0, 1.0])
+    corner = np.asarray(labels.origin) + labels.direction @ (np.array([511, 511, 0]) * np.asarray(labels.spacing))
+    flipped = Volume(labels.array[:, ::-1, ::-1].copy(), labels.spacing, tuple(corner), labels.direction @ flip)
+    other_spacing = Volume(labels.array, (0.9, 0.9, 5.0), labels.origin, labels.direction)
+    for wrong in (flipped, other_spacing):
+        with pytest.raises(ValueError, match="the label map is on another grid than its CT") as info:
+            label_training_pairs([ct], size=64, label_maps=[wrong])
+        assert "\n" not in str(info.value) and "label map 0" in str(info.value)
+    images, onehot = label_training_pairs([ct], size=64, label_maps=[labels])    # its own grid: accepted
+    assert np.array_equal(onehot, label_training_pairs([ct], size=64)[1])
+
+
+def test_coronal_map_rendered_on_axial_planes(trained):
+    """A real CT's tissue classes stored coronally (same voxels, same physical places) give, brought back to
+    axial, exactly the samples of the axially stored map (to_axial is a permutation)."""
+    model, _ = trained
+    axial = tissue_labels(read_volume(shared_path("abdomen-ct-totalseg/example_ct_sm.nii.gz")))   # 30 x 101 x 122
+    d, (sx, sy, sz) = axial.direction, axial.spacing
+    coronal = Volume(np.ascontiguousarray(axial.array.transpose(1, 0, 2)), (sx, sz, sy), axial.origin,
+                     d[:, [0, 2, 1]])                                         # index axes i = x, j = z, k = y
+    assert slice_axis_name(coronal) == "coronal" and np.allclose(coronal.index_to_physical((3, 7, 5)),
+                                                                 axial.index_to_physical((3, 5, 7)))
+    expected = synthesize_from_labels(axial, model=model, n=2, seed=7)
+    got = synthesize_from_labels(coronal, model=model, n=2, seed=7)
+    for a, c in zip(expected, got):
+        assert c.same_geometry(coronal) and c.metadata["synthetic"] is True
+        back = to_axial(c)[0]
+        assert back.same_geometry(axial) and np.array_equal(back.array, a.array)
+
+
+def test_square_box_is_training_box(ct):
+    """Inference's box (nn.label_synthesis.square_box) is training's (training.slices.crop_boxes), margin included."""
+    assert TRAINING_CROP_MARGIN == CROP_MARGIN
+    small = read_volume(shared_path("abdomen-ct-totalseg/example_ct_sm.nii.gz"))      # 3 mm, body at the edges
+    for volume in (ct, small):
+        for _, k, ys_idx, xs_idx, side in crop_boxes([volume]):
+            ys, xs, side_mm = square_box(volume.array[k] > -500, volume.spacing)
+            assert np.array_equal(ys, ys_idx) and np.array_equal(xs, xs_idx) and side_mm == side
+
+
+def test_each_slice_in_its_own_box(trained, labels):
+    """Training crops each slice to its own body box: so does inference. A slice with a small body is drawn
+    exactly as when it is the map's only slice (no union box); one whose body would be drawn more than 2x
+    from the model's pixel size is refused unless forced; one with under 5 % body takes its neighbour's box."""
+    plane = class_codes(labels)[0]
+    small = _shrunk(plane, 0.6)
+    torch.manual_seed(0)
+    plain = LabelGenerator("spade", size=64, width=4, hidden=8, pixel_noise=False).eval()   # no noise images
+    both = synthesize_from_labels(_stack(labels, [plane, small]), model=plain, seed=2, batch_size=1)[0]
+    alone = synthesize_from_labels(_stack(labels, [small]), model=plain, seed=2, batch_size=1)[0]
+    assert np.allclose(both.array[1], alone.array[0], atol=1e-3)
+    pixels = both.metadata["slice_pixel_spacing_mm"]
+    assert pixels[1] == pytest.approx(0.6 * pixels[0], rel=0.05)
+
+    model, _ = trained
+    tiny = _stack(labels, [plane, _shrunk(plane, 0.45)])                   # 8 % body: its own box, 2.5 mm pixels
+    with pytest.raises(ValueError, match="1 of the label map's 2 axial slice") as info:
+        synthesize_from_labels(tiny, model=model)
+    assert "force" in str(info.value) and "\n" not in str(info.value)
+    assert "forced for 1 slice" in synthesize_from_labels(tiny, model=model, force=True)[0].metadata["history"][-1]
+    speck = synthesize_from_labels(_stack(labels, [plane, _shrunk(plane, 0.3)]), model=model)[0]   # 3 % body
+    assert speck.metadata["slice_pixel_spacing_mm"][1] == speck.metadata["slice_pixel_spacing_mm"][0]
+    assert "1 slice(s) with under 5% body in a neighbour's box" in speck.metadata["history"][-1]
+
+
+def test_the_callers_model_is_left_as_it_was(trained, labels, tmp_path):
+    model, _ = trained
+    save_model(model, tmp_path / "m", {"task": "synthesize-from-labels", **model.training_pixel_spacing})
+    from_path = synthesize_from_labels(labels, model=tmp_path / "m.safetensors", seed=1)[0]   # a pathlib.Path
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model.train()
+    model.style_norm.eval()                                                 # a mixed state, kept as it is
+    try:
+        sample = synthesize_from_labels(labels, model=model, seed=1, quantum_backend="torch")[0]
+        flags = {name: m.training for name, m in model.named_modules()}
+        assert flags.pop("style_norm") is False and all(flags.values())
+    finally:
+        model.eval()
+    assert np.allclose(sample.array, from_path.array, atol=1e-3)            # rendered in eval mode all the same
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(p.device.type == "cpu" for p in model.parameters())
+
+
+def test_seeds_out_of_range_refused(trained, labels):
+    model, _ = trained
+    for seed in (-1, 2 ** 32, 1.5):
+        with pytest.raises(ValueError, match="seed"):
+            synthesize_from_labels(labels, model=model, seed=seed)
+    assert synthesize_from_labels(labels, model=model, seed=2 ** 32 - 1)[0].metadata["seed"] == 2 ** 32 - 1
+
+
+def test_critic_receptive_field_is_what_its_doc_says():
+    torch.manual_seed(0)
+    critic = LabelPatchCritic(7, width=8, spectral=False)
+    image = torch.randn(1, 1, 128, 128, requires_grad=True)
+    x = torch.cat([image, torch.rand(1, 7, 128, 128)], dim=1)
+    for layer in critic.layers:
+        x = torch.nn.functional.leaky_relu(layer(x), 0.2)
+    scores = critic.score(x)
+    assert scores.shape[-2:] == (16, 16)
+    scores[0, 0, 8, 8].backward()                                           # one score, away from the border
+    seen = image.grad[0, 0] != 0
+    rows, cols = np.flatnonzero(seen.any(1).numpy()), np.flatnonzero(seen.any(0).numpy())
+    side = rows[-1] - rows[0] + 1
+    assert side == cols[-1] - cols[0] + 1 == 38
+    assert f"{side}x{side}-pixel" in " ".join(LabelPatchCritic.__doc__.split())
+
+
+@pytest.fixture
+def model_file(trained, tmp_path):
+    model, _ = trained
+    save_model(model, tmp_path / "m", {"task": "synthesize-from-labels", **model.training_pixel_spacing})
+    return tmp_path / "m.safetensors"
+
+
+def test_samples_written_all_or_none(labels, model_file, tmp_path, monkeypatch, capsys):
+    import QHQGANLib.core.io as io
+    import QHQGANLib.core.outputs as outputs
+
+    label_file = tmp_path / "labels.nrrd"
+    write_volume(labels, label_file, pixel_type="int16")
+    args = ["--quiet", "synthesize-from-labels", str(label_file), str(tmp_path / "chest_synthetic.nrrd"),
+            "--model", str(model_file), "--samples", "3"]
+    real_write, calls = io.write_volume, []
+
+    def full_disk_on_second(volume, path, **kwargs):
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(volume, path, **kwargs)
+
+    monkeypatch.setattr(io, "write_volume", full_disk_on_second)
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and os.strerror(errno.ENOSPC) in err and "No sample was written" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.nrrd", "m.json", "m.safetensors"]  # nothing left
+    monkeypatch.setattr(io, "write_volume", real_write)
+
+    assert main(args) == 0
+    written = sorted(tmp_path.glob("chest_synthetic_sample*.nrrd"))
+    before = [p.read_bytes() for p in written]
+    real_commit, commits = outputs.commit_file, []
+
+    def fail_on_the_second_move(tmp, target, overwrite):                   # write_volume moves 3, then 3 moves
+        commits.append(target)
+        if len(commits) == 5:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return real_commit(tmp, target, overwrite)
+
+    monkeypatch.setattr(outputs, "commit_file", fail_on_the_second_move)
+    assert main(args + ["--seed", "9", "--overwrite"]) == 2
+    assert [p.read_bytes() for p in written] == before                     # the earlier samples put back
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]   # no temporary folder or claim left
+
+
+def test_commands_check_first_and_read_series_options(labels, model_file, tmp_path, monkeypatch, capsys):
+    import inspect
+
+    import QHQGANLib.apps.label_commands as label_commands
+    import QHQGANLib.core.io as io
+
+    assert "def positive_int" not in inspect.getsource(label_commands)     # apps.cli's, handed in
+    reads = []
+
+    def record(path, **kwargs):
+        reads.append(kwargs)
+        raise ValueError("recorded")
+
+    monkeypatch.setattr(io, "read_volume", record)
+    model = ["--save-model", str(tmp_path / "new")]
+    assert main(["--quiet", "train-from-labels", "--input", str(shared_path(SLICE)), "--batch-size", "1"] + model) == 2
+    assert "batch_size must be at least 2" in capsys.readouterr().err and not reads     # refused before reading
+    assert main(["--quiet", "train-from-labels", "--input", str(shared_path(SLICE)), "--resample-z", "2.5",
+                 "--series-block", "2", "--regularize-tilt"] + model) == 2
+    assert reads[-1]["resample_z"] == 2.5 and reads[-1]["series_block"] == 2 and reads[-1]["regularize_tilt"]
+    assert main(["--quiet", "synthesize-from-labels", str(tmp_path / "labels.nrrd"), str(tmp_path / "x_synthetic.nrrd"),
+                 "--model", str(model_file), "--series-uid", "1.2.3", "--resample-z", "3", "--force"]) == 2
+    assert reads[-1]["series_uid"] == "1.2.3" and reads[-1]["resample_z"] == 3.0 and reads[-1]["force"] is True
+    assert "recorded" in capsys.readouterr().err

@@ -301,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluation_commands(sub, common)
     add_reader_study_commands(sub, common)
     add_lesion_command(sub, common)
-    add_label_commands(sub, common)
+    add_label_commands(sub, common, positive_int, _add_series_options)
 
     p = sub.add_parser("list-models", parents=[common], help="the shipped models and their validation metrics")
     p.set_defaults(func=commands.cmd_list_models)

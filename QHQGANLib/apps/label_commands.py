@@ -4,13 +4,20 @@
 ``--map VALUE=CLASS``) with a label-conditioned model (:func:`QHQGANLib.tasks.label_synthesis.synthesize_from_labels`).
 Its outputs are synthetic: the file name must say so, every header carries the mark; with ``--samples N`` > 1,
 sample ``i`` goes to OUT with ``_sample<i>`` before the suffix (i = 0 .. N-1). Every output is checked and
-claimed before any work, written beside its target and moved into place, never over an existing file
-without ``--overwrite`` (:mod:`QHQGANLib.core.outputs`).
+claimed before any work; all samples are written beside their targets and moved into place only when every
+one is written (:func:`write_samples`: all or none), never over an existing file without ``--overwrite``
+(:mod:`QHQGANLib.core.outputs`).
 
 ``train-from-labels`` trains one (:func:`QHQGANLib.training.label_synthesis.train_from_labels`) on CT
-volumes and their tissue classes (derived, or given with ``--labels``), and saves it with a card that
-records its training data (voxel sha256 per volume) and the crops' pixel size; a non-empty
-``--output-dir`` is refused unless ``--resume`` or ``--overwrite``, like the other trainings.
+volumes and their tissue classes (derived, or given with ``--labels``, on each CT's grid), and saves it
+with a card that records its training data (voxel sha256 per volume) and the crops' pixel size; its
+settings are checked before any volume is read; a non-empty ``--output-dir`` is refused unless
+``--resume`` or ``--overwrite``, like the other trainings.
+
+Both read their input series with the series options of the other commands (``--regularize-tilt``,
+``--resample-z MM``, ``--series-block N``; ``--series-uid`` for the label map;
+:func:`QHQGANLib.apps.series_input.read_series`): train-from-labels applies them to every ``--input`` CT
+(``--labels`` maps are read as they are and must lie on the grid that gives).
 
 Console usage::
 
@@ -23,30 +30,22 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
+import shutil
 from pathlib import Path
-from typing import Dict, List
+from typing import Callable, Dict, List, Sequence
 
 from ..core.kinds import LABEL_SYNTH_DEFAULT_MODEL, LABEL_SYNTH_METHODS, LABEL_SYNTH_TASK
 from ..core.options import add_option_argument
 from ..core.outputs import check_not_input, check_output_path, claim_output, require_synthetic_name
 from .commands import VOLUME_SUFFIXES, _check_input, _check_model_files, _check_model_outputs, _progress, _say
+from .series_input import read_series
 from .train_commands import _prepare_training_dir
 
 #: train-from-labels options that set the LabelSynthConfig field of the same name when given.
 TRAIN_OPTIONS = ("size", "context", "steps", "batch_size", "seed", "width", "hidden", "n_qubits", "n_layers",
                  "n_circuits", "adversarial", "n_critic", "l1_weight", "fm_weight", "adv_weight", "lr_g", "lr_d",
                  "checkpoint_every")
-
-
-def positive_int(text: str) -> int:
-    """argparse type: a whole number >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def parse_mapping(text: str) -> Dict[float, int]:
@@ -70,8 +69,10 @@ def _merge_maps(maps) -> Dict[float, int]:
     return merged
 
 
-def add_label_commands(sub, common: argparse.ArgumentParser) -> None:
-    """Register both commands (called by :func:`QHQGANLib.apps.cli.build_parser`)."""
+def add_label_commands(sub, common: argparse.ArgumentParser, positive_int: Callable[[str], int],
+                       series_options: Callable[..., None]) -> None:
+    """Register both commands (called by :func:`QHQGANLib.apps.cli.build_parser`, which hands in its
+    ``positive_int`` and ``_add_series_options``: importing them from ``apps.cli`` would be an import cycle)."""
     map_help = ("recode label values to tissue classes, VALUE=CLASS pairs (repeatable or comma-separated); "
                 "classes: 0 outside the body, 1 air inside it, 2 lung, 3 fat, 4 soft tissue, 5 enhanced tissue and "
                 "vessels, 6 bone")
@@ -92,13 +93,15 @@ def add_label_commands(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     add_option_argument(p, "device")
     add_option_argument(p, "quantum_backend")
+    series_options(p)  # a DICOM label series; --resample-z interpolates, so only where it mixes no classes
     p.set_defaults(func=cmd_synthesize_from_labels)
 
     p = sub.add_parser("train-from-labels", parents=[common],
                        help="train a label-conditioned synthesis model on CT volumes and their tissue classes")
     p.add_argument("--input", action="append", required=True, help="a CT volume or DICOM folder (repeatable)")
     p.add_argument("--labels", action="append",
-                   help="a label map per --input (same grid; default: its tissue classes by HU and morphology)")
+                   help="a label map per --input, on its grid as read (after the series options); default: its "
+                        "tissue classes by HU and morphology")
     p.add_argument("--map", action="append", type=parse_mapping, metavar="VALUE=CLASS", help=map_help)
     p.add_argument("--method", default=LABEL_SYNTH_METHODS[0], choices=LABEL_SYNTH_METHODS,
                    help="hqgan: the circuit makes each sample's style; mlp-control: its fair MLP control; spade: "
@@ -127,6 +130,7 @@ def add_label_commands(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="accept a non-CT modality or non-HU values")
     add_option_argument(p, "device")
     p.add_argument("--amp", action="store_true", help="mixed precision")
+    series_options(p, every=True)
     p.set_defaults(func=cmd_train_from_labels)
 
 
@@ -142,56 +146,115 @@ def sample_paths(output, n: int) -> List[Path]:
 
 
 def cmd_synthesize_from_labels(args: argparse.Namespace) -> int:
-    from ..core.io import read_volume, write_volume
-    from ..tasks.label_synthesis import synthesize_from_labels
+    from ..tasks.label_synthesis import check_seed, synthesize_from_labels
 
     require_synthetic_name(args.output)
+    check_seed(args.seed)
     _check_input(args.labels)
     if args.model:
         _check_model_files(args.model)
-    targets = sample_paths(args.output, args.samples)
+    targets = [t.expanduser() for t in sample_paths(args.output, args.samples)]
     for target in targets:
         if Path(args.labels).expanduser().exists():
-            check_not_input(Path(args.labels).expanduser(), target.expanduser())
+            check_not_input(Path(args.labels).expanduser(), target)
         check_output_path(target, overwrite=args.overwrite, suffixes=VOLUME_SUFFIXES)
     with contextlib.ExitStack() as claims:
         for target in targets:
             claims.enter_context(claim_output(target))
-        labels = read_volume(args.labels, force=True)  # a label map: its values are not HU
+        # a label map: its values are not HU (--force here means the scale check)
+        labels = read_series(argparse.Namespace(**{**vars(args), "force": True}), args.labels, label="label map")
         with _progress(args, "synthesizing from labels") as progress:
             samples = synthesize_from_labels(labels, model=args.model, n=args.samples, seed=args.seed,
                                              mapping=_merge_maps(args.map) or None, force=args.force,
                                              progress=progress, batch_size=args.batch_size,
                                              quantum_backend=args.quantum_backend, device=args.device)
-        for volume, target in zip(samples, targets):
-            write_volume(volume, target, overwrite=args.overwrite)
+        write_samples(samples, targets, overwrite=args.overwrite)
     for volume, target in zip(samples, targets):
-        _say(args, f"wrote {target}: a SYNTHETIC image ({volume.metadata['history'][-1]})")
+        _say(args, f"wrote {target}: a SYNTHETIC image ({volume.metadata['history'][0]})")
     return 0
 
 
+def write_samples(samples: Sequence, targets: Sequence[Path], overwrite: bool = False) -> None:
+    """All samples or none. Each is written and checked (``write_volume``) into one temporary folder beside
+    the targets (one folder: ``sample_paths``); only when every one is there are they moved into place. A
+    failure removes what this run wrote and puts back what ``overwrite`` had replaced."""
+    from ..core.io import write_volume
+    from ..core.outputs import commit_file, make_temp_folder, raise_if_disk_full
+
+    parent = targets[0].parent
+    tmp = make_temp_folder(parent)
+    moved: List[list] = []  # [target, the file it replaced (kept in tmp) or None, moved into place]
+    safe = True
+    try:
+        for i, (volume, target) in enumerate(zip(samples, targets)):
+            try:
+                write_volume(volume, tmp / target.name)
+            except OSError as exc:
+                raise_if_disk_full(target, exc, f"No sample was written (sample {i} of {len(targets)} failed).")
+                raise
+        headers = {t.name for t in targets}
+        staged = sorted((p for p in tmp.iterdir() if p.is_file()), key=lambda p: p.name in headers)  # headers last
+        for item in staged:
+            if not overwrite and (parent / item.name).exists():
+                raise FileExistsError(f"{parent / item.name} appeared while this run was computing; no sample "
+                                      "was written (pass --overwrite to replace it)")
+        kept = tmp / ".replaced"
+        for item in staged:
+            target = parent / item.name
+            entry = [target, None, False]
+            moved.append(entry)
+            if overwrite and target.exists():
+                kept.mkdir(exist_ok=True)
+                entry[1] = kept / item.name
+                os.replace(target, entry[1])
+            commit_file(item, target, overwrite)
+            entry[2] = True
+    except BaseException:
+        for target, replaced, done in reversed(moved):
+            try:
+                if done:
+                    target.unlink()
+                if replaced is not None:
+                    os.replace(replaced, target)
+            except OSError:
+                safe = False  # keep tmp: it may still hold a file that was replaced
+        raise
+    finally:
+        if safe:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 def cmd_train_from_labels(args: argparse.Namespace) -> int:
+    from ..training.label_synthesis import check_config
+
+    cfg = _config(args)
+    check_config(cfg)  # before any volume is read
     _check_model_outputs(args)
     for path in args.labels or ():
         _check_input(path)
     if args.labels and len(args.labels) != len(args.input):
         raise ValueError(f"give one --labels per --input ({len(args.input)} inputs, {len(args.labels)} label maps)")
     with _prepare_training_dir(args):
-        return _train(args)
+        return _train(args, cfg)
 
 
-def _train(args: argparse.Namespace) -> int:
+def _config(args: argparse.Namespace):
+    from ..training.label_synthesis import LabelSynthConfig
+
+    given = {key: getattr(args, key) for key in TRAIN_OPTIONS if getattr(args, key) is not None}
+    return LabelSynthConfig(method=args.method, output_dir=args.output_dir, resume=args.resume,
+                            overwrite=args.overwrite, device=args.device, amp=args.amp, **given)
+
+
+def _train(args: argparse.Namespace, cfg) -> int:
     from ..core.io import read_volume
     from ..nn.weights import save_model
     from ..physics.tissue_classes import TISSUE_CLASSES
-    from ..training.label_synthesis import LabelSynthConfig, train_from_labels
+    from ..training.label_synthesis import train_from_labels
     from ..training.provenance import speed, training_data
 
-    volumes = [read_volume(p, force=args.force) for p in args.input]
+    volumes = [read_series(args, p, label=f"input {i + 1}") for i, p in enumerate(args.input)]
     label_maps = [read_volume(p, force=True) for p in args.labels] if args.labels else None
-    given = {key: getattr(args, key) for key in TRAIN_OPTIONS if getattr(args, key) is not None}
-    cfg = LabelSynthConfig(method=args.method, output_dir=args.output_dir, resume=args.resume, overwrite=args.overwrite,
-                           device=args.device, amp=args.amp, **given)
     with _progress(args, f"training {args.method} from labels") as progress:
         model = train_from_labels(volumes, cfg, label_maps=label_maps, mapping=_merge_maps(args.map) or None,
                                   progress=progress)

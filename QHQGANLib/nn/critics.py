@@ -61,9 +61,12 @@ class LabelPatchCritic(nn.Module):
     """Conditional patch critic of the label-conditioned generators (:mod:`QHQGANLib.nn.label_synthesis`).
 
     Image (B, 1, s, s) in [-1, 1] and its label channels (B, C, s, s) in [0, 1], concatenated ->
-    three stride-2 4x4 convolutions (LeakyReLU 0.2) -> a 3x3 convolution to one score per patch
-    (70x70-pixel receptive field at s = 128, PatchGAN's). Returns ``(scores (B,), features)``: the mean
-    patch score and the activations of the three strided layers (for feature matching).
+    three stride-2 4x4 convolutions (LeakyReLU 0.2) -> a 3x3 convolution to one score per patch.
+    Each score sees a 38x38-pixel patch (receptive field 4 -> 10 -> 22 through the strided layers, + 2 x 8
+    by the 3x3 one; at any s), the scores 8 pixels apart: a 16x16 grid of overlapping patches at s = 128
+    (a body crop of about 400 mm has about 3 mm pixels there: patches of about 12 cm). Smaller than
+    PatchGAN's 70x70, which has two more 4x4 layers. Returns ``(scores (B,), features)``: the mean patch
+    score and the activations of the three strided layers (for feature matching).
     ``spectral``: spectral normalisation of every convolution (hinge loss); off for WGAN-GP.
     """
 

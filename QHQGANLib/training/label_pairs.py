@@ -6,8 +6,9 @@ that synthesis training uses and resized to the model size the same way (linear,
 same crop of its label map, one-hot and resized alike (:func:`QHQGANLib.nn.label_synthesis.encode_labels`:
 boundary pixels hold their classes' fractions). The label map is
 :func:`QHQGANLib.physics.tissue_classes.tissue_labels` of the volume unless one is given (an organ map
-recoded with ``mapping``, :func:`~QHQGANLib.physics.tissue_classes.class_codes`). With ``context`` > 0
-the labels of the ``context`` neighbouring slices each side (the end slices repeated at the volume's
+recoded with ``mapping``, :func:`~QHQGANLib.physics.tissue_classes.class_codes`), which must be on the
+volume's grid (:func:`check_same_grid`: shape, spacing, origin and direction; refused otherwise). With
+``context`` > 0 the labels of the ``context`` neighbouring slices each side (the end slices repeated at the volume's
 ends), cropped with the centre slice's box, follow as more channels. The physical pixel size of the crops
 is :func:`~QHQGANLib.training.slices.training_pixel_spacing`'s (for the model card).
 
@@ -41,10 +42,27 @@ def volume_codes(volumes: Sequence[Volume], label_maps: Optional[Sequence[Option
         if given is None:
             out.append(class_codes(tissue_labels(volume)))
             continue
-        if given.shape != volume.shape:
-            raise ValueError(f"label map {index} has shape {given.shape}, its volume {volume.shape}")
+        check_same_grid(given, volume, f"label map {index}")
         out.append(class_codes(given, mapping, what=f"label map {index}"))
     return out
+
+
+def check_same_grid(labels: Volume, volume: Volume, what: str = "the label map") -> None:
+    """Refuse, in one line, a label map that is not on its CT's grid (shape, spacing, origin, direction within
+    1e-3, :meth:`~QHQGANLib.core.volume.Volume.same_geometry`, as ``insert_lesion`` checks a mask): the same
+    shape on another grid (a flipped NIfTI, another spacing) would pair each slice with another place's labels."""
+    if not isinstance(labels, Volume):
+        raise TypeError(f"{what} must be a Volume (a label map with its grid), got {type(labels).__name__}")
+    if labels.same_geometry(volume, tol=1e-3):
+        return
+
+    def grid(v: Volume) -> str:
+        return (f"shape {v.shape}, spacing {tuple(round(float(x), 4) for x in v.spacing)}, origin "
+                f"{tuple(round(float(x), 3) for x in v.origin)}, direction "
+                f"{tuple(tuple(round(float(x), 3) + 0.0 for x in row) for row in v.direction)}")
+
+    raise ValueError(f"the label map is on another grid than its CT: {what} ({grid(labels)}) vs its CT "
+                     f"({grid(volume)}); resample or export it with the CT as reference geometry")
 
 
 def label_training_pairs(volumes: Sequence[Volume], size: int = 128, context: int = 0,
