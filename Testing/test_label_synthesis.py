@@ -25,8 +25,8 @@ from QHQGANLib.apps.cli import main
 from QHQGANLib.core.orientation import slice_axis_name, to_axial
 from QHQGANLib.nn.build import build_from_config
 from QHQGANLib.nn.critics import LabelPatchCritic
-from QHQGANLib.nn.label_synthesis import (ARCH_OF_METHOD, CROP_MARGIN, METHODS, LabelGenerator, label_channels,
-                                          square_box, style_parameters)
+from QHQGANLib.core.crops import CROP_MARGIN, square_box
+from QHQGANLib.nn.label_synthesis import ARCH_OF_METHOD, METHODS, LabelGenerator, label_channels, style_parameters
 from QHQGANLib.nn.mixers import circuit_parameters
 from QHQGANLib.nn.weights import load_model, save_model
 from QHQGANLib.physics.tissue_classes import BONE, FAT, LUNG, OUTSIDE, SOFT, class_codes, tissue_labels
@@ -333,7 +333,7 @@ def test_coronal_map_rendered_on_axial_planes(trained):
 
 
 def test_square_box_is_training_box(ct):
-    """Inference's box (nn.label_synthesis.square_box) is training's (training.slices.crop_boxes), margin included."""
+    """Inference's box (core.crops.square_box) is training's (training.slices.crop_boxes), margin included."""
     assert TRAINING_CROP_MARGIN == CROP_MARGIN
     small = read_volume(shared_path("abdomen-ct-totalseg/example_ct_sm.nii.gz"))      # 3 mm, body at the edges
     for volume in (ct, small):

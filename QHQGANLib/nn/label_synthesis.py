@@ -63,10 +63,7 @@ METHOD_OF_ARCH = {arch: method for method, arch in ARCH_OF_METHOD.items()}
 MIXER_OF_METHOD = {"hqgan": "quantum", "mlp-control": "mlp"}
 #: Sizes a generator renders (the start resolution is size / 16).
 SIZES = (64, 128, 256)
-#: The square crop around the body, as a multiple of its larger extent: the one :func:`square_box` draws, for
-#: inference (``tasks`` may not import ``training``). ``training.slices`` still holds its own copy of this number
-#: and of the box; ``Testing/test_label_synthesis.py`` pins both equal until it imports them from here.
-CROP_MARGIN = 1.05
+
 
 
 def label_channels(context: int = 0) -> int:
@@ -93,31 +90,6 @@ def encode_labels(codes: np.ndarray, size: int) -> np.ndarray:
         small = resize(onehot, (size, size), order=1, anti_aliasing=True, preserve_range=True)
         out.append(np.moveaxis(small, -1, 0))
     return np.round(np.clip(np.concatenate(out), 0.0, 1.0) * 255).astype(np.uint8)
-
-
-def square_box(mask: np.ndarray, spacing) -> Tuple[np.ndarray, np.ndarray, float]:
-    """The square crop around a 2-D ``mask`` (y, x) of a plane with pixel ``spacing`` (x, y, ...) mm.
-
-    Centred on the mask's bounding box, its side :data:`CROP_MARGIN` x the box's larger extent in mm (the
-    aspect ratio kept): ``(row indices, column indices, side in mm)``, the indices clipped to -1 and the
-    plane's size (one pixel of padding, :func:`take_crop`). The square
-    :func:`QHQGANLib.training.slices.crop_boxes` cuts from each training slice (around HU > -500 there).
-    """
-    sx, sy = float(spacing[0]), float(spacing[1])
-    ys, xs = np.nonzero(mask)
-    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
-    side_mm = max((y1 - y0) * sy, (x1 - x0) * sx) * CROP_MARGIN
-    cy, cx = (y0 + y1) / 2, (x0 + x1) / 2
-    hy, hx = side_mm / sy / 2, side_mm / sx / 2
-    ys_idx = np.clip(np.arange(int(np.floor(cy - hy)), int(np.ceil(cy + hy))), -1, mask.shape[0])
-    xs_idx = np.clip(np.arange(int(np.floor(cx - hx)), int(np.ceil(cx + hx))), -1, mask.shape[1])
-    return ys_idx, xs_idx, float(side_mm)
-
-
-def take_crop(plane: np.ndarray, ys_idx: np.ndarray, xs_idx: np.ndarray, fill: float) -> np.ndarray:
-    """The crop of a 2-D ``plane`` at :func:`square_box`'s indices, ``fill`` where they fall outside it."""
-    padded = np.pad(plane, 1, constant_values=fill)
-    return padded[np.ix_(ys_idx + 1, xs_idx + 1)]
 
 
 def check_method(method: str) -> str:

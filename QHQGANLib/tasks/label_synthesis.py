@@ -12,8 +12,8 @@
   (:func:`QHQGANLib.core.orientation.to_axial`, an exact permutation) and every sample is returned in the
   map's own storage order and grid.
 * **Geometry**: like training (:func:`QHQGANLib.training.slices.crop_boxes`), each axial slice is cropped
-  to its own square around the body (:func:`~QHQGANLib.nn.label_synthesis.square_box`:
-  :data:`~QHQGANLib.nn.label_synthesis.CROP_MARGIN` x the larger extent, aspect kept), resampled in-plane
+  to its own square around the body (:func:`~QHQGANLib.core.crops.square_box`:
+  :data:`~QHQGANLib.core.crops.CROP_MARGIN` x the larger extent, aspect kept), resampled in-plane
   to the model size, rendered, and resampled back (linear) onto the map's grid. Training boxes the voxels
   above -500 HU; here the classes that hold them, :data:`BOX_CLASSES` (lung, fat, soft tissue, enhanced
   tissue, bone: class 0 is outside, 1 gas inside the body; lung and gas lie inside the body and set no
@@ -65,7 +65,8 @@ from ..core.naming import output_name
 from ..core.orientation import to_axial
 from ..core.progress import check_cancel, report
 from ..core.volume import Volume
-from ..nn.label_synthesis import LabelGenerator, encode_labels, label_channels, square_box, take_crop
+from ..core.crops import square_box, take_crop
+from ..nn.label_synthesis import LabelGenerator, encode_labels, label_channels
 from ..nn.synthesis import unit_to_hu
 from ..physics.tissue_classes import BONE, ENHANCED, FAT, LUNG, OUTSIDE, SOFT, class_codes
 

@@ -13,6 +13,7 @@ from typing import Dict, Iterator, Optional, Sequence, Tuple
 import numpy as np
 
 from ..core.constants import BODY_THRESHOLD_HU, HU_MAX, HU_MIN
+from ..core.crops import CROP_MARGIN, square_box, take_crop  # noqa: F401 (take_crop: training.label_pairs)
 from ..core.volume import Volume
 
 
@@ -53,9 +54,6 @@ def training_pixel_spacing(volumes: Sequence[Volume], size: int = 64, roi: Optio
                                   "the smallest and largest slice); samples are written with it"}
 
 
-#: The square crop's side, as a multiple of the body's (or ROI's) larger extent.
-CROP_MARGIN = 1.05
-
 
 def _square_crops(volumes: Sequence[Volume], roi: Optional[Sequence[np.ndarray]],
                   min_body_fraction: float) -> Iterator[Tuple[np.ndarray, float]]:
@@ -73,24 +71,12 @@ def crop_boxes(volumes: Sequence[Volume], roi: Optional[Sequence[np.ndarray]] = 
         mask_volume = None if roi is None else np.asarray(roi[index]) > 0
         if mask_volume is not None and mask_volume.shape != volume.shape:
             raise ValueError(f"ROI {index} has shape {mask_volume.shape}, the volume {volume.shape}")
-        sx, sy = volume.spacing[0], volume.spacing[1]
         for k in range(volume.shape[0]):
             image = volume.array[k]
             mask = (image > BODY_THRESHOLD_HU) if mask_volume is None else mask_volume[k]
             if mask.mean() < (min_body_fraction if mask_volume is None else 1e-9):
                 continue
-            ys, xs = np.nonzero(mask)
-            y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
-            # square in millimetres around the box centre
-            side_mm = max((y1 - y0) * sy, (x1 - x0) * sx) * CROP_MARGIN
-            cy, cx = (y0 + y1) / 2, (x0 + x1) / 2
-            hy, hx = side_mm / sy / 2, side_mm / sx / 2
-            ys_idx = np.clip(np.arange(int(np.floor(cy - hy)), int(np.ceil(cy + hy))), -1, image.shape[0])
-            xs_idx = np.clip(np.arange(int(np.floor(cx - hx)), int(np.ceil(cx + hx))), -1, image.shape[1])
+            ys_idx, xs_idx, side_mm = square_box(mask, volume.spacing)
             yield index, k, ys_idx, xs_idx, float(side_mm)
 
 
-def take_crop(plane: np.ndarray, ys_idx: np.ndarray, xs_idx: np.ndarray, fill: float) -> np.ndarray:
-    """The crop of a 2-D ``plane`` at :func:`crop_boxes`' indices, ``fill`` where they fall outside it."""
-    padded = np.pad(plane, 1, constant_values=fill)
-    return padded[np.ix_(ys_idx + 1, xs_idx + 1)]
