@@ -7,12 +7,12 @@ import enum
 import logging
 import pathlib
 import sys
-from typing import Annotated
+from typing import Annotated, Union
 
 import qt
 import slicer
 import vtk
-from slicer import vtkMRMLScalarVolumeNode
+from slicer import vtkMRMLLabelMapVolumeNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper
@@ -30,13 +30,14 @@ if (_SOURCE_ROOT / "QHQGANLib" / "__init__.py").is_file() and str(_SOURCE_ROOT) 
     sys.path.append(str(_SOURCE_ROOT))
 
 # the option schema: cheap to import (no torch), the same ranges and defaults as the CLI and the runner
-from QHQGANLib.core.options import ADAPT_DEFAULT_STEPS, FINE_TUNE_DEFAULT_STEPS, option_default, option_range  # noqa: E402
+from QHQGANLib.core.options import (ADAPT_DEFAULT_STEPS, FINE_TUNE_DEFAULT_STEPS, option_default,  # noqa: E402
+                                    option_from_text, option_range)
 
 CUSTOM_WEIGHTS = _("Custom weights file…")
 #: Packages of Slicer itself that QHQGAN's requirements must never replace (SciPy is bundled with Slicer).
 SLICER_OWN_PACKAGES = ["SimpleITK", "vtk", "numpy", "scipy", "torch"]
 #: The selectors that stay locked while a task runs (the input is read and the output chosen at Apply).
-LOCKED_WHILE_RUNNING = ("inputSelector", "outputSelector", "taskComboBox")
+LOCKED_WHILE_RUNNING = ("inputSelector", "outputSelector", "taskComboBox", "segmentationSelector", "segmentComboBox")
 #: The panel's spin boxes and the options (QHQGANLib.core.options) whose ranges they take.
 SPIN_BOX_OPTIONS = {"tileSizeSpinBox": "tile_size", "overlapSpinBox": "overlap", "tileBatchSpinBox": "tile_batch",
                     "samplesSpinBox": "n_samples", "seedSpinBox": "seed", "doseSpinBox": "dose",
@@ -53,6 +54,8 @@ SUPER_RESOLVE_MODE_PARAMETER = "SuperResolveMode"
 FINE_TUNE_PARAMETER = "FineTune"
 #: The "Adapt to this scan first" check box of Enhance (stored raw, like the fine-tune one).
 ADAPT_PARAMETER = "Adapt"
+#: The segment of the segmentation node where "Insert lesion" puts the lesion (its segment ID, stored raw).
+SEGMENT_PARAMETER = "Segment"
 #: The property that binds a widget of the .ui to a parameter (slicer.parameterNodeWrapper).
 PARAMETER_NAME_PROPERTY = "SlicerParameterName"
 
@@ -66,7 +69,8 @@ class QHQGAN(ScriptedLoadableModule):
         self.parent.contributors = ["QHQGAN developers"]
         self.parent.helpText = _("""
 Enhance low-dose CT, super-resolve CT in-plane x2 or its slices (thick to 2-4x thinner slices),
-synthesize CT slices, or simulate a lower dose.
+synthesize CT slices, simulate a lower dose, insert a synthetic lesion into a CT where a segment is
+painted, or synthesize CT from a segmentation of tissue classes.
 The method is a hybrid quantum-classical generative adversarial network (HQGAN): a classical
 convolutional encoder and decoder with a small variational quantum circuit (simulated) in the
 bottleneck, trained adversarially against a classical discriminator.
@@ -88,10 +92,41 @@ class Task(enum.Enum):
     SUPER_RESOLVE = "super-resolve"
     SYNTHESIZE = "synthesize"
     SIMULATE_LOW_DOSE = "simulate-low-dose"
+    INSERT_LESION = "insert-lesion"
+    SYNTHESIZE_FROM_LABELS = "synthesize-from-labels"
 
     def label(self):
         return _({"enhance": "Enhance low-dose CT", "super-resolve": "Super-resolve x2",
-                  "synthesize": "Synthesize samples", "simulate-low-dose": "Simulate low dose"}[self.value])
+                  "synthesize": "Synthesize samples", "simulate-low-dose": "Simulate low dose",
+                  "insert-lesion": "Insert lesion",
+                  "synthesize-from-labels": "Synthesize from segmentation"}[self.value])
+
+    @property
+    def readsSegment(self):
+        """The tasks whose input is the segmentation selector's (always new synthetic volumes)."""
+        return self in (Task.INSERT_LESION, Task.SYNTHESIZE_FROM_LABELS)
+
+
+class LesionKind(enum.Enum):
+    HYPODENSE = "hypodense"
+    HYPERDENSE = "hyperdense"
+    CYST = "cyst"
+    CALCIFICATION = "calcification"
+
+    def label(self):
+        return _({"hypodense": "Hypodense (40 HU below its surroundings)",
+                  "hyperdense": "Hyperdense (40 HU above its surroundings)", "cyst": "Cyst (10 HU)",
+                  "calcification": "Calcification (400 HU)"}[self.value])
+
+
+class LesionTexture(enum.Enum):
+    MATCHED = "matched"
+    SMOOTH = "smooth"
+    NOISE = "noise"
+
+    def label(self):
+        return _({"matched": "The scan's own noise", "smooth": "Smooth (no noise)",
+                  "noise": "New noise like the scan's (random seed)"}[self.value])
 
 
 class QuantumBackend(enum.Enum):
@@ -126,6 +161,11 @@ class QHQGANParameterNode:
     doseFraction: Annotated[float, WithinRange(*option_range("dose"))] = option_default("dose")
     strength: Annotated[float, WithinRange(*option_range("strength"))] = option_default("strength")
     outputVolume: vtkMRMLScalarVolumeNode
+    # Insert lesion / Synthesize from segmentation (issue #30): the segment or label map, and the lesion
+    segmentation: Union[vtkMRMLSegmentationNode, vtkMRMLLabelMapVolumeNode, None]
+    lesionKind: LesionKind = LesionKind(option_default("lesion_kind"))
+    lesionTexture: LesionTexture = LesionTexture(option_default("texture"))
+    lesionHu: str = ""  # empty: the kind's mean
 
 
 def connectParameterNodeGui(parameterNode, ui):
@@ -155,6 +195,10 @@ class QHQGANWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._job = None
         self._lastOutput = None  # for Compare; never becomes the output volume of the next run
         self._fillingModels = False
+        self._segmentIds = []  # the segment selector's segment IDs, in its order
+        self._listedSegmentation = None  # the node whose segments are listed
+        self._observedSegmentation = None
+        self._fillingSegments = False
         self._timer = qt.QTimer()
         self._timer.setInterval(200)
         self._timer.timeout.connect(self.onPoll)
@@ -178,6 +222,7 @@ class QHQGANWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.superResolveModeComboBox.connect("currentIndexChanged(int)", self.onSuperResolveModeChanged)
         self.ui.fineTuneCheckBox.connect("toggled(bool)", self.onFineTuneToggled)
         self.ui.adaptCheckBox.connect("toggled(bool)", self.onAdaptToggled)
+        self.ui.segmentComboBox.connect("currentIndexChanged(int)", self.onSegmentChanged)
         self.ui.progressBar.setVisible(False)
         for widgetName, optionName in SPIN_BOX_OPTIONS.items():  # the schema's ranges, whatever the .ui says
             getattr(self.ui, widgetName).setRange(*option_range(optionName))
@@ -189,6 +234,7 @@ class QHQGANWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._job = None
             self._timer.stop()
         self.removeObservers()
+        self._observedSegmentation = None
 
     def enter(self):
         self.initializeParameterNode()
@@ -219,6 +265,9 @@ class QHQGANWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def setParameterNode(self, inputParameterNode):
         self._disconnectParameterNode()
         self._parameterNode = inputParameterNode
+        if inputParameterNode is None:  # e.g. the scene closes: its segmentation is no longer watched
+            self._observeSegmentation(None)
+            self._listedSegmentation = None
         if self._parameterNode:
             self._parameterNodeGuiTag = connectParameterNodeGui(self._parameterNode, self.ui)
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateGui)
@@ -227,6 +276,7 @@ class QHQGANWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.fineTuneCheckBox.checked = self.logic.fineTune(self._parameterNode)
             self.ui.adaptCheckBox.checked = self.logic.adapt(self._parameterNode)
             self._fillModels()
+            self._fillSegments()
             self._updateGui()
 
     def _modelKey(self):
@@ -276,6 +326,51 @@ class QHQGANWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._parameterNode is not None:
             self.logic.setAdapt(self._parameterNode, self.ui.adaptCheckBox.checked)
 
+    def _fillSegments(self, caller=None, event=None):
+        """The segments of the chosen segmentation (its only item for a label map: all its non-zero voxels),
+        the stored choice selected; kept up to date while segments are added, renamed or removed."""
+        from QHQGANLib.apps.segments import is_segmentation, segment_choices
+        node = getattr(self._parameterNode, "segmentation", None) if self._parameterNode is not None else None
+        self._observeSegmentation(node if is_segmentation(node) else None)
+        self._listedSegmentation = node
+        choices = segment_choices(node)
+        self._segmentIds = [segmentId for segmentId, _name in choices]
+        self._fillingSegments = True  # no choice is stored while the list is refilled
+        try:
+            self.ui.segmentComboBox.clear()
+            for _segmentId, name in choices:
+                self.ui.segmentComboBox.addItem(name)
+            if node is not None and not choices:
+                self.ui.segmentComboBox.addItem(_("(no segment)") if is_segmentation(node) else _("All non-zero voxels"))
+            stored = self.logic.segmentChoice(self._parameterNode) if self._parameterNode is not None else ""
+            self.ui.segmentComboBox.setCurrentIndex(self._segmentIds.index(stored) if stored in self._segmentIds else 0)
+        finally:
+            self._fillingSegments = False
+
+    def _observeSegmentation(self, node):
+        """Refill the segment list when the segments of ``node`` change (events the segmentation node forwards)."""
+        if node is self._observedSegmentation:
+            return
+        events = [getattr(slicer.vtkSegmentation, name)
+                  for name in ("SegmentAdded", "SegmentRemoved", "SegmentModified")]
+        for event in events if self._observedSegmentation is not None else ():
+            self.removeObserver(self._observedSegmentation, event, self._fillSegments)
+        self._observedSegmentation = node
+        for event in events if node is not None else ():
+            self.addObserver(node, event, self._fillSegments)
+
+    def _segmentId(self):
+        """The chosen segment's ID ("" for a label map or none)."""
+        index = self.ui.segmentComboBox.currentIndex
+        return self._segmentIds[index] if 0 <= index < len(self._segmentIds) else ""
+
+    def onSegmentChanged(self, index=None):
+        if self._fillingSegments:
+            return
+        if self._parameterNode is not None:
+            self.logic.setSegmentChoice(self._parameterNode, self._segmentId())
+        self._updateGui()
+
     def onCustomWeightsChanged(self, path):
         if self._parameterNode is not None:
             self.logic.setCustomWeights(self._parameterNode, path)
@@ -287,10 +382,12 @@ class QHQGANWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         task = p.task
         if self.ui.modelComboBox.property("task") != self._modelKey():
             self._fillModels()
+        if getattr(p, "segmentation", None) is not self._listedSegmentation:
+            self._fillSegments()
         axis = SUPER_RESOLVE_MODES[self.ui.superResolveModeComboBox.currentIndex][0]
         self.ui.superResolveModeComboBox.setEnabled(task is Task.SUPER_RESOLVE)
         self.ui.fineTuneCheckBox.setEnabled(task is Task.SUPER_RESOLVE and axis == "z")
-        usesModel = task is not Task.SIMULATE_LOW_DOSE
+        usesModel = task not in (Task.SIMULATE_LOW_DOSE, Task.INSERT_LESION)
         self.ui.modelCollapsibleButton.setEnabled(usesModel)
         self.ui.customWeightsPathLineEdit.setEnabled(self.ui.modelComboBox.currentText == CUSTOM_WEIGHTS)
         # what the chosen model measurably does (its card's held-out validation), where the clinician looks
@@ -299,7 +396,8 @@ class QHQGANWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.tileSizeSpinBox.setEnabled(task in (Task.ENHANCE, Task.SUPER_RESOLVE))
         self.ui.overlapSpinBox.setEnabled(task in (Task.ENHANCE, Task.SUPER_RESOLVE))
         self.ui.tileBatchSpinBox.setEnabled(task in (Task.ENHANCE, Task.SUPER_RESOLVE))
-        self.ui.samplesSpinBox.setEnabled(task is Task.SYNTHESIZE)
+        self.ui.samplesSpinBox.setEnabled(task in (Task.SYNTHESIZE, Task.SYNTHESIZE_FROM_LABELS))
+        self.ui.lesionCollapsibleButton.setEnabled(task is Task.INSERT_LESION)
         self.ui.doseSpinBox.setEnabled(task is Task.SIMULATE_LOW_DOSE)
         self.ui.strengthSpinBox.setEnabled(task is Task.ENHANCE)
         self.ui.adaptCheckBox.setEnabled(task is Task.ENHANCE)
@@ -307,16 +405,34 @@ class QHQGANWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             widget = getattr(self.ui, name, None)
             if widget is not None:
                 widget.setEnabled(self._job is None)
+        segmentation = getattr(p, "segmentation", None)
+        pickSegment = self._job is None and task is Task.INSERT_LESION and bool(self._segmentIds)
+        self.ui.segmentComboBox.setEnabled(pickSegment)
         if self._job is not None:
             return
-        ready = bool(p.inputVolume) or task is Task.SYNTHESIZE
+        if task is Task.INSERT_LESION:
+            isSegmentation = bool(segmentation) and segmentation.IsA("vtkMRMLSegmentationNode")
+            ready = bool(p.inputVolume) and bool(segmentation) and (bool(self._segmentId()) or not isSegmentation)
+            hint = _("Select the CT volume, and the segmentation and segment (or label map) where the lesion goes")
+        elif task is Task.SYNTHESIZE_FROM_LABELS:
+            ready = bool(segmentation)
+            hint = _("Select a segmentation whose segments are named after tissue classes (lung, fat, soft tissue, "
+                     "bone, ...) or a label map of tissue classes")
+        else:
+            ready = bool(p.inputVolume) or task is Task.SYNTHESIZE
+            hint = _("Select an input volume")
         # a mode no shipped model serves (e.g. Slices x3 when only x2 ships) runs only with the user's own weights
         noModel = usesModel and self.ui.modelComboBox.currentText == CUSTOM_WEIGHTS and not self.logic.customWeights(p)
+        noModelText = (self.logic.noModelMessage(task.value) or _("No shipped model for this choice: pick another "
+                                                                   "mode, or give your own weights file"))
+        if noModel and task is Task.SYNTHESIZE_FROM_LABELS:  # said where the clinician looks, not only in a tooltip
+            self.ui.statusLabel.text = noModelText
+        elif self.ui.statusLabel.text == self.logic.noModelMessage(Task.SYNTHESIZE_FROM_LABELS.value):
+            self.ui.statusLabel.text = ""
         self.ui.applyButton.text = _("Apply")
         self.ui.applyButton.enabled = ready and not noModel
-        self.ui.applyButton.toolTip = (_("No shipped model for this choice: pick another mode, or give your own weights "
-                                         "file") if noModel else _("Run: {task}").format(task=task.label()) if ready
-                                       else _("Select an input volume"))
+        self.ui.applyButton.toolTip = (noModelText if noModel else _("Run: {task}").format(task=task.label()) if ready
+                                       else hint)
         self.ui.compareButton.enabled = self._comparedOutput() is not None
 
     def _options(self):
@@ -328,11 +444,14 @@ class QHQGANWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         axis, scale, _label = SUPER_RESOLVE_MODES[self.ui.superResolveModeComboBox.currentIndex]
         fineTune = axis == "z" and self.ui.fineTuneCheckBox.checked
         adapt = p.task is Task.ENHANCE and self.ui.adaptCheckBox.checked
+        # the lesion's mean HU as typed ("": the kind's); a ValueError naming the option when it is no number in range
+        lesionHu = option_from_text("lesion_hu", p.lesionHu) if p.task is Task.INSERT_LESION else None
         return dict(model=model or None, quantum_backend=backend, device=p.computeDevice.value,
                     tile_size=p.tileSize, overlap=p.overlap, tile_batch=p.tileBatch, n_samples=p.nSamples,
                     seed=p.seed, dose=p.doseFraction, strength=p.strength, axis=axis, scale=scale,
                     fine_tune_steps=FINE_TUNE_DEFAULT_STEPS if fineTune else 0,
-                    adapt_steps=ADAPT_DEFAULT_STEPS if adapt else 0)
+                    adapt_steps=ADAPT_DEFAULT_STEPS if adapt else 0, lesion_kind=p.lesionKind.value,
+                    texture=p.lesionTexture.value, lesion_hu=lesionHu)
 
     def _refuse(self, message):
         """Tell the user why nothing was started: in the panel's status line and in a message box."""
@@ -348,10 +467,17 @@ class QHQGANWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         from QHQGANLib.apps.node_task import OutputRefused
         p = self._parameterNode
         task = p.task.value
-        options = self._options()
+        try:
+            options = self._options()
+        except ValueError as error:  # e.g. a mean HU that is no number
+            self._refuse(_("Not started: {reason}.").format(reason=error))
+            return
+        # the segment tasks read the segmentation selector's node (and the segment where the lesion goes)
+        segment = dict(segmentation=p.segmentation, segmentId=self._segmentId() or None) if p.task.readsSegment else {}
+        inputNode = p.inputVolume if p.task is not Task.SYNTHESIZE_FROM_LABELS else None
         # the output is chosen now: the node checked here is the one written when the task ends
         outputNode = p.outputVolume or None
-        refusal = self.logic.outputRefusal(p.inputVolume, outputNode, task)
+        refusal = self.logic.outputRefusal(inputNode, outputNode, task)
         if refusal:
             self._refuse(_("Not started: {reason}.").format(reason=refusal))
             return
@@ -373,9 +499,9 @@ class QHQGANWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         with slicer.util.tryWithErrorDisplay(_("QHQGAN could not start."), waitCursor=True):
             target = {"outputNode": outputNode} if outputNode is not None else {}
             try:
-                self._job = self.logic.process(p.inputVolume, task=task, blocking=False, **target, **options)
-            except OutputRefused as error:
-                self._refuse(_("Not started: {reason}.").format(reason=error))
+                self._job = self.logic.process(inputNode, task=task, blocking=False, **target, **segment, **options)
+            except (OutputRefused, ValueError) as error:  # refused before anything runs: another patient's
+                self._refuse(_("Not started: {reason}.").format(reason=error))  # volume, an unnamed segment...
                 return
             self._updateGui()  # locks the input and output selectors
             self.ui.applyButton.text = _("Cancel")
@@ -411,7 +537,8 @@ class QHQGANWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             # the result is shown, not selected as the next run's output (which would replace it,
             # whatever that run is: a synthetic result must never land in a real patient's node)
             self._lastOutput = node
-            self.ui.statusLabel.text = _("Done: {name}").format(name=node.GetName())
+            names = ", ".join(n.GetName() for n in getattr(job, "nodes", None) or [node])
+            self.ui.statusLabel.text = _("Done: {name}").format(name=names)
             if getattr(job, "note", ""):
                 self.ui.statusLabel.text += " (" + job.note + ")"
             self.onCompareButton()
@@ -511,6 +638,19 @@ class QHQGANLogic(ScriptedLoadableModuleLogic):
     def setAdapt(self, parameterNode, checked):
         self._rawNode(parameterNode).SetParameter(ADAPT_PARAMETER, "true" if checked else "false")
 
+    def segmentChoice(self, parameterNode):
+        """The segment ID last chosen for Insert lesion ("" when none)."""
+        return self._rawNode(parameterNode).GetParameter(SEGMENT_PARAMETER) or ""
+
+    def setSegmentChoice(self, parameterNode, segmentId):
+        self._rawNode(parameterNode).SetParameter(SEGMENT_PARAMETER, segmentId or "")
+
+    @staticmethod
+    def noModelMessage(task):
+        """What the panel says when ``task`` has no installed model (None: the generic wording)."""
+        from QHQGANLib.apps.request import NO_LABEL_MODEL
+        return NO_LABEL_MODEL if task == Task.SYNTHESIZE_FROM_LABELS.value else None
+
     def customWeights(self, parameterNode):
         """The custom weights file, "" when none (never ".", what an empty pathlib.Path prints)."""
         return self._rawNode(parameterNode).GetParameter(CUSTOM_WEIGHTS_PARAMETER) or ""
@@ -519,18 +659,25 @@ class QHQGANLogic(ScriptedLoadableModuleLogic):
         path = str(path or "").strip()
         self._rawNode(parameterNode).SetParameter(CUSTOM_WEIGHTS_PARAMETER, "" if path in (".", "") else path)
 
-    def process(self, inputNode, task="enhance", blocking=True, progress=None, cancel=None, outputNode=None, **options):
+    def process(self, inputNode, task="enhance", blocking=True, progress=None, cancel=None, outputNode=None,
+                segmentation=None, segmentId=None, **options):
         """Run ``task`` on ``inputNode``: the output node (blocking) or a running NodeTask.
 
         The output is a new node, or ``outputNode`` when it is an earlier QHQGAN result of the
         same input; any other ``outputNode`` is refused before anything runs
         (``QHQGANLib.apps.node_task.OutputRefused``, a ValueError saying why). Blocking,
         Slicer's events are processed between polls (the application stays responsive).
+
+        "insert-lesion" (``inputNode``: the CT) and "synthesize-from-labels" read ``segmentation``: a
+        segmentation node (with ``segmentId``, the segment where the lesion goes) or a labelmap node; their
+        results are always new synthetic nodes outside any patient's study (blocking: the first of them; a
+        running job's ``nodes`` lists all after ``finish``).
         """
         from QHQGANLib.apps import background as background
         request = background.TaskRequest(task, **options)
-        scene = inputNode.GetScene() if inputNode is not None else slicer.mrmlScene
-        job = background.start_node_task(request, inputNode, scene=scene, output_node=outputNode)
+        scene = next((n.GetScene() for n in (inputNode, segmentation) if n is not None), None) or slicer.mrmlScene
+        job = background.start_task(request, inputNode, segmentation=segmentation, segment_id=segmentId, scene=scene,
+                                    output_node=outputNode)
         if not blocking:
             return job
         app = getattr(slicer, "app", None)
@@ -647,6 +794,8 @@ class QHQGANTest(ScriptedLoadableModuleTest):
         self.test_QHQGAN_tasks_on_a_small_phantom()
         self.setUp()
         self.test_QHQGAN_results_never_replace_another_patients_volume()
+        self.setUp()
+        self.test_QHQGAN_insert_lesion_from_a_segment()
 
     @staticmethod
     def phantomNode(slices=3, size=64):
@@ -733,6 +882,38 @@ class QHQGANTest(ScriptedLoadableModuleTest):
         if again is not first or first.GetAttribute("QHQGAN.dose_fraction") != "0.25":
             raise AssertionError("an earlier result of the same input was not replaced")
         self.delayDisplay("Output safety: OK")
+
+    def test_QHQGAN_insert_lesion_from_a_segment(self):
+        """Insert lesion (Slicer's own packages only): a segment exported by Slicer's segmentations logic, a new
+        synthetic volume and its label map outside any study, the CT untouched."""
+        import numpy as np
+        from QHQGANLib.core.naming import is_synthetic_node
+        ct = self.phantomNode(slices=2, size=64)
+        before = slicer.util.arrayFromVolume(ct).copy()
+        painted = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "QHQGANPainted")
+        matrix = vtk.vtkMatrix4x4()
+        ct.GetIJKToRASMatrix(matrix)
+        painted.SetIJKToRASMatrix(matrix)
+        _z, y, x = np.mgrid[0:2, 0:64, 0:64]
+        lesion = ((y - 32) ** 2 + (x - 22) ** 2) < 36  # in the water, away from the bone insert
+        slicer.util.updateVolumeFromArray(painted, lesion.astype(np.int16))
+        segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "QHQGANSegments")
+        segmentation.SetReferenceImageGeometryParameterFromVolumeNode(ct)
+        slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(painted, segmentation)
+        segmentId = segmentation.GetSegmentation().GetNthSegmentID(0)
+        out = QHQGANLogic().process(ct, task="insert-lesion", segmentation=segmentation, segmentId=segmentId,
+                                    lesion_kind="cyst", texture="smooth", edge_mm=0.0)
+        values = slicer.util.arrayFromVolume(out)
+        if not (slicer.util.arrayFromVolume(ct) == before).all():
+            raise AssertionError("insert-lesion changed the CT")
+        if not (is_synthetic_node(out) and out.GetName().startswith("SYNTHETIC_")) or not np.all(values[lesion] == 10):
+            raise AssertionError("insert-lesion: not a synthetic volume with a 10 HU cyst in the segment")
+        if not (values[~lesion] == before[~lesion]).all():
+            raise AssertionError("insert-lesion changed voxels outside the segment")
+        label = slicer.mrmlScene.GetFirstNodeByName(out.GetName() + "_label")
+        if label is None or not ((slicer.util.arrayFromVolume(label) != 0) == lesion).all():
+            raise AssertionError("insert-lesion: no label map of the lesion beside it")
+        self.delayDisplay(f"Insert lesion: OK ({out.GetName()}, {label.GetName()})")
 
     def _checkGrid(self, reference, node, scale, axis="in-plane"):
         import numpy as np

@@ -32,8 +32,12 @@ def parse(argv):
 
 
 def task_argv_head(task: str) -> list:
-    """The positional words of a task's command (synthesis has no input)."""
-    return [task, "out_synthetic.nrrd"] if task == "synthesize" else [task, "in.nrrd", "out.nrrd"]
+    """The positional words of a task's command (synthesis has no input; a lesion has a mask)."""
+    if task == "synthesize":
+        return [task, "out_synthetic.nrrd"]
+    if task == kinds.LESION_TASK:
+        return [task, "in.nrrd", "mask.nrrd", "out_synthetic.nrrd"]
+    return [task, "in.nrrd", "out_synthetic.nrrd" if task in kinds.SYNTHETIC_TASKS else "out.nrrd"]
 
 
 def outside(name: str) -> list:
@@ -141,10 +145,38 @@ def test_build_command_parses_back_to_the_same_values(task):
                   tile_size=100, overlap=0.3333333333333333, tile_batch=7, n_samples=3, seed=123456789, dose=0.123)
     for values in ({}, lows, highs, custom):
         request = TaskRequest(task, **values)
-        args = parse(build_command(request, "in.nrrd", "out_synthetic.nrrd", "python")[3:])
+        mask = {"mask_path": "mask.nrrd"} if task == kinds.LESION_TASK else {}
+        args = parse(build_command(request, "in.nrrd", "out_synthetic.nrrd", "python", **mask)[3:])
         assert args.command == task and args.progress == "lines"
         for o in task_options(task):
             assert getattr(args, o.name) == getattr(request, o.name), (task, o.name, values)
+        if task == kinds.LABEL_SYNTH_TASK:  # the command's own --samples takes the panel's number of samples
+            assert args.samples == request.n_samples
+
+
+def test_lesion_options_are_the_cli_and_the_library():
+    """insert-lesion's --kind/--hu/--texture/--seed/--edge-mm come from the schema and take what insert_lesion does."""
+    from QHQGANLib.core.options import LESION_KINDS, LESION_TEXTURES
+    from QHQGANLib.tasks.lesion import KINDS, TEXTURES
+
+    assert LESION_KINDS == tuple(KINDS) and LESION_TEXTURES == tuple(TEXTURES)
+    args = parse(task_argv_head(kinds.LESION_TASK) + ["--kind", "cyst", "--hu", "-20", "--texture", "noise",
+                                                      "--seed", "3", "--edge-mm", "0"])
+    assert (args.lesion_kind, args.lesion_hu, args.texture, args.seed, args.edge_mm) == ("cyst", -20.0, "noise", 3, 0.0)
+    for bad in (["--hu", "5000"], ["--kind", "tumour"], ["--edge-mm", "-1"], ["--seed", "-1"]):
+        with pytest.raises(SystemExit):
+            parse(task_argv_head(kinds.LESION_TASK) + bad)
+    with pytest.raises(ValueError, match="needs a mask"):
+        build_command(TaskRequest(kinds.LESION_TASK), "in.nrrd", "out_synthetic.nrrd", "python")
+    with pytest.raises(ValueError, match="takes no mask"):
+        build_command(TaskRequest("enhance"), "in.nrrd", "out.nrrd", "python", mask_path="mask.nrrd")
+    from QHQGANLib.core.options import option_from_text
+
+    assert option_from_text("lesion_hu", " ") is None and option_from_text("lesion_hu", "-20") == -20.0
+    with pytest.raises(ValueError, match="lesion_hu must be a number"):
+        option_from_text("lesion_hu", "dark")
+    with pytest.raises(ValueError, match=re.escape("lesion_hu must be in [-1024, 3071]")):
+        option_from_text("lesion_hu", "5000")
 
 
 def test_task_argv_leaves_out_the_default_model():
@@ -222,10 +254,12 @@ def test_slicer_choices_match_the_schema():
     tree = _module_tree()
     values = {}
     for node in tree.body:
-        if isinstance(node, ast.ClassDef) and node.name in ("Task", "ComputeDevice"):
+        if isinstance(node, ast.ClassDef) and node.name in ("Task", "ComputeDevice", "LesionKind", "LesionTexture"):
             values[node.name] = tuple(ast.literal_eval(s.value) for s in node.body if isinstance(s, ast.Assign))
     assert values["Task"] == kinds.TASKS
     assert values["ComputeDevice"] == OPTIONS["device"].choices
+    assert values["LesionKind"] == OPTIONS["lesion_kind"].choices
+    assert values["LesionTexture"] == OPTIONS["texture"].choices
 
 
 # ---------------------------------------------------------------------------
@@ -237,8 +271,13 @@ def test_kinds_agree_with_the_library():
 
     assert kinds.SYNTH_METHODS == METHODS and kinds.ENHANCE_ARCHS == ARCHS
     assert set(kinds.KINDS["synthesize"].architectures) == set(ARCH_OF_METHOD.values())
-    assert kinds.INPUT_TASKS == ("enhance", "super-resolve", "simulate-low-dose")
-    assert kinds.MODEL_TASKS == ("enhance", "super-resolve", "synthesize")
+    assert kinds.INPUT_TASKS == ("enhance", "super-resolve", "simulate-low-dose", "insert-lesion",
+                                 "synthesize-from-labels")
+    assert kinds.MODEL_TASKS == ("enhance", "super-resolve", "synthesize", "synthesize-from-labels")
+    from QHQGANLib.nn.label_synthesis import ARCH_OF_METHOD as LABEL_ARCHS, METHODS as LABEL_METHODS
+
+    assert kinds.LABEL_SYNTH_METHODS == LABEL_METHODS
+    assert set(kinds.KINDS[kinds.LABEL_SYNTH_TASK].architectures) == set(LABEL_ARCHS.values())
     assert kinds.default_model("simulate-low-dose") is None and kinds.default_model("super-resolve", 3) == "hqgan-sr3"
     with pytest.raises(ValueError, match="unknown task 'denoise'"):
         kinds.default_model("denoise")
@@ -247,6 +286,9 @@ def test_kinds_agree_with_the_library():
 def test_default_and_preferred_models_ship_for_their_task():
     folder = REPO / "Resources" / "Models"
     for task in kinds.MODEL_TASKS:
+        if task == kinds.LABEL_SYNTH_TASK and not (folder / f"{kinds.default_model(task)}.json").is_file():
+            assert kinds.models_for_task(task) == []  # none ships yet: the panel says so (apps.request.NO_LABEL_MODEL)
+            continue
         names = (kinds.default_model(task),) + kinds.preferred_models(task)
         assert names[0] == names[1], f"{task}: the default model is the preferred one"
         for name in names:

@@ -46,8 +46,9 @@ def test_each_task_gets_its_files_and_requirements_txt_covers_them():
         assert requirement_files(task, RESOURCES, quantum_backend="pennylane:lightning.qubit") == [
             RESOURCES / BASE_REQUIREMENTS, RESOURCES / MODEL_REQUIREMENTS, RESOURCES / PENNYLANE_REQUIREMENTS]
         assert task_needs_torch(task)
-    assert not task_needs_torch("simulate-low-dose")
-    assert set(TASKS) == set(MODEL_TASKS) | {"simulate-low-dose"}
+    assert not task_needs_torch("simulate-low-dose") and not task_needs_torch("insert-lesion")
+    assert requirement_files("insert-lesion", RESOURCES) == [RESOURCES / BASE_REQUIREMENTS]
+    assert set(TASKS) == set(MODEL_TASKS) | {"simulate-low-dose", "insert-lesion"}
     union = set().union(*(names(RESOURCES / f) for f in (BASE_REQUIREMENTS, MODEL_REQUIREMENTS, PENNYLANE_REQUIREMENTS)))
     assert union - {"numpy"} <= names(RESOURCES / "requirements.txt")
     assert not names(RESOURCES / BASE_REQUIREMENTS) & names(RESOURCES / MODEL_REQUIREMENTS)
@@ -106,6 +107,31 @@ def test_simulate_low_dose_runs_without_torch_or_astra(ct_small_path, tmp_path):
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO)
     assert run.returncode == 0, run.stderr[-2000:]
     assert out.is_file() and "inserted noise" in run.stdout
+
+
+def test_insert_lesion_runs_without_torch_or_astra(tmp_path):
+    """The CLI child of "Insert lesion" (issue #30) needs only Slicer's own packages, like "Simulate low dose"."""
+    import numpy as np
+
+    from QHQGANLib import Volume, read_volume, write_volume
+
+    _, y, x = np.mgrid[0:2, 0:48, 0:48]
+    body = ((y - 23.5) ** 2 + (x - 23.5) ** 2) < 20 ** 2
+    ct = Volume(np.where(body, 40.0, -1000.0).astype(np.float32), (0.8, 0.8, 2.5))
+    mask = ct.with_array((((y - 23.5) ** 2 + (x - 23.5) ** 2) < 5 ** 2).astype(np.float32))
+    write_volume(ct, tmp_path / "ct.nrrd")
+    write_volume(mask, tmp_path / "mask.nrrd")
+    out = tmp_path / "ct_lesion_synthetic.nrrd"
+    code = ("import sys, runpy\n"
+            "for m in ('torch', 'torchmetrics', 'pennylane', 'safetensors', 'astra'): sys.modules[m] = None\n"
+            f"sys.argv = ['qhqgan', 'insert-lesion', {str(tmp_path / 'ct.nrrd')!r}, {str(tmp_path / 'mask.nrrd')!r}, "
+            f"{str(out)!r}, '--kind', 'cyst', '--texture', 'smooth', '--progress', 'lines']\n"
+            "runpy.run_module('QHQGANLib', run_name='__main__')\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "QHQGAN-PROGRESS 1" in run.stdout and "SYNTHETIC" in run.stdout
+    image = read_volume(out, force=True)
+    assert image.metadata.get("synthetic") is True and abs(float(image.array[0, 24, 24]) - 10.0) < 1e-3
 
 
 # ---------------------------------------------------------------------------

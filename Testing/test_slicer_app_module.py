@@ -141,7 +141,8 @@ class Wrapper58:
     def __init__(self, module, scene):
         self.parameterNode = scene.AddNewNodeByClass("vtkMRMLScriptedModuleNode")
         self.task, self.quantumBackend = module.Task.ENHANCE, module.QuantumBackend.BUILTIN
-        self.inputVolume = self.outputVolume = None
+        self.inputVolume = self.outputVolume = self.segmentation = None
+        self.lesionKind, self.lesionTexture, self.lesionHu = module.LesionKind.HYPODENSE, module.LesionTexture.MATCHED, ""
         self.connections, self._next, self.observers = {}, 0, {}
 
     def connectGui(self, gui):  # 5.8: connects, returns nothing
@@ -169,8 +170,9 @@ def fake_ui():
     ui = types.SimpleNamespace()
     for name in ("applyButton", "compareButton", "progressBar", "statusLabel", "modelCollapsibleButton",
                  "customWeightsPathLineEdit", "pennylaneDeviceLineEdit", "tileSizeSpinBox", "overlapSpinBox",
-                 "tileBatchSpinBox", "samplesSpinBox", "doseSpinBox", "strengthSpinBox"):
+                 "tileBatchSpinBox", "samplesSpinBox", "doseSpinBox", "strengthSpinBox", "lesionCollapsibleButton"):
         setattr(ui, name, FakeWidget())
+    ui.segmentComboBox = FakeCombo()
     ui.taskComboBox = FakeCombo("task")
     ui.inputSelector = FakeWidget("inputVolume")
     ui.modelComboBox = FakeCombo()

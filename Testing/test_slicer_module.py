@@ -177,7 +177,10 @@ def test_parameter_names_match_the_parameter_node():
     # the widget types suit the field types (what Slicer's GUI connectors accept)
     expected = {"vtkMRMLScalarVolumeNode": "qMRMLNodeComboBox", "pathlib.Path": "ctkPathLineEdit",
                 "str": "QLineEdit", "int": "QSpinBox", "float": "QDoubleSpinBox",
-                "Task": "QComboBox", "QuantumBackend": "QComboBox", "ComputeDevice": "QComboBox"}
+                "Task": "QComboBox", "QuantumBackend": "QComboBox", "ComputeDevice": "QComboBox",
+                "LesionKind": "QComboBox", "LesionTexture": "QComboBox",
+                # a union of node classes (and None): Slicer's connector sets the combo box's nodeTypes from it
+                "Union[vtkMRMLSegmentationNode, vtkMRMLLabelMapVolumeNode, None]": "qMRMLNodeComboBox"}
     for name, annotation in fields.items():
         base = re.sub(r"^Annotated\[(\w+),.*\]$", r"\1", annotation)
         assert bound[name][0] == expected[base], f"{name}: {annotation} bound to a {bound[name][0]}"
@@ -366,7 +369,7 @@ def render_panel(path: Path, width: int = 380) -> Path:
     panel.findChild(QtWidgets.QLineEdit, "customWeightsPathLineEdit").setEnabled(False)
     panel.findChild(QtWidgets.QLineEdit, "pennylaneDeviceLineEdit").setText("lightning.qubit")
     panel.findChild(QtWidgets.QLineEdit, "pennylaneDeviceLineEdit").setEnabled(False)
-    for name in ("samplesSpinBox", "doseSpinBox"):
+    for name in ("samplesSpinBox", "doseSpinBox", "segmentComboBox", "lesionCollapsibleButton"):  # not Enhance's
         panel.findChild(QtWidgets.QWidget, name).setEnabled(False)
     panel.findChild(QtWidgets.QPushButton, "applyButton").setEnabled(True)
     panel.findChild(QtWidgets.QPushButton, "applyButton").setText("Cancel")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..core.options import add_option_argument
 from ..core.outputs import check_not_input, check_output_path, claim_output, require_synthetic_name
-from .commands import VOLUME_SUFFIXES, _check_input, _say
+from .commands import VOLUME_SUFFIXES, _check_input, _progress, _say
 from .output_types import write_result
 
 #: What ``--label-out`` defaults to: OUT's name with this before the suffix.
@@ -28,7 +28,7 @@ LABEL_SUFFIX = "_label"
 
 def add_lesion_command(sub, common: argparse.ArgumentParser) -> None:
     """Register ``insert-lesion`` (called by :func:`QHQGANLib.apps.cli.build_parser`)."""
-    from ..tasks.lesion import KINDS, MAX_DIAMETER_MM, TEXTURES
+    from ..tasks.lesion import MAX_DIAMETER_MM
 
     p = sub.add_parser("insert-lesion", parents=[common],
                        help="render a synthetic lesion into a real CT inside a painted mask (the result is "
@@ -37,15 +37,9 @@ def add_lesion_command(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("mask", help="where the lesion goes: a label map on the CT's grid (non-zero voxels), inside "
                                 f"the body, at most {MAX_DIAMETER_MM:.0f} mm across")
     p.add_argument("output", help="OUT_synthetic.nrrd (the name must say 'synthetic')")
-    p.add_argument("--kind", default="hypodense", choices=tuple(KINDS),
-                   help="hypodense / hyperdense: 40 HU below / above the surrounding tissue's median; cyst: 10 HU; "
-                        "calcification: 400 HU (default hypodense)")
-    p.add_argument("--hu", type=float, help="the lesion's mean HU (overrides the kind's)")
-    p.add_argument("--texture", default="matched", choices=TEXTURES,
-                   help="matched: the scan's own noise kept (default); smooth: no noise; noise: noise drawn with "
-                        "the scan's spectrum and level (uses --seed)")
-    p.add_argument("--seed", type=int, default=0, help="seed of --texture noise (default 0)")
-    p.add_argument("--edge-mm", type=float, default=1.5, help="width of the soft edge inside the mask (default 1.5 mm)")
+    # --kind, --hu, --texture, --seed, --edge-mm, --output-type: the option schema the panel shares (core.options)
+    for name in ("lesion_kind", "lesion_hu", "texture", "seed", "edge_mm"):
+        add_option_argument(p, name)
     p.add_argument("--label-out", help=f"the lesion's label map (default: OUT with {LABEL_SUFFIX} before the suffix)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--force", action="store_true", help="accept a non-CT modality or non-HU values")
@@ -80,6 +74,7 @@ def _check_outputs(args: argparse.Namespace, label_out: Path) -> None:
 
 def cmd_insert_lesion(args: argparse.Namespace) -> int:
     from ..core.io import read_volume, write_volume
+    from ..core.progress import report
     from ..tasks.lesion import insert_lesion
 
     label_out = Path(args.label_out) if args.label_out else default_label_path(args.output)
@@ -87,12 +82,17 @@ def cmd_insert_lesion(args: argparse.Namespace) -> int:
     with contextlib.ExitStack() as claims:
         claims.enter_context(claim_output(args.output))
         claims.enter_context(claim_output(label_out))
+        progress = claims.enter_context(_progress(args, "inserting a lesion"))
+        report(progress, 0.0, "reading the scan and the mask")
         volume = read_volume(args.input, force=args.force, series_uid=args.series_uid)
         mask = read_volume(args.mask, force=True)  # a label map: its values are not HU
-        image, label = insert_lesion(volume, mask, kind=args.kind, hu=args.hu, texture=args.texture,
+        report(progress, 0.3, f"rendering a {args.lesion_kind} lesion")
+        image, label = insert_lesion(volume, mask, kind=args.lesion_kind, hu=args.lesion_hu, texture=args.texture,
                                      seed=args.seed, edge_mm=args.edge_mm)
+        report(progress, 0.8, "writing the result and its label map")
         pixel_type = write_result(args, image)
         write_volume(label, label_out, overwrite=args.overwrite, pixel_type="int16")
+        report(progress, 1.0, "done")
     _say(args, f"wrote {args.output}: a SYNTHETIC image, {pixel_type} ({image.metadata['history'][-1]})")
     _say(args, f"wrote {label_out}: the lesion's label map (1 = lesion), marked synthetic")
     return 0

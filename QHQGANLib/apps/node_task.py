@@ -26,6 +26,7 @@ import tempfile
 from pathlib import Path
 from typing import Optional, Union
 
+from ..core.kinds import SEGMENT_TASKS
 from ..core.naming import ATTRIBUTE_PREFIX, is_synthetic_node, output_file_name
 from ..core.progress import ProgressCallback
 from .request import TaskRequest, build_command, default_output_name, output_voxels
@@ -155,6 +156,9 @@ class NodeTask:
 
     def __init__(self, request: TaskRequest, input_node=None, scene=None, name: Optional[str] = None,
                  python: Optional[str] = None, output_node=None):
+        if request.task in SEGMENT_TASKS:
+            raise ValueError(f"{request.task} reads a segment: run it with apps.segment_task.SegmentNodeTask "
+                             "(apps.background.start_task)")
         refusal = output_refusal(output_node, input_node if request.needs_input else None, request.task)
         if refusal:
             raise OutputRefused(refusal)
@@ -261,7 +265,8 @@ def output_refusal(target_node, input_node=None, task: Optional[str] = None) -> 
     replaced only when it is a result QHQGAN derived from the same input: its ``QHQGAN.task``
     attribute is set, its ``QHQGAN.source_node`` is the input's node ID (and its recorded
     DICOM series, where there is one, the input's), and it is filed under no other patient or
-    study in the subject hierarchy. A synthetic result (no input) replaces only an earlier
+    study in the subject hierarchy. The tasks on segments (``insert-lesion``, ``synthesize-from-labels``)
+    replace no volume at all: they always make new ones. A synthetic result (no input) replaces only an earlier
     synthetic result; a result of real CT never a synthetic one. An empty volume (no voxels),
     filed under no other patient or study, counts as a new node.
     """
@@ -270,6 +275,9 @@ def output_refusal(target_node, input_node=None, task: Optional[str] = None) -> 
     if target_node is None:
         return None
     name = target_node.GetName()
+    if task in SEGMENT_TASKS:  # synthetic results of a real scan or a painted map: never into an existing volume
+        return (f"the {task} task always makes new synthetic volumes, outside any patient's study; it does not "
+                f"write into {name}: choose 'Create new volume'")
     if target_node.GetScene() is None:
         return f"the output volume {name} is no longer in the scene"
     if input_node is not None and (target_node is input_node or target_node.GetID() == input_node.GetID()):

@@ -20,9 +20,14 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
-from ..core.kinds import MODEL_TASKS, TASKS, default_model, models_for_task, task_kind
+from ..core.kinds import (LABEL_SYNTH_TASK, LESION_TASK, MODEL_TASKS, TASKS, default_model, models_for_task,
+                          task_kind)
 from ..core.naming import output_name, output_suffix, synthetic_attributes
 from ..core.options import check_task_values, option_default, task_argv, validate
+
+#: What the panel says when no label-synthesis model is installed (issue #30 item 4): Apply stays disabled.
+NO_LABEL_MODEL = ("no label-synthesis model is installed: train one with `qhqgan train-from-labels` or choose a "
+                  "weights file")
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -57,6 +62,10 @@ class TaskRequest:
     adapt_steps: int = option_default("adapt_steps")
     adapt_time_limit: float = option_default("adapt_time_limit")
     output_type: str = option_default("output_type")
+    lesion_kind: str = option_default("lesion_kind")
+    lesion_hu: Optional[float] = option_default("lesion_hu")
+    texture: str = option_default("texture")
+    edge_mm: float = option_default("edge_mm")
 
     def __post_init__(self) -> None:
         task_kind(self.task)  # ValueError for an unknown task
@@ -86,13 +95,21 @@ class TaskRequest:
     def attributes(self) -> Dict[str, Any]:
         """The options worth recording on the output node (``QHQGAN.<key>`` attributes)."""
         attributes: Dict[str, Any] = {"task": self.task}
+        if self.task == LESION_TASK:  # a real scan with a lesion its patient does not have: synthetic
+            attributes.update(lesion_kind=self.lesion_kind, texture=self.texture, edge_mm=self.edge_mm,
+                              **synthetic_attributes())
+            if self.lesion_hu is not None:
+                attributes["lesion_hu"] = self.lesion_hu
+            if self.texture == "noise":
+                attributes["seed"] = self.seed
+            return attributes
         if self.task == "simulate-low-dose":
             attributes.update(dose_fraction=self.dose, seed=self.seed)
             attributes.update({k: v for k, v in (("reference_noise_hu", self.reference_noise_hu),
                                                  ("photons", self.photons)) if v is not None})
             return attributes
         attributes.update(model=self.model_name(), quantum_backend=self.quantum_backend, device=self.device)
-        if self.task == "synthesize":
+        if self.task in ("synthesize", LABEL_SYNTH_TASK):
             attributes.update(n_samples=self.n_samples, seed=self.seed, **synthetic_attributes())
         else:
             attributes.update(tile_size=self.tile_size, overlap=self.overlap)
@@ -149,15 +166,32 @@ def _in_slicer_application() -> bool:
 
 
 def build_command(request: TaskRequest, input_path: Optional[PathLike], output_path: PathLike,
-                  python: Optional[str] = None) -> List[str]:
-    """The child's argv: ``[python, "-m", "QHQGANLib", TASK, [INPUT], OUTPUT, ...options, "--progress", "lines"]``."""
+                  python: Optional[str] = None, mask_path: Optional[PathLike] = None,
+                  label_path: Optional[PathLike] = None) -> List[str]:
+    """The child's argv: ``[python, "-m", "QHQGANLib", TASK, [INPUT], OUTPUT, ...options, "--progress", "lines"]``.
+
+    ``insert-lesion`` also takes the lesion's mask after the input (``mask_path``, required) and writes its
+    label map to ``label_path`` (``--label-out``; default: the command's own); ``synthesize-from-labels``
+    reads the label map as INPUT and writes ``n_samples`` files (``--samples``).
+    """
     argv = [python or python_executable(), "-m", "QHQGANLib", request.task]
     if request.needs_input:
         if input_path is None:
             raise ValueError(f"the {request.task} task needs an input volume")
         argv.append(str(input_path))
+    if request.task == LESION_TASK:
+        if mask_path is None:
+            raise ValueError("the insert-lesion task needs a mask (where the lesion goes)")
+        argv.append(str(mask_path))
+    elif mask_path is not None:
+        raise ValueError(f"the {request.task} task takes no mask")
     argv.append(str(output_path))
-    return argv + task_argv(request.task, request.options()) + ["--progress", "lines"]
+    argv += task_argv(request.task, request.options())
+    if request.task == LESION_TASK and label_path is not None:
+        argv += ["--label-out", str(label_path)]
+    if request.task == LABEL_SYNTH_TASK:
+        argv += ["--samples", str(request.n_samples)]
+    return argv + ["--progress", "lines"]
 
 
 def output_size(task: str, size_xyz, scale: int = 2, axis: str = "in-plane") -> tuple:
@@ -183,8 +217,8 @@ def default_output_name(request: TaskRequest, input_node=None) -> str:
     whatever the input (:func:`QHQGANLib.core.naming.output_name`)."""
     base = input_node.GetName() if input_node is not None else None
     return output_name(request.task, base, scale=request.scale, dose=request.dose,
-                       model=request.model_name() if request.task == "synthesize" else None, seed=request.seed,
-                       axis=request.axis)
+                       model=request.model_name() if request.task in ("synthesize", LABEL_SYNTH_TASK) else None,
+                       seed=request.seed, axis=request.axis, lesion=request.lesion_kind)
 
 
 def task_unavailable_reason(task: str) -> Optional[str]:
@@ -194,5 +228,7 @@ def task_unavailable_reason(task: str) -> Optional[str]:
     if task in MODEL_TASKS and not models_for_task(task):
         from ..core.resources import models_dir
 
+        if task == LABEL_SYNTH_TASK:  # none is shipped yet: the user trains one or gives a weights file
+            return NO_LABEL_MODEL
         return f"no trained model for '{task}' is installed (in {models_dir()})"
     return None

@@ -39,7 +39,6 @@ def volume_from_node(node) -> Volume:
     A parent transform is not applied: results go back under the same transform.
     """
     import slicer.util
-    import vtk
 
     if node is None or not node.IsA("vtkMRMLScalarVolumeNode"):
         raise TypeError(f"expected a scalar volume node, got {node.GetClassName() if node else None}")
@@ -49,17 +48,26 @@ def volume_from_node(node) -> Volume:
         raise ValueError(f"{node.GetName()} holds no image data")
     stored = slicer.util.arrayFromVolume(node)
     array = np.array(stored, dtype=np.float32, copy=True)
+    spacing, origin, direction = node_geometry(node)
+    metadata = {"source": f"MRML node {node.GetName()} ({node.GetID()})", "format": "mrml",
+                SOURCE_PIXEL_TYPE: stored.dtype.name}  # an integer node gives an int16 result (core.pixel_types)
+    if is_synthetic_node(node):
+        metadata["synthetic"] = True  # the mark travels into every result computed from it
+    return Volume(array, spacing, origin, direction, metadata)
+
+
+def node_geometry(node) -> Tuple[Tuple[float, ...], Tuple[float, ...], np.ndarray]:
+    """``(spacing, origin, direction)`` of a volume node's grid in LPS, as :class:`Volume` holds them (its own
+    frame: a parent transform is not applied). No voxel is read."""
+    import slicer.util
+    import vtk
+
     matrix = vtk.vtkMatrix4x4()
     node.GetIJKToRASMatrix(matrix)
     ijk_to_lps = LPS_TO_RAS @ slicer.util.arrayFromVTKMatrix(matrix)
     linear = ijk_to_lps[:3, :3]
     spacing = np.linalg.norm(linear, axis=0)
-    direction = linear / spacing
-    metadata = {"source": f"MRML node {node.GetName()} ({node.GetID()})", "format": "mrml",
-                SOURCE_PIXEL_TYPE: stored.dtype.name}  # an integer node gives an int16 result (core.pixel_types)
-    if is_synthetic_node(node):
-        metadata["synthetic"] = True  # the mark travels into every result computed from it
-    return Volume(array, tuple(spacing), tuple(ijk_to_lps[:3, 3]), direction, metadata)
+    return tuple(float(v) for v in spacing), tuple(float(v) for v in ijk_to_lps[:3, 3]), linear / spacing
 
 
 def node_from_volume(volume: Volume, scene, name: str, reference_node=None,
@@ -99,6 +107,43 @@ def node_from_volume(volume: Volume, scene, name: str, reference_node=None,
             node.SetAndObserveTransformNodeID(transform.GetID())
         _place_beside(node, reference_node)
     return node
+
+
+def labelmap_node_from_volume(volume: Volume, scene, name: str, attributes: Optional[Dict[str, Any]] = None):
+    """Add ``volume`` (whole label values) to ``scene`` as a new ``vtkMRMLLabelMapVolumeNode`` (int16), with the
+    QHQGAN attributes; a synthetic volume's label map is marked synthetic too. Placed nowhere in particular
+    (see :func:`place_at_top`)."""
+    import slicer.util
+
+    from ..core.slice_positions import require_regular_grid
+
+    require_regular_grid(volume, "a Slicer label map node")
+    node = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", scene.GenerateUniqueName(name))
+    node.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(volume.ijk_to_ras_matrix()))
+    slicer.util.updateVolumeFromArray(node, np.rint(volume.array).astype(np.int16))
+    node.CreateDefaultDisplayNodes()
+    attributes = dict(attributes or {})
+    if volume.metadata.get("synthetic"):
+        attributes.update(synthetic_attributes())
+    for key, value in attributes.items():
+        node.SetAttribute(ATTRIBUTE_PREFIX + key, str(value))
+    node.SetAttribute(ATTRIBUTE_PREFIX + "version", __version__)
+    return node
+
+
+def place_at_top(node) -> None:
+    """File ``node`` directly under the scene in the subject hierarchy: under no patient and no study (where
+    synthetic results go: none is any real patient's data)."""
+    import slicer
+
+    sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(node.GetScene())
+    if sh is None:
+        return
+    item = sh.GetItemByDataNode(node)
+    if not item:
+        sh.CreateItem(sh.GetSceneItemID(), node)
+    elif sh.GetItemParent(item) != sh.GetSceneItemID():
+        sh.SetItemParent(item, sh.GetSceneItemID())
 
 
 def _place_beside(node, reference_node) -> None:

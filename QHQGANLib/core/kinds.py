@@ -35,8 +35,10 @@ SYNTH_METHODS: Tuple[str, ...] = ("hqgan", "mlp-control", "no-circuit", "bottlen
 LABEL_SYNTH_METHODS: Tuple[str, ...] = ("hqgan", "mlp-control", "spade")
 LABEL_SYNTH_ARCHS: Tuple[str, ...] = ("hqgan-labels", "mlp-control-labels", "spade-labels")
 #: The task of those cards and its command; the model ``synthesize-from-labels`` uses when none is named (none is
-#: shipped yet: ``qhqgan train-from-labels`` makes one). Not in ``KINDS`` (the panel's tasks) until the panel has it.
+#: shipped yet: ``qhqgan train-from-labels`` makes one). The panel's "Synthesize from segmentation".
 LABEL_SYNTH_TASK = "synthesize-from-labels"
+#: ``qhqgan insert-lesion``: a synthetic lesion rendered into a real CT (issue #30); the panel's "Insert lesion".
+LESION_TASK = "insert-lesion"
 LABEL_SYNTH_DEFAULT_MODEL = "hqgan-labels"
 #: Names of earlier versions, still accepted by ``TrainConfig.arch`` / ``SynthConfig.method`` and
 #: stored in the retired ``ablation-synth`` card: "ablation" is the legacy bottleneck.
@@ -82,6 +84,10 @@ KINDS: Dict[str, TaskKind] = {k.name: k for k in (
              architectures=("hqgan-synth", "mlp-control-synth", "no-circuit-synth", "bottleneck-ablation-synth",
                             "wgan-gp", "dcgan", "ablation-synth"), methods=SYNTH_METHODS),
     TaskKind("simulate-low-dose", True),
+    # issue #30 item 4: the input is a CT and a segment, or a segmentation / label map of tissue classes
+    TaskKind(LESION_TASK, True),
+    TaskKind(LABEL_SYNTH_TASK, True, LABEL_SYNTH_DEFAULT_MODEL, (LABEL_SYNTH_DEFAULT_MODEL,),
+             architectures=LABEL_SYNTH_ARCHS, methods=LABEL_SYNTH_METHODS),
 )}
 
 #: Super-resolution axes (option ``axis``): in-plane pixels, or slices (through-plane, along z).
@@ -95,6 +101,11 @@ TASKS: Tuple[str, ...] = tuple(KINDS)
 INPUT_TASKS: Tuple[str, ...] = tuple(k.name for k in KINDS.values() if k.needs_input)
 #: Tasks that run a trained model.
 MODEL_TASKS: Tuple[str, ...] = tuple(k.name for k in KINDS.values() if k.uses_model)
+#: Tasks that read a segment or label map (the panel's segmentation selector: a segmentation node or a labelmap
+#: node) and always make NEW synthetic nodes, never written into an existing volume (apps.segment_task).
+SEGMENT_TASKS: Tuple[str, ...] = (LESION_TASK, LABEL_SYNTH_TASK)
+#: Tasks whose results are synthetic images (named and marked so: core.naming).
+SYNTHETIC_TASKS: Tuple[str, ...] = ("synthesize",) + SEGMENT_TASKS
 #: What ``train-enhance --task`` trains.
 TRAINABLE_IMAGE_TASKS: Tuple[str, ...] = ("enhance", "super-resolve")
 

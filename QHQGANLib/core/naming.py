@@ -5,16 +5,18 @@ The Slicer panel's background runner (:mod:`QHQGANLib.apps.request`,
 (:mod:`QHQGANLib.apps.scene`) both name their output nodes, files and attributes here,
 so a result is called the same whichever path made it:
 
-========================  ==========================================  ==================
-task                      node name                                   temporary file
-========================  ==========================================  ==================
-enhance                   ``<input>_enhanced``                        ``output.nrrd``
-super-resolve             ``<input>_SRx2``                            ``output.nrrd``
-super-resolve, axis z     ``<input>_SRz2`` (x3: ``_SRz3``, ...)       ``output.nrrd``
-simulate-low-dose         ``<input>_dose25pct``                       ``output.nrrd``
-degrade-resolution        ``<input>_lowres2x``                        --
-synthesize                ``SYNTHETIC_<model>_seed<seed>``            ``output_synthetic.nrrd``
-========================  ==========================================  ==================
+======================  ==========================================  =========================
+task                    node name                                   temporary file
+======================  ==========================================  =========================
+enhance                 ``<input>_enhanced``                        ``output.nrrd``
+super-resolve           ``<input>_SRx2``                            ``output.nrrd``
+super-resolve, axis z   ``<input>_SRz2`` (x3: ``_SRz3``, ...)       ``output.nrrd``
+simulate-low-dose       ``<input>_dose25pct``                       ``output.nrrd``
+degrade-resolution      ``<input>_lowres2x``                        --
+synthesize              ``SYNTHETIC_<model>_seed<seed>``            ``output_synthetic.nrrd``
+insert-lesion           ``SYNTHETIC_lesion_<kind>`` (+ ``_label``)  ``output_synthetic.nrrd``
+synthesize-from-labels  ``SYNTHETIC_<model>_seed<seed>_sample<i>``  ``output_synthetic.nrrd``
+======================  ==========================================  =========================
 
 A synthetic output never takes the name of a real input (it is not of that patient) and
 carries the node attribute ``QHQGAN.synthetic = "true"``
@@ -32,6 +34,8 @@ from __future__ import annotations
 
 import re
 from typing import Dict, Optional
+
+from .kinds import LESION_TASK, SYNTHETIC_TASKS
 
 #: Prefix of every node attribute QHQGAN writes (``QHQGAN.task``, ``QHQGAN.model``, ...).
 ATTRIBUTE_PREFIX = "QHQGAN."
@@ -55,7 +59,7 @@ def output_suffix(task: str, scale: int = 2, dose: float = 0.25, axis: str = "in
         return f"lowres{int(scale)}x"
     if task == "enhance":
         return "enhanced"
-    if task == "synthesize":
+    if task in SYNTHETIC_TASKS:
         return SYNTHETIC_WORD
     raise ValueError(f"unknown task {task!r}")
 
@@ -67,14 +71,19 @@ def model_label(model: str) -> str:
 
 
 def output_name(task: str, input_name: Optional[str] = None, scale: int = 2, dose: float = 0.25,
-                model: Optional[str] = None, seed: Optional[int] = None, axis: str = "in-plane") -> str:
+                model: Optional[str] = None, seed: Optional[int] = None, axis: str = "in-plane",
+                lesion: Optional[str] = None) -> str:
     """The name of a new output node.
 
     Synthesis ignores ``input_name``: synthetic slices are not of the input's patient, so
     their name is ``SYNTHETIC[_<model>][_seed<seed>]`` (first word in capitals: the mark is the
-    first thing a reader sees in Slicer's data tree; without a model ``SYNTHETIC_QHQGAN``).
+    first thing a reader sees in Slicer's data tree; without a model ``SYNTHETIC_QHQGAN``); so
+    does synthesis from labels. A lesion inserted into a scan is ``SYNTHETIC_lesion_<lesion>``
+    (the kind): the result is no real patient's image, so it takes no patient's name either.
     """
-    if task == "synthesize":
+    if task == LESION_TASK:
+        return f"{SYNTHETIC_WORD.upper()}_lesion_{model_label(lesion or 'inserted')}"
+    if task in SYNTHETIC_TASKS:
         name = SYNTHETIC_WORD.upper()
         if model:
             name += f"_{model_label(model)}"
@@ -88,7 +97,7 @@ def output_name(task: str, input_name: Optional[str] = None, scale: int = 2, dos
 
 def output_file_name(task: str, extension: str = ".nrrd") -> str:
     """The child's output file in the panel's temporary folder (synthetic files say so in their names)."""
-    return f"output_{SYNTHETIC_WORD}{extension}" if task == "synthesize" else f"output{extension}"
+    return f"output_{SYNTHETIC_WORD}{extension}" if task in SYNTHETIC_TASKS else f"output{extension}"
 
 
 def synthetic_attributes() -> Dict[str, str]:

@@ -24,9 +24,17 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
+from .constants import HU_MAX, HU_MIN
 from .devices import DEVICES
-from .kinds import SR_AXES
+from .kinds import LABEL_SYNTH_TASK, SR_AXES
 from .pixel_types import OUTPUT_TYPES
+
+#: ``insert-lesion --kind`` and ``--texture``: what :func:`QHQGANLib.tasks.lesion.insert_lesion` renders (its
+#: ``KINDS`` and ``TEXTURES``; core cannot import tasks, ``Testing/test_options.py`` checks they agree).
+LESION_KINDS: Tuple[str, ...] = ("hypodense", "hyperdense", "cyst", "calcification")
+LESION_TEXTURES: Tuple[str, ...] = ("matched", "smooth", "noise")
+#: The widest soft edge of an inserted lesion (mm): half the largest lesion accepted (80 mm across).
+MAX_EDGE_MM = 40.0
 
 
 def check_quantum_backend(value: str) -> None:
@@ -176,6 +184,17 @@ OPTIONS: Dict[str, Option] = {o.name: o for o in (
     Option("photons", float, None, check=lambda v: _check_between("photons", v, 1e3, 1e9),
            help="a fixed incident photon count per 1 mm detector element per view, in [1e3, 1e9]: no "
                 "calibration to the input's noise (1e6 was the fixed default before calibration)"),
+    # insert-lesion (issue #30): what tasks.lesion.insert_lesion renders; --kind, --hu, --texture, --edge-mm
+    Option("lesion_kind", str, "hypodense", choices=LESION_KINDS, cli="--kind",
+           help="hypodense / hyperdense: 40 HU below / above the surrounding tissue's median; cyst: 10 HU; "
+                "calcification: 400 HU"),
+    Option("lesion_hu", float, None, cli="--hu", check=lambda v: _check_between("lesion_hu", v, HU_MIN, HU_MAX),
+           help=f"the lesion's mean HU, in [{HU_MIN:g}, {HU_MAX:g}] (default: the kind's)"),
+    Option("texture", str, "matched", choices=LESION_TEXTURES,
+           help="matched: the scan's own noise kept; smooth: no noise; noise: noise drawn with the scan's "
+                "spectrum and level (uses --seed)"),
+    Option("edge_mm", float, 1.5, check=lambda v: _check_between("edge_mm", v, 0.0, MAX_EDGE_MM),
+           help=f"width of the soft edge inside the mask, in [0, {MAX_EDGE_MM:g}] mm"),
     Option("output_type", str, "auto", choices=OUTPUT_TYPES,
            help="pixel type of the output file: auto = int16 (whole HU, rounded) when the input stored integer "
                 "pixels (DICOM; integer NRRD/NIfTI/MHA) and every value fits, else float32 (as a float input); "
@@ -190,6 +209,9 @@ TASK_OPTIONS: Dict[str, Tuple[str, ...]] = {
                       "tile_batch", "output_type"),
     "synthesize": ("model", "device", "quantum_backend", "n_samples", "seed"),
     "simulate-low-dose": ("dose", "seed", "reference_noise_hu", "photons", "output_type"),
+    "insert-lesion": ("lesion_kind", "lesion_hu", "texture", "seed", "edge_mm", "output_type"),
+    # the number of samples is the command's own --samples (apps.request.build_command gives n_samples there)
+    LABEL_SYNTH_TASK: ("model", "device", "quantum_backend", "seed"),
 }
 
 
@@ -230,6 +252,21 @@ def option(name: str) -> Option:
 
 def option_default(name: str) -> Any:
     return option(name).default
+
+
+def option_from_text(name: str, text: str) -> Any:
+    """The value of option ``name`` typed as text in a field (the panel's "Mean HU"): None for an empty
+    text (the option's "decide for me"), else the number checked like :func:`validate`; a ValueError
+    naming the option otherwise."""
+    opt = option(name)
+    text = str(text or "").strip()
+    if not text:
+        return None if opt.default is None else opt.default
+    try:
+        value = opt.type(text)
+    except ValueError:
+        raise ValueError(f"{name} must be {'an integer' if opt.type is int else 'a number'}, got {text!r}") from None
+    return opt.validate(value)
 
 
 def option_range(name: str) -> Tuple[Any, Any]:
