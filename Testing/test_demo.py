@@ -132,3 +132,24 @@ def test_the_demo_takes_the_series_options(tmp_path, capsys):
         assert report["figure_slice"]["of"] == n_input and report["slices_processed"] == 2
     assert main(base + ["--input", str(tilted), "--output-dir", str(tmp_path / "tilt-refused")]) == 2
     assert "--regularize-tilt" in capsys.readouterr().err
+
+
+def test_a_used_output_folder_is_refused_before_any_work(tmp_path, monkeypatch, capsys):
+    """The demo's --output-dir is checked before the input is read or any dose simulated: a folder holding
+    anything, or a file, is refused at once and left as it was."""
+    import QHQGANLib.physics.lowdose as lowdose
+
+    def never(*args, **kwargs):
+        raise AssertionError("work started before the output folder was checked")
+
+    monkeypatch.setattr(lowdose, "simulate_low_dose", never)
+    used = tmp_path / "used"
+    used.mkdir()
+    (used / "keep.txt").write_text("mine")
+    assert main(["demo", "--output-dir", str(used), "--quiet"]) != 0
+    assert "not empty" in capsys.readouterr().err
+    assert [p.name for p in used.iterdir()] == ["keep.txt"]
+    a_file = tmp_path / "a_file"
+    a_file.write_text("mine")
+    assert main(["demo", "--output-dir", str(a_file), "--quiet"]) != 0
+    assert "not a folder" in capsys.readouterr().err and a_file.read_text() == "mine"

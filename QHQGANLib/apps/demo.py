@@ -169,6 +169,8 @@ def run_demo(input_path: Optional[str] = None, dose: float = 0.25, seed: int = 0
     from ..core.progress import tqdm_progress
     from ..physics.lowdose import simulate_low_dose
 
+    if output_dir:  # checked before any work (again when writing: it may have changed meanwhile)
+        _check_output_folder(Path(output_dir))
     label = INPUT_LABEL if input_path is not None else SAMPLE_LABEL  # never the path: patient information
     if input_path is None:
         from pydicom.data import get_testdata_file
@@ -249,6 +251,14 @@ def _metrics(normal: Volume, low: Volume, enhanced: Optional[Volume], notes: lis
     return metrics
 
 
+def _check_output_folder(folder: Path) -> None:
+    """The demo's folder: new, or an empty folder (never a file, never one holding anything)."""
+    if folder.exists() and not folder.is_dir():
+        raise FileExistsError(f"{folder} exists and is not a folder; choose another --output-dir")
+    if folder.exists() and any(folder.iterdir()):
+        raise FileExistsError(f"{folder} exists and is not empty; choose another --output-dir")
+
+
 def _write_outputs(output_dir, normal, low, enhanced, name, pct, panels, windows, footer, report) -> Path:
     """Everything into a private staging folder first, then moved into place at once; named after this
     process (core.outputs), so that a later run removes it when this one is killed."""
@@ -257,8 +267,7 @@ def _write_outputs(output_dir, normal, low, enhanced, name, pct, panels, windows
     from ..core.outputs import make_temp_folder, timestamped_folder
 
     folder = Path(output_dir) if output_dir else timestamped_folder("qhqgan-demo")
-    if folder.exists() and any(folder.iterdir()):
-        raise FileExistsError(f"{folder} exists and is not empty; choose another --output-dir")
+    _check_output_folder(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = make_temp_folder(folder.parent)
     try:
