@@ -38,7 +38,7 @@ from typing import Callable, Dict, List, Sequence
 from ..core.kinds import LABEL_SYNTH_DEFAULT_MODEL, LABEL_SYNTH_METHODS, LABEL_SYNTH_TASK
 from ..core.options import add_option_argument
 from ..core.outputs import check_not_input, check_output_path, claim_output, require_synthetic_name
-from .commands import VOLUME_SUFFIXES, _check_input, _check_model_files, _check_model_outputs, _progress, _say
+from .command_checks import (VOLUME_SUFFIXES, check_input as _check_input, check_model_files as _check_model_files, check_model_outputs as _check_model_outputs, progress_for as _progress, say as _say)
 from .series_input import read_series
 from .train_commands import _prepare_training_dir
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..core.options import add_option_argument
 from ..core.outputs import check_not_input, check_output_path, claim_output, require_synthetic_name
-from .commands import VOLUME_SUFFIXES, _check_input, _progress, _say
+from .command_checks import (VOLUME_SUFFIXES, check_input as _check_input, progress_for as _progress, say as _say)
 from .output_types import write_result
 
 #: What ``--label-out`` defaults to: OUT's name with this before the suffix.

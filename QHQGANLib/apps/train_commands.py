@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from ..training.provenance import speed, training_data
-from .commands import _check_input, _check_model_outputs, _progress, _say
+from .command_checks import (check_input as _check_input, check_model_outputs as _check_model_outputs, progress_for as _progress, say as _say)
 from .series_input import read_series
 
 
