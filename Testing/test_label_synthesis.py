@@ -481,3 +481,28 @@ def test_commands_check_first_and_read_series_options(labels, model_file, tmp_pa
                  "--model", str(model_file), "--series-uid", "1.2.3", "--resample-z", "3", "--force"]) == 2
     assert reads[-1]["series_uid"] == "1.2.3" and reads[-1]["resample_z"] == 3.0 and reads[-1]["force"] is True
     assert "recorded" in capsys.readouterr().err
+
+
+def test_image_and_label_pairs(labels, model_file, tmp_path):
+    """--write-labels (issue #30 item 4: pairs to train other models): the class map every sample was rendered
+    from, written beside them as int16 on the same grid, marked synthetic; the samples are unchanged by it."""
+    import SimpleITK as sitk
+
+    label_file = tmp_path / "labels.nrrd"
+    write_volume(labels, label_file, pixel_type="int16")
+    out = tmp_path / "pair_synthetic.nrrd"
+    assert main(["--quiet", "synthesize-from-labels", str(label_file), str(out), "--model", str(model_file),
+                 "--samples", "2", "--write-labels"]) == 0
+    pair_label = tmp_path / "pair_synthetic_label.nrrd"
+    back = read_volume(pair_label, force=True)
+    assert back.metadata.get("synthetic") is True and back.same_geometry(labels)
+    assert np.array_equal(back.array, labels.array)  # tissue classes already: recoded to themselves
+    assert sitk.ReadImage(str(pair_label)).GetPixelID() == sitk.sitkInt16
+    alone = tmp_path / "alone_synthetic.nrrd"
+    assert main(["--quiet", "synthesize-from-labels", str(label_file), str(alone), "--model", str(model_file),
+                 "--samples", "2"]) == 0
+    for i in range(2):
+        a = read_volume(tmp_path / f"pair_synthetic_sample{i}.nrrd", force=True)
+        b = read_volume(tmp_path / f"alone_synthetic_sample{i}.nrrd", force=True)
+        assert np.array_equal(a.array, b.array)
+    assert not (tmp_path / "alone_synthetic_label.nrrd").exists()

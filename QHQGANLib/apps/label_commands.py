@@ -87,6 +87,8 @@ def add_label_commands(sub, common: argparse.ArgumentParser, positive_int: Calla
     p.add_argument("--samples", type=positive_int, default=1, help="samples of the map, one file each (default 1)")
     add_option_argument(p, "seed")
     p.add_argument("--map", action="append", type=parse_mapping, metavar="VALUE=CLASS", help=map_help)
+    p.add_argument("--write-labels", action="store_true", help="also write the class map the samples were "
+                   "rendered from as OUT_label (int16, marked synthetic): image + label pairs for training")
     p.add_argument("--batch-size", type=positive_int, default=16, help="slices per forward pass (default 16)")
     p.add_argument("--force", action="store_true",
                    help="render a map whose pixel size at the model size is more than 2x from the model's")
@@ -145,6 +147,14 @@ def sample_paths(output, n: int) -> List[Path]:
     return [out.with_name(f"{stem}_sample{i}{name[len(name) - len(suffix):]}") for i in range(n)]
 
 
+def label_path(output) -> Path:
+    """Where ``--write-labels`` puts the class map of every sample: ``a/b_synthetic.nrrd`` -> ``a/b_synthetic_label.nrrd``."""
+    out = Path(output)
+    name = out.name
+    suffix = max((s for s in VOLUME_SUFFIXES if name.lower().endswith(s)), key=len, default=out.suffix)
+    return out.with_name(f"{name[: len(name) - len(suffix)]}_label{name[len(name) - len(suffix):]}")
+
+
 def cmd_synthesize_from_labels(args: argparse.Namespace) -> int:
     from ..tasks.label_synthesis import check_seed, synthesize_from_labels
 
@@ -154,6 +164,8 @@ def cmd_synthesize_from_labels(args: argparse.Namespace) -> int:
     if args.model:
         _check_model_files(args.model)
     targets = [t.expanduser() for t in sample_paths(args.output, args.samples)]
+    if args.write_labels:  # the pair's label: the class map every sample was rendered from
+        targets.append(label_path(args.output).expanduser())
     for target in targets:
         if Path(args.labels).expanduser().exists():
             check_not_input(Path(args.labels).expanduser(), target)
@@ -168,13 +180,25 @@ def cmd_synthesize_from_labels(args: argparse.Namespace) -> int:
                                              mapping=_merge_maps(args.map) or None, force=args.force,
                                              progress=progress, batch_size=args.batch_size,
                                              quantum_backend=args.quantum_backend, device=args.device)
-        write_samples(samples, targets, overwrite=args.overwrite)
-    for volume, target in zip(samples, targets):
+        types = ["float32"] * len(samples)
+        if args.write_labels:
+            from ..physics.tissue_classes import class_codes
+
+            codes = class_codes(labels, _merge_maps(args.map) or None).astype("float32")
+            label = labels.with_array(codes, note="tissue classes 0-6 the synthetic samples were rendered from")
+            label.metadata["synthetic"] = True  # one half of a synthetic image + label pair
+            samples, types = list(samples) + [label], types + ["int16"]
+        write_samples(samples, targets, overwrite=args.overwrite, pixel_types=types)
+    images = len(targets) - (1 if args.write_labels else 0)
+    for volume, target in zip(samples[:images], targets):
         _say(args, f"wrote {target}: a SYNTHETIC image ({volume.metadata['history'][0]})")
+    if args.write_labels:
+        _say(args, f"wrote {targets[-1]}: the tissue classes 0-6 the samples were rendered from (int16)")
     return 0
 
 
-def write_samples(samples: Sequence, targets: Sequence[Path], overwrite: bool = False) -> None:
+def write_samples(samples: Sequence, targets: Sequence[Path], overwrite: bool = False,
+                  pixel_types: Sequence[str] = ()) -> None:
     """All samples or none. Each is written and checked (``write_volume``) into one temporary folder beside
     the targets (one folder: ``sample_paths``); only when every one is there are they moved into place. A
     failure removes what this run wrote and puts back what ``overwrite`` had replaced."""
@@ -188,7 +212,7 @@ def write_samples(samples: Sequence, targets: Sequence[Path], overwrite: bool = 
     try:
         for i, (volume, target) in enumerate(zip(samples, targets)):
             try:
-                write_volume(volume, tmp / target.name)
+                write_volume(volume, tmp / target.name, pixel_type=(list(pixel_types) or ["float32"] * len(targets))[i])
             except OSError as exc:
                 raise_if_disk_full(target, exc, f"No sample was written (sample {i} of {len(targets)} failed).")
                 raise
