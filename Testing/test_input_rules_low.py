@@ -240,6 +240,7 @@ def test_the_voxel_limit_is_kept_and_dicom_reads_are_limited_too(tmp_path, ct_sm
 def test_available_memory_falls_back_where_the_system_does_not_say(monkeypatch, tmp_path):
     from QHQGANLib.core import memory
 
+    monkeypatch.setattr(memory, "CGROUP_FILES", ())  # the machine's own container limit, if any, aside
     if Path("/proc/meminfo").exists():
         available, where = memory.available_memory()
         assert where == "MemAvailable" and available > 0
@@ -253,6 +254,24 @@ def test_available_memory_falls_back_where_the_system_does_not_say(monkeypatch, 
             pass
     monkeypatch.setattr(os, "sysconf", lambda name: (_ for _ in ()).throw(ValueError(name)), raising=False)
     assert memory.available_memory() == (memory.FALLBACK_AVAILABLE_BYTES, "the system does not say; a fixed limit")
+
+
+def test_a_containers_memory_limit_counts(monkeypatch, tmp_path):
+    """In a container MemAvailable is the host's: the room left under the cgroup limit is what counts."""
+    from QHQGANLib.core import memory
+
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal: 67108864 kB\nMemAvailable: 33554432 kB\n")  # 32 GiB free on the host
+    limit, used = tmp_path / "memory.max", tmp_path / "memory.current"
+    limit.write_text(f"{2 * 2**30}\n")
+    used.write_text(f"{2**29}\n")
+    monkeypatch.setattr(memory, "MEMINFO", meminfo)
+    monkeypatch.setattr(memory, "CGROUP_FILES", ((limit, used),))
+    assert memory.available_memory() == (int(1.5 * 2**30), "the container's memory limit")
+    assert "1.5 GiB is available (the container's memory limit)" in memory.memory_shortfall(
+        2**28, 4, (2**14, 2**14, 1), "big.nrrd")
+    limit.write_text("max\n")  # no limit: the system's figure
+    assert memory.available_memory() == (32 * 2**30, "MemAvailable")
 
 
 # ---------------------------------------------------------------------------

@@ -5,7 +5,8 @@ and can then need over 10 GB (the voxels as stored, plus the float32 copy every 
 readers call ``file_checks.check_memory`` (:func:`memory_shortfall`) with the header's size and pixel
 type before ITK or pydicom allocate anything.
 
-The memory available is read from ``/proc/meminfo`` (``MemAvailable``: free memory plus what the
+In a container with a memory limit (cgroup v2 ``memory.max``, or v1) the room left under that limit
+counts when it is smaller. Otherwise the memory available is read from ``/proc/meminfo`` (``MemAvailable``: free memory plus what the
 system can reclaim at once), from psutil where it is already installed (macOS, Windows), from
 ``os.sysconf`` (free physical pages) otherwise, and when the system says nothing it is taken as
 ``FALLBACK_AVAILABLE_BYTES``.
@@ -24,14 +25,39 @@ from typing import Tuple
 
 #: Where Linux says how much memory is available.
 MEMINFO = Path("/proc/meminfo")
+#: A container's memory limit and use (cgroup v2, then v1): MemAvailable is the host's, not the container's.
+CGROUP_FILES = ((Path("/sys/fs/cgroup/memory.max"), Path("/sys/fs/cgroup/memory.current")),
+                (Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"), Path("/sys/fs/cgroup/memory/memory.usage_in_bytes")))
 #: The memory taken as available where the system does not say (no /proc/meminfo, no psutil, no sysconf).
 FALLBACK_AVAILABLE_BYTES = 8 * 2**30
 #: Bytes per voxel of the float32 array every reader returns.
 FLOAT32_BYTES = 4
 
 
+def _cgroup_room():
+    """Bytes left under this process's cgroup memory limit, or None without one (unlimited, or not Linux)."""
+    for limit_file, used_file in CGROUP_FILES:
+        try:
+            limit = limit_file.read_text().strip()
+            if limit == "max" or int(limit) >= 2**60:  # v2 "max", v1's huge number: no limit
+                return None
+            return max(0, int(limit) - int(used_file.read_text().strip()))
+        except (OSError, ValueError):
+            continue
+    return None
+
+
 def available_memory() -> Tuple[int, str]:
-    """``(bytes, where from)``: the memory this process can allocate now without swapping."""
+    """``(bytes, where from)``: the memory this process can allocate now without swapping (the smaller of
+    the system's and, in a container with a memory limit, what is left under that limit)."""
+    found = _system_available()
+    room = _cgroup_room()
+    if room is not None and room < found[0]:
+        return room, "the container's memory limit"
+    return found
+
+
+def _system_available() -> Tuple[int, str]:
     try:
         for line in MEMINFO.read_text().splitlines():
             if line.startswith("MemAvailable:"):
