@@ -300,3 +300,17 @@ def test_an_input_far_from_the_training_pixel_sizes_is_warned_before_the_work(tm
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if "pixel size 0.48 mm" in line]
     assert len(lines) == 1  # said once, not repeated after the work
+
+
+def test_an_input_far_from_the_training_noise_is_warned_before_the_work():
+    """Issue #31: the card's input_noise_hu (the training inputs' noise: each training scan's own noise at
+    5-50 % dose, 6-260 HU for the retrained models) against the input's: the CQ500 head slice (3.3 HU, far
+    below) is warned about, the noisy dcmqi abdomen slice (32 HU) is not."""
+    from conftest import shared_path
+    from QHQGANLib.tasks.enhance import enhancement_notes
+
+    head = read_volume(shared_path("head-ct-slice/693_UNCR.dcm"))
+    abdomen = read_volume(shared_path("abdomen-ct-dcmqi/01.dcm"))
+    notes = enhancement_notes(head, "hqgan-film-enhance")
+    assert any("below the least noisy training input (6-260 HU)" in n for n in notes)
+    assert not any("noise" in n for n in enhancement_notes(abdomen, "hqgan-film-enhance"))

@@ -154,14 +154,14 @@ def _run_model_command(args: argparse.Namespace, task: str) -> int:
 
 
 def _before_enhancement(args: argparse.Namespace, volume, model) -> set:
-    """Before the work (issue #31): the pixel-size warning of the model's card, said once."""
+    """Before the work (issue #31): the pixel-size and noise warnings of the model's card, said once."""
     from ..core.file_checks import printable
-    from ..tasks.enhance import enhancement_spacing_note
+    from ..tasks.enhance import enhancement_notes
 
-    note = enhancement_spacing_note(volume, model)
-    if note:
+    notes = enhancement_notes(volume, model)
+    for note in notes:
         print(f"qhqgan: warning: {printable(note)}", file=sys.stderr)
-    return {note} if note else set()
+    return set(notes)
 
 
 def _before_super_resolution(args: argparse.Namespace, volume, model) -> set:

@@ -33,7 +33,7 @@ Console usage::
 from __future__ import annotations
 
 import warnings
-from typing import Callable, Optional, Tuple, Union
+from typing import Callable, List, Optional, Tuple, Union
 
 import numpy as np
 
@@ -91,9 +91,9 @@ def enhance(volume: Volume, model: Union[str, object] = default_model("enhance")
     net_name = model if isinstance(model, str) else type(model).__name__
     if strength == 0.0 and target_noise_hu is None:  # the input unchanged: no model run needed
         return volume.with_array(volume.array.copy(), note=f"enhancement strength 0 ({net_name} not applied)")
-    spacing_note = enhancement_spacing_note(volume, model)  # said before the work (the CLI prints it first)
-    if spacing_note:
-        warnings.warn(spacing_note, UserWarning, stacklevel=2)
+    before = enhancement_notes(volume, model)  # said before the work (the CLI prints them first)
+    for note in before:
+        warnings.warn(note, UserWarning, stacklevel=2)
     adaptation, run_progress = None, progress
     if adapt_steps:
         from .adapt import adapt_model
@@ -110,7 +110,7 @@ def enhance(volume: Volume, model: Union[str, object] = default_model("enhance")
     info = {"strength": strength, "target_noise_hu": target_noise_hu}
     if adaptation is not None:
         info["adaptation"] = adaptation
-    notes = [spacing_note] if spacing_note else []
+    notes = list(before)
     if target_noise_hu is not None:
         info.update(strength_for_noise(volume, array, float(target_noise_hu)))
         strength = info["strength"]
@@ -246,13 +246,28 @@ def _input_spacing_range(model, scale: int) -> Tuple[float, float]:
     return TRAINING_PIXEL_MM[0] * scale, TRAINING_PIXEL_MM[1] * scale
 
 
-def enhancement_spacing_note(volume: Volume, model) -> Optional[str]:
-    """Before an enhancement (issue #31): a sentence when the input's in-plane pixel size lies far outside
-    the pixel sizes of the model's training scans (its card's ``input_spacing_mm``), else None."""
-    given = _model_card(model).get("input_spacing_mm")
-    if not (given and len(given) == 2):
-        return None  # a model whose card does not say: nothing to compare with
-    return spacing_warning(volume, (float(given[0]), float(given[1])), task="enhancement")
+def enhancement_notes(volume: Volume, model) -> List[str]:
+    """Before an enhancement (issue #31): a sentence each when the input's in-plane pixel size, or its noise
+    in uniform soft tissue, lies far (beyond :data:`SPACING_TOLERANCE_FACTOR`) outside what the model was
+    trained on (its card's ``input_spacing_mm`` and ``input_noise_hu``); nothing for a card that does not say."""
+    card, notes = _model_card(model), []
+    given = card.get("input_spacing_mm")
+    if given and len(given) == 2:
+        note = spacing_warning(volume, (float(given[0]), float(given[1])), task="enhancement")
+        notes += [note] if note else []
+    noise = card.get("input_noise_hu")
+    if noise and len(noise) == 2:
+        from ..physics.calibration import estimate_noise
+
+        measured = estimate_noise(volume).noise_hu
+        low, high = float(noise[0]) / SPACING_TOLERANCE_FACTOR, float(noise[1]) * SPACING_TOLERANCE_FACTOR
+        if measured is not None and np.isfinite(measured) and not low <= measured <= high:
+            side = "below the least noisy" if measured < low else "above the noisiest"
+            notes.append(f"the input's noise in uniform soft tissue, {measured:.1f} HU, is {side} training input "
+                         f"({float(noise[0]):.0f}-{float(noise[1]):.0f} HU): "
+                         + ("the model may smooth away real detail; compare with the input or lower the strength"
+                            if measured < low else "noise may be left in; compare with the input"))
+    return notes
 
 
 def spacing_warning(volume: Volume, trained: Tuple[float, float], task: str = "super-resolution") -> Optional[str]:

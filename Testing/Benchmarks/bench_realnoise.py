@@ -309,8 +309,13 @@ def ship(out: Path, cards_only: bool = False) -> None:
     per, patients = _per_patient(rows, seed=0), list(dict.fromkeys(r["patient"] for r in rows))
     over_seeds = _per_patient(rows)
     tuning = _load_json(RUNS / "tuning.json")
-    pixels = [max(v.spacing[:2]) for v in load_split("train")]  # the pixel sizes the models saw (enhance warns)
+    train = load_split("train")
+    pixels = [max(v.spacing[:2]) for v in train]  # the pixel sizes the models saw (enhance warns outside them)
     input_spacing = [round(min(pixels), 4), round(max(pixels), 4)]
+    # the noise of the training inputs: each scan's own noise n0 at dose d gives n0 / sqrt(d) (d over the range)
+    from QHQGANLib.physics.calibration import estimate_noise
+
+    own = [estimate_noise(v).noise_hu for v in train]
     for method, name in RETRAINED.items():
         run = RUNS / method / "seed0"
         trained = json.loads((run / "model.json").read_text())
@@ -351,6 +356,8 @@ def ship(out: Path, cards_only: bool = False) -> None:
                                "(BENCHMARKS.md 'realnoise')",
             "dose_range": list(trained["training"]["dose_range"]),
             "input_spacing_mm": input_spacing,
+            "input_noise_hu": [round(min(own) / np.sqrt(max(trained["training"]["dose_range"])), 1),
+                               round(max(own) / np.sqrt(min(trained["training"]["dose_range"])), 1)],
             "recon_filters": list(trained["training"]["recon_filters"]),
             "training": {**trained["training"], "seconds_this_session": trained.get("seconds_this_session")},
             "validation": validation,
@@ -366,7 +373,7 @@ def ship(out: Path, cards_only: bool = False) -> None:
             if shipped.get("sha256") != _sha256(run / "model.safetensors", shipped):
                 raise SystemExit(f"{name}: the shipped weights are not {run}'s: ship them first")
             shipped.update(validation=card["validation"], limitations=card["limitations"],
-                           input_spacing_mm=card["input_spacing_mm"])
+                           input_spacing_mm=card["input_spacing_mm"], input_noise_hu=card["input_noise_hu"])
             tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
             tmp.write_text(json.dumps(shipped, indent=2) + "\n")
             os.replace(tmp, path)
