@@ -107,6 +107,14 @@ class Task(enum.Enum):
         return self in (Task.INSERT_LESION, Task.SYNTHESIZE_FROM_LABELS)
 
 
+#: Each task's one main setting, shown beside the task (Inputs) and only for its tasks: (widgets, tasks).
+#: The Model and Advanced sections start collapsed (QHQGAN.ui); Insert lesion's kind is in the Lesion section.
+MAIN_SETTINGS = ((("doseLabel", "doseSpinBox"), (Task.SIMULATE_LOW_DOSE,)),
+                 (("strengthLabel", "strengthSpinBox", "adaptCheckBox"), (Task.ENHANCE,)),
+                 (("samplesLabel", "samplesSpinBox"), (Task.SYNTHESIZE, Task.SYNTHESIZE_FROM_LABELS)),
+                 (("inputsLabel2", "superResolveModeComboBox", "fineTuneCheckBox"), (Task.SUPER_RESOLVE,)))
+
+
 class LesionKind(enum.Enum):
     HYPODENSE = "hypodense"
     HYPERDENSE = "hyperdense"
@@ -194,6 +202,8 @@ class QHQGANWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self._job = None
         self._lastOutput = None  # for Compare; never becomes the output volume of the next run
+        self._runningTask = ""  # the running task's label (said when the scene closes during the run)
+        self._stopNote = ""  # why the running task was stopped, when not by Cancel (the scene closed)
         self._fillingModels = False
         self._segmentIds = []  # the segment selector's segment IDs, in its order
         self._listedSegmentation = None  # the node whose segments are listed
@@ -249,6 +259,12 @@ class QHQGANWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag = None
 
     def onSceneStartClose(self, caller, event):
+        """The scene closes (a module cannot veto it): a running task is cancelled, nothing is written, and
+        the panel and Slicer's error log say so in one line."""
+        if self._job is not None:
+            from QHQGANLib.apps.model_info import scene_closed_message
+            self._stopNote = scene_closed_message(self._runningTask or _("the task"))
+            logging.error(f"QHQGAN: {self._stopNote}")
         self.onCancel()
         self._lastOutput = None
         self.setParameterNode(None)
@@ -396,8 +412,13 @@ class QHQGANWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.tileSizeSpinBox.setEnabled(task in (Task.ENHANCE, Task.SUPER_RESOLVE))
         self.ui.overlapSpinBox.setEnabled(task in (Task.ENHANCE, Task.SUPER_RESOLVE))
         self.ui.tileBatchSpinBox.setEnabled(task in (Task.ENHANCE, Task.SUPER_RESOLVE))
-        self.ui.samplesSpinBox.setEnabled(task in (Task.SYNTHESIZE, Task.SYNTHESIZE_FROM_LABELS))
         self.ui.lesionCollapsibleButton.setEnabled(task is Task.INSERT_LESION)
+        for names, tasks in MAIN_SETTINGS:  # the task's own setting only, where the clinician looks
+            for name in names:
+                widget = getattr(self.ui, name, None)
+                if widget is not None:
+                    widget.setVisible(task in tasks)
+        self.ui.samplesSpinBox.setEnabled(task in (Task.SYNTHESIZE, Task.SYNTHESIZE_FROM_LABELS))
         self.ui.doseSpinBox.setEnabled(task is Task.SIMULATE_LOW_DOSE)
         self.ui.strengthSpinBox.setEnabled(task is Task.ENHANCE)
         self.ui.adaptCheckBox.setEnabled(task is Task.ENHANCE)
@@ -463,7 +484,7 @@ class QHQGANWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._job is not None:
             self.onCancel()
             return
-        from QHQGANLib.apps.dependencies import MissingPackages
+        from QHQGANLib.apps.dependencies import MissingPackages, OutdatedTorch
         from QHQGANLib.apps.node_task import OutputRefused
         p = self._parameterNode
         task = p.task.value
@@ -486,7 +507,7 @@ class QHQGANWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             try:
                 installed = self.logic.installDependencies(askConfirmation=True, task=task,
                                                            quantumBackend=options["quantum_backend"])
-            except MissingPackages as error:  # offline: which package, and how to install it
+            except (MissingPackages, OutdatedTorch) as error:  # offline, torch too old: which, and how to fix it
                 problem = str(error)
             except Exception as error:  # e.g. the PyTorch extension is not installed
                 problem = _("QHQGAN could not start: {error}").format(error=error)
@@ -503,6 +524,7 @@ class QHQGANWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             except (OutputRefused, ValueError) as error:  # refused before anything runs: another patient's
                 self._refuse(_("Not started: {reason}.").format(reason=error))  # volume, an unnamed segment...
                 return
+            self._runningTask, self._stopNote = p.task.label(), ""
             self._updateGui()  # locks the input and output selectors
             self.ui.applyButton.text = _("Cancel")
             self.ui.applyButton.toolTip = _("Stop the running task; the scene is left unchanged")
@@ -517,7 +539,7 @@ class QHQGANWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         for fraction, message in job.poll():
             self.ui.progressBar.setValue(int(round(fraction * 100)))
-            self.ui.statusLabel.text = message
+            self.ui.statusLabel.text = self._stopNote or message
         if job.running:  # after Cancel too: the worker is being ended, the timer polls again
             return
         self._timer.stop()
@@ -527,7 +549,7 @@ class QHQGANWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             node = self.logic.finish(job)  # into the output chosen at Apply, never the selector's value now
         except Exception as exc:  # OperationCancelled, TaskFailed: one line for the user
             from QHQGANLib.apps.model_info import panel_wording
-            message = panel_wording(str(exc))  # the panel's controls, not command-line flags
+            message = self._stopNote or panel_wording(str(exc))  # the panel's controls, not command-line flags
             self.ui.statusLabel.text = message
             if job.task.cancelled:
                 logging.info("QHQGAN: cancelled")
@@ -547,7 +569,7 @@ class QHQGANWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onCancel(self):
         if self._job is not None:
             self._job.cancel()  # returns at once; the worker's whole process group is ended
-            self.ui.statusLabel.text = _("Cancelling…")
+            self.ui.statusLabel.text = self._stopNote or _("Cancelling…")
             self.onPoll()
 
     def _comparedOutput(self):
@@ -723,11 +745,13 @@ class QHQGANLogic(ScriptedLoadableModuleLogic):
         ``slicer.packaging.pip_ensure`` (it asks, and installs nothing in testing mode); 5.8 and
         5.10 through ``slicer.util.pip_install`` with a constraints file keeping Slicer's packages.
         """
-        from QHQGANLib.apps.dependencies import (MissingPackages, constraints_file, ensure_requirements,
-                                                 requirement_files, task_needs_torch)
+        from QHQGANLib.apps.dependencies import (TORCH_MINIMUM, MissingPackages, check_torch, constraints_file,
+                                                 ensure_requirements, requirement_files, task_needs_torch)
         if needTorch is None:
             needTorch = task_needs_torch(task)
-        if needTorch and not self.torchInstalled():
+        if needTorch and self.torchInstalled():
+            check_torch(task)  # an installed torch older than QHQGAN needs: OutdatedTorch says how to update it
+        elif needTorch:
             try:
                 import PyTorchUtils  # the PyTorch extension (EXTENSION_DEPENDS)
             except ImportError:
@@ -736,9 +760,10 @@ class QHQGANLogic(ScriptedLoadableModuleLogic):
             # torchVersionRequirement, ...) returns None when the user declines
             try:
                 installed = PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=askConfirmation,
-                                                                          torchVersionRequirement=">=2.2")
+                                                                          torchVersionRequirement=f">={TORCH_MINIMUM}")
             except Exception as error:  # offline: say so, with the way to install torch
-                raise MissingPackages(["torch>=2.2"], f"the PyTorch extension could not install it: {error}",
+                raise MissingPackages([f"torch>={TORCH_MINIMUM}"],
+                                      f"the PyTorch extension could not install it: {error}",
                                       task) from error
             if installed is None:
                 return False
@@ -765,10 +790,16 @@ class QHQGANLogic(ScriptedLoadableModuleLogic):
 
     def taskUnavailableReason(self, task):
         """None when ``task`` can run in this Slicer now, else why not (packages or model missing)."""
-        from QHQGANLib.apps.dependencies import missing_requirements, requirement_files, task_needs_torch
+        from QHQGANLib.apps.dependencies import (OutdatedTorch, check_torch, missing_requirements, requirement_files,
+                                                 task_needs_torch)
         from QHQGANLib.apps.request import task_unavailable_reason
         if task_needs_torch(task) and not self.torchInstalled():
             return "torch is not installed (PyTorch extension)"
+        try:
+            if task_needs_torch(task):
+                check_torch(task)
+        except OutdatedTorch as error:
+            return str(error)
         missing = missing_requirements(requirement_files(task, self._resourcesFolder()))
         if missing:
             return "missing Python packages: " + ", ".join(missing)

@@ -32,14 +32,15 @@ class QHQGANReader(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("Reader Study (blinded)")
-        self.parent.categories = ["Filtering"]
+        self.parent.categories = ["Utilities"]  # a reading tool, not an image filter
         self.parent.dependencies = []
         self.parent.contributors = ["QHQGAN developers"]
         self.parent.helpText = _("""
 Read a blinded study made with <code>qhqgan reader-study create</code>: choose the study folder,
 enter your reader ID and press Start. Each item (one image, or two side by side) is shown in the
 slice views with the study's window; answer the questions and press Save and next. Saved answers
-are locked: there is no going back. Pause stops the clock; Start with the same ID resumes.
+are locked: there is no going back. Pause (or leaving the module) stops the clock; Start with the same ID
+resumes.
 Research software: not for diagnosis.
 """)
         self.parent.acknowledgementText = _("QHQGAN reader study. Research use only.")
@@ -64,6 +65,11 @@ class QHQGANReaderWidget(ScriptedLoadableModuleWidget):
 
     def cleanup(self):
         self._closeLogic()
+
+    def exit(self):
+        """Leaving the module stops the clock of the shown item (as Pause does); Start resumes it."""
+        if self.logic is not None and self.logic.item is not None:
+            self.onPause()
 
     def _closeLogic(self):
         if self.logic is not None:

@@ -124,6 +124,64 @@ def test_logic_shows_pairs_side_by_side(scene, tmp_path):
 
 
 # ---------------------------------------------------------------------------
+# the module (issue #29 item 9): a fitting category, and the clock stops when the module is left
+# ---------------------------------------------------------------------------
+def _reader_module(monkeypatch):
+    """QHQGANReader.py executed with stand-ins for what only the Slicer application provides (Qt, CTK, the
+    scripted-module base classes)."""
+    import importlib.util
+    import types
+
+    pytest.importorskip("slicer", reason="slicer-core (3D Slicer's MRML as wheels) is a test dependency")
+
+    class _Base:
+        def __init__(self, parent=None):
+            self.parent = parent if parent is not None else types.SimpleNamespace()
+
+    slm = types.ModuleType("slicer.ScriptedLoadableModule")
+    slm.ScriptedLoadableModule = slm.ScriptedLoadableModuleWidget = slm.ScriptedLoadableModuleTest = _Base
+    for name, stub in (("qt", types.ModuleType("qt")), ("ctk", types.ModuleType("ctk")),
+                       ("slicer.ScriptedLoadableModule", slm)):
+        monkeypatch.setitem(sys.modules, name, stub)
+    spec = importlib.util.spec_from_file_location("QHQGANReader_under_test", MODULE)
+    loaded = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(loaded)
+    return loaded
+
+
+def test_reader_module_sits_under_a_reading_category_not_filtering(monkeypatch):
+    module = _reader_module(monkeypatch)
+    reader = module.QHQGANReader(None)
+    assert reader.parent.categories == ["Utilities"] and "Filtering" not in reader.parent.categories
+
+
+def test_leaving_the_reader_module_stops_the_clock(scene, tmp_path, monkeypatch):
+    """exit() (another module chosen) pauses the shown item as Pause does: its time stops counting, its images
+    leave the views; Start resumes the same item."""
+    import types
+
+    from QHQGANLib.apps.reading import ReadingLogic
+
+    module = _reader_module(monkeypatch)
+    study = _study(tmp_path, "single")
+    views = _views(scene, 1)
+    widget = module.QHQGANReaderWidget()
+    widget.ui = types.SimpleNamespace(**{name: types.SimpleNamespace(text="", enabled=True)
+                                         for name in ("itemLabel", "statusLabel", "questionsFrame", "nextButton",
+                                                      "pauseButton")})
+    widget.exit()  # nothing shown: nothing happens
+    widget.logic = ReadingLogic(scene, study, "r1")
+    shown = widget.logic.show(views)
+    assert widget.logic.session._started is not None  # the item's clock runs
+    widget.exit()
+    assert widget.logic.item is None and widget.logic.session._started is None  # stopped
+    assert _volume_nodes(scene) == [] and not widget.ui.nextButton.enabled
+    assert "paused" in widget.ui.itemLabel.text.lower()
+    assert widget.logic.show(views).id == shown.id  # Start resumes the same item
+    widget.cleanup()
+
+
+# ---------------------------------------------------------------------------
 # the panel
 # ---------------------------------------------------------------------------
 def test_reader_ui_loads_offscreen_with_every_widget_the_module_uses():

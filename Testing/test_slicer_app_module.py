@@ -555,3 +555,144 @@ def test_a_super_resolution_mode_without_a_shipped_model_is_not_run_with_another
     widget._updateGui()
     assert widget.ui.modelComboBox.items == [module.CUSTOM_WEIGHTS]
     assert not widget.ui.applyButton.enabled and "No shipped model" in widget.ui.applyButton.toolTip
+
+
+# ---------------------------------------------------------------------------
+# issue #29 item 9: the panel as a clinician sees it
+# ---------------------------------------------------------------------------
+class ShownWidget(FakeCheckBox):
+    """A widget that remembers whether the panel shows it."""
+
+    def __init__(self, parameter=None):
+        super().__init__(parameter)
+        self.visible = True
+
+    def setVisible(self, visible):
+        self.visible = bool(visible)
+
+
+def test_each_task_shows_its_one_main_setting_and_hides_the_others(module):
+    widget, wrapper = adapt_panel(module)
+    for names, _tasks in module.MAIN_SETTINGS:
+        for name in names:
+            shown = getattr(widget.ui, name, None) or ShownWidget()  # the fakes' own kind (a combo stays one)
+            shown.visible = True
+            shown.setVisible = lambda visible, w=shown: setattr(w, "visible", bool(visible))
+            setattr(widget.ui, name, shown)
+    shown_for = {"simulate-low-dose": "doseSpinBox", "enhance": "strengthSpinBox", "synthesize": "samplesSpinBox",
+                 "synthesize-from-labels": "samplesSpinBox", "super-resolve": "superResolveModeComboBox",
+                 "insert-lesion": None}  # its kind is in the Lesion section, enabled for it alone
+    settings = {"doseSpinBox", "strengthSpinBox", "samplesSpinBox", "superResolveModeComboBox"}
+    for task in module.Task:
+        wrapper.task = task
+        widget._updateGui()
+        visible = {name for name in settings if getattr(widget.ui, name).visible}
+        assert visible == ({shown_for[task.value]} if shown_for[task.value] else set()), task
+        main = shown_for[task.value]
+        if main and main != "superResolveModeComboBox":
+            assert getattr(widget.ui, main).enabled, task
+
+
+def _running_panel(module, ct_small_path, monkeypatch):
+    """A panel whose Apply started Simulate low dose on CT_small (a real worker), observing the real scene's
+    StartCloseEvent as setup() does."""
+    import contextlib
+
+    widget, wrapper = adapt_panel(module)
+    scene = slicer.mrmlScene
+    widget.addObserver(scene, scene.StartCloseEvent, widget.onSceneStartClose)
+    wrapper.inputVolume = ct_node(scene, ct_small_path)
+    wrapper.task = module.Task.SIMULATE_LOW_DOSE
+    widget._updateGui()
+    errors = []
+    monkeypatch.setattr(slicer.util, "tryWithErrorDisplay", lambda *a, **k: contextlib.nullcontext(), raising=False)
+    monkeypatch.setattr(slicer.util, "errorDisplay", lambda text, *a, **k: errors.append(text), raising=False)
+    monkeypatch.setattr(widget.logic, "installDependencies", lambda **kwargs: True)
+    widget.onApplyButton()
+    assert widget._job is not None and widget._job.running
+    return widget, errors
+
+
+def test_closing_the_scene_during_a_run_cancels_it_and_says_so_in_one_line(module, ct_small_path, monkeypatch,
+                                                                          caplog):
+    """Slicer cannot let a module veto a scene close: the run is cancelled, nothing is written, and the panel's
+    status and Slicer's error log (Python logging) say so in one line, also after the worker has ended."""
+    import logging
+    import time
+
+    widget, errors = _running_panel(module, ct_small_path, monkeypatch)
+    scene = slicer.mrmlScene
+    expected = ("the scene was closed while Simulate low dose ran: the run was cancelled and nothing was written")
+    with caplog.at_level(logging.INFO):
+        scene.Clear(False)  # File > Close Scene: StartCloseEvent, then EndCloseEvent
+        assert widget.ui.statusLabel.text == expected
+        deadline = time.monotonic() + 30
+        while widget._job is not None and time.monotonic() < deadline:
+            widget.onPoll()
+            time.sleep(0.05)
+    assert widget._job is None, "the worker was not ended"
+    assert widget.ui.statusLabel.text == expected
+    logged = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert [r.getMessage() for r in logged] == [f"QHQGAN: {expected}"]
+    assert errors == []  # a message box after the scene is gone would only repeat it
+    assert scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == 0, "a result was written into the new scene"
+    widget.removeObservers()
+
+
+def test_cancel_by_the_user_still_says_cancelled(module, ct_small_path, monkeypatch):
+    """The scene-closed line is only for a scene close: Cancel keeps its own wording, and the next run starts clean."""
+    import time
+
+    widget, _errors = _running_panel(module, ct_small_path, monkeypatch)
+    widget.onApplyButton()  # the button reads Cancel while running
+    deadline = time.monotonic() + 30
+    while widget._job is not None and time.monotonic() < deadline:
+        widget.onPoll()
+        time.sleep(0.05)
+    assert widget._job is None and "cancelled" in widget.ui.statusLabel.text.lower()
+    assert "scene was closed" not in widget.ui.statusLabel.text
+    widget.removeObservers()
+
+
+def test_an_installed_torch_older_than_needed_is_refused_with_how_to_update(module, monkeypatch):
+    """An existing torch is version-checked (torch>=2.2, pyproject.toml): the panel refuses the model tasks in one
+    line naming the installed and the needed torch and the PyTorch extension's way to update; Simulate low dose
+    (no torch) still runs."""
+    import contextlib
+    import importlib.util as iu
+    from importlib import metadata
+
+    from QHQGANLib.apps import dependencies
+
+    pyproject = (REPO / "pyproject.toml").read_text()
+    assert f'"torch>={dependencies.TORCH_MINIMUM}"' in pyproject  # one floor for the CLI and the panel
+    real_spec, real_version = iu.find_spec, metadata.version
+    monkeypatch.setattr(iu, "find_spec", lambda name, *a: (types.SimpleNamespace(name="torch") if name == "torch"
+                                                            else real_spec(name, *a)))
+    monkeypatch.setattr(metadata, "version", lambda name: "2.1.2+cu121" if name == "torch" else real_version(name))
+    assert dependencies.installed_torch_version() == "2.1.2+cu121"
+    assert dependencies.torch_too_old() == "2.1.2+cu121"
+    assert dependencies.torch_too_old("2.2.0+cpu") is None and dependencies.torch_too_old("2.5.1") is None
+    installs = []
+    extension = types.SimpleNamespace(PyTorchUtilsLogic=lambda: installs.append(1))  # never asked to install
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", extension)
+    logic = module.QHQGANLogic()
+    with pytest.raises(dependencies.OutdatedTorch) as refused:
+        logic.installDependencies(askConfirmation=False, task="enhance")
+    line = str(refused.value)
+    assert "\n" not in line and installs == []
+    for words in ("torch 2.1.2+cu121 is installed", "needs torch >= 2.2", "PyTorch Utils module", "restart Slicer",
+                  "installTorch(torchVersionRequirement='>=2.2')"):
+        assert words in line, line
+    assert logic.taskUnavailableReason("enhance") == line
+    assert logic.taskUnavailableReason("simulate-low-dose") is None
+    # the panel: Apply says it in the status line (and a message box), and starts nothing
+    widget, wrapper = adapt_panel(module)
+    wrapper.inputVolume = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "CT")
+    shown, started = [], []
+    monkeypatch.setattr(slicer.util, "tryWithErrorDisplay", lambda *a, **k: contextlib.nullcontext(), raising=False)
+    monkeypatch.setattr(slicer.util, "errorDisplay", lambda text, *a, **k: shown.append(text), raising=False)
+    monkeypatch.setattr(widget.logic, "process", lambda *a, **k: started.append(1))
+    widget.onApplyButton()
+    assert started == [] and widget._job is None
+    assert widget.ui.statusLabel.text == shown[0] and "torch 2.1.2+cu121 is installed" in shown[0]

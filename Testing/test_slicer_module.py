@@ -54,7 +54,8 @@ def _stand_in_classes():
         "noneDisplay": QtCore.Property(str, lambda self: getattr(self, "_none_display", ""), set_none_display)})
     collapsible = type("ctkCollapsibleButton", (QtWidgets.QGroupBox,), {
         "text": _text_property("title", "setTitle"),
-        "collapsed": QtCore.Property(bool, lambda self: False, lambda self, value: None)})
+        "collapsed": QtCore.Property(bool, lambda self: bool(getattr(self, "_collapsed", False)),
+                                     lambda self, value: setattr(self, "_collapsed", bool(value)))})
     path_edit = type("ctkPathLineEdit", (QtWidgets.QLineEdit,), {})
     mrml_widget = type("qMRMLWidget", (QtWidgets.QWidget,), {})
     return [node_combo, collapsible, path_edit, mrml_widget]
@@ -213,12 +214,13 @@ def test_bounds_in_ui_match_the_parameter_node():
 
 def test_adapt_check_box_sits_under_the_strength_and_says_what_it_does():
     """The "Adapt to this scan first" check box: below Enhancement strength (stored raw in the parameter node,
-    like the fine-tune box, so bound to no field), its rows numbered one after the other."""
+    like the fine-tune box, so bound to no field), its rows numbered one after the other. Both sit in Inputs,
+    beside the task (issue #29 item 9: a task's main setting is outside the collapsed sections)."""
     root = ET.parse(UI).getroot()
     layouts = {layout.get("name"): layout for layout in root.iter("layout")}
-    advanced = layouts["advancedFormLayout"]
+    inputs = layouts["inputsFormLayout"]
     cells = {}
-    for item in advanced.findall("item"):
+    for item in inputs.findall("item"):
         widget = item.find("widget")
         cells[(int(item.get("row")), int(item.get("column")))] = widget.get("name")
     for name in ("inputsFormLayout", "modelFormLayout", "advancedFormLayout", "outputsFormLayout"):
@@ -237,6 +239,33 @@ def test_adapt_check_box_sits_under_the_strength_and_says_what_it_does():
                   "input volume is not modified"):
         assert words in tip, f"the tooltip does not say {words!r}: {box.toolTip()}"
     assert "adaptCheckBox" in ui_names_used()
+
+
+#: each task's one main setting (issue #29 item 9): the widget a clinician sets, outside Model and Advanced
+MAIN_SETTING_WIDGETS = {"simulate-low-dose": "doseSpinBox", "enhance": "strengthSpinBox",
+                        "super-resolve": "superResolveModeComboBox", "synthesize": "samplesSpinBox",
+                        "synthesize-from-labels": "samplesSpinBox", "insert-lesion": "lesionKindComboBox"}
+
+
+def test_model_and_advanced_are_collapsed_and_each_main_setting_is_outside_them():
+    """As setup() loads the panel: Model and Advanced start collapsed (their ~10 technical controls hidden),
+    and every task's main setting (dose, strength, scale/mode, samples, lesion kind) is outside them."""
+    assert set(MAIN_SETTING_WIDGETS) == set(TASKS)
+    panel = load_panel()
+    collapsibles = {w.objectName(): w for w in panel.findChildren(QtWidgets.QGroupBox)
+                    if type(w).__name__ == "ctkCollapsibleButton"}
+    for name in ("modelCollapsibleButton", "advancedCollapsibleButton"):
+        assert collapsibles[name].property("collapsed") is True, f"{name} is not collapsed by default"
+    for name in ("inputsCollapsibleButton", "lesionCollapsibleButton", "outputsCollapsibleButton"):
+        assert collapsibles[name].property("collapsed") is False, f"{name} is collapsed"
+    hidden = (collapsibles["modelCollapsibleButton"], collapsibles["advancedCollapsibleButton"])
+    for task, name in MAIN_SETTING_WIDGETS.items():
+        widget = panel.findChild(QtWidgets.QWidget, name)
+        assert widget is not None, name
+        assert not any(section.isAncestorOf(widget) for section in hidden), f"{task}: {name} is in a collapsed section"
+    # the module neither expands them nor relies on a main setting's widget under them
+    source = MODULE.read_text()
+    assert not re.search(r"(modelCollapsibleButton|advancedCollapsibleButton)\.(collapsed|setCollapsed)", source)
 
 
 def test_panel_renders(tmp_path):
@@ -369,8 +398,18 @@ def render_panel(path: Path, width: int = 380) -> Path:
     panel.findChild(QtWidgets.QLineEdit, "customWeightsPathLineEdit").setEnabled(False)
     panel.findChild(QtWidgets.QLineEdit, "pennylaneDeviceLineEdit").setText("lightning.qubit")
     panel.findChild(QtWidgets.QLineEdit, "pennylaneDeviceLineEdit").setEnabled(False)
-    for name in ("samplesSpinBox", "doseSpinBox", "segmentComboBox", "lesionCollapsibleButton"):  # not Enhance's
+    for name in ("segmentComboBox", "lesionCollapsibleButton"):  # not Enhance's
         panel.findChild(QtWidgets.QWidget, name).setEnabled(False)
+    for name in ("doseLabel", "doseSpinBox", "samplesLabel", "samplesSpinBox", "inputsLabel2",
+                 "superResolveModeComboBox", "fineTuneCheckBox"):  # the other tasks' main settings are hidden
+        panel.findChild(QtWidgets.QWidget, name).setVisible(False)
+    for box in panel.findChildren(QtWidgets.QGroupBox):  # a collapsed ctkCollapsibleButton shows its title only
+        if box.property("collapsed"):
+            for child in box.findChildren(QtWidgets.QWidget, options=QtCore.Qt.FindDirectChildrenOnly):
+                child.setVisible(False)
+            box.setTitle("▸ " + box.title())
+            box.setFlat(True)
+            box.setMaximumHeight(box.fontMetrics().height() + 4)
     panel.findChild(QtWidgets.QPushButton, "applyButton").setEnabled(True)
     panel.findChild(QtWidgets.QPushButton, "applyButton").setText("Cancel")
     panel.findChild(QtWidgets.QProgressBar, "progressBar").setValue(42)

@@ -71,6 +71,58 @@ IMPORT_NAMES = {"pennylane-lightning": "pennylane_lightning", "scikit-image": "s
                 "scikit-learn": "sklearn"}
 
 
+#: The oldest torch QHQGAN runs on: ``torch>=2.2`` in pyproject.toml (the PyTorch extension installs this).
+TORCH_MINIMUM = "2.2"
+
+
+class OutdatedTorch(RuntimeError):
+    """The installed torch is older than :data:`TORCH_MINIMUM`; the message says which is installed,
+    which is needed and how to update it (the PyTorch extension)."""
+
+    def __init__(self, installed: str, task: Optional[str] = None):
+        self.installed = installed
+        what = f" for '{task}'" if task else ""
+        super().__init__(
+            f"torch {installed} is installed, but QHQGAN needs torch >= {TORCH_MINIMUM}{what}: update it in "
+            f"Slicer's Python console with: import PyTorchUtils; PyTorchUtils.PyTorchUtilsLogic().installTorch("
+            f"torchVersionRequirement='>={TORCH_MINIMUM}') - or in the PyTorch Utils module: Uninstall PyTorch, "
+            f"restart, set the version to >={TORCH_MINIMUM}, Install PyTorch - then restart Slicer and press Apply.")
+
+
+def installed_torch_version() -> Optional[str]:
+    """The installed torch's version without importing it (its pip metadata; an imported torch's
+    ``__version__`` otherwise); None when torch is not installed or says no version."""
+    import sys
+    from importlib import metadata
+
+    try:
+        return metadata.version("torch")
+    except metadata.PackageNotFoundError:
+        return getattr(sys.modules.get("torch"), "__version__", None)
+
+
+def torch_too_old(version: Optional[str] = None) -> Optional[str]:
+    """The installed torch's version when it is older than :data:`TORCH_MINIMUM`, else None (also when
+    it is not installed or its version is unknown). ``version`` overrides what is installed."""
+    from packaging.version import InvalidVersion, Version
+
+    version = installed_torch_version() if version is None else version
+    if not version:
+        return None
+    try:  # "2.1.2+cu121": the local part does not count
+        older = Version(Version(str(version)).base_version) < Version(TORCH_MINIMUM)
+    except InvalidVersion:
+        return None
+    return str(version) if older else None
+
+
+def check_torch(task: Optional[str] = None, version: Optional[str] = None) -> None:
+    """Raise :class:`OutdatedTorch` (naming ``task``) when the installed torch is older than QHQGAN needs."""
+    old = torch_too_old(version)
+    if old:
+        raise OutdatedTorch(old, task)
+
+
 class MissingPackages(RuntimeError):
     """Python packages a task needs are missing and could not be installed; the message says how to.
 

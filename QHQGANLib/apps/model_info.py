@@ -1,6 +1,7 @@
 """Words for the panel: what a shipped model measurably does, in one line (the summary ``list-models``
 prints and the panel's model selector shows as its tooltip, from the card's held-out ``validation``), and
-the worker's error messages reworded for a panel that has no command-line flags (:func:`panel_wording`)."""
+the worker's error messages reworded for a panel that has no command-line flags (:func:`panel_wording`),
+and what the panel says when the scene closes during a run (:func:`scene_closed_message`)."""
 from __future__ import annotations
 
 import re
@@ -20,6 +21,15 @@ def panel_wording(message: str) -> str:
     for pattern, replacement in _PANEL_ADVICE:
         text = re.sub(pattern, replacement, text)
     return text
+
+
+def scene_closed_message(task: str) -> str:
+    """What the panel and Slicer's error log say when the scene closes while ``task`` (its label) runs.
+
+    Slicer offers a module no way to veto a scene close (``qSlicerMainWindow`` asks only about unsaved
+    data), so the run is cancelled and nothing is written: one line saying so.
+    """
+    return f"the scene was closed while {task} ran: the run was cancelled and nothing was written"
 
 
 def validation_summary(card: dict) -> str:
