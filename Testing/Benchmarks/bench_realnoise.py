@@ -300,7 +300,7 @@ DESCRIPTIONS = {
 }
 
 
-def ship(out: Path, cards_only: bool = False) -> None:
+def ship(out: Path, cards_only: bool = False, only=None) -> None:
     """The retrained runs into ``out`` (Resources/Models) under their shipped names, with this benchmark's
     numbers in their cards (mean gain over patients per condition, and the frozen-slot loss)."""
     from evidence_train import _load_json
@@ -322,6 +322,8 @@ def ship(out: Path, cards_only: bool = False) -> None:
 
     own = [estimate_noise(v).noise_hu for v in train]
     for method, name in RETRAINED.items():
+        if only and method not in only:
+            continue
         run = RUNS / method / "seed0"
         trained = json.loads((run / "model.json").read_text())
         recorded = run / "training_data.json"  # written by the training run itself (issue #27 item 5)
@@ -407,7 +409,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("command", choices=("evaluate", "render", "ship"))
     ap.add_argument("--methods", help="evaluate: these rows only (comma-separated; default all), e.g. the "
-                    "baselines while the models still train")
+                    "baselines while the models still train; ship: these runs only (e.g. no-circuit)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--cards-only", action="store_true", help="ship: update the shipped cards' numbers only")
     ap.add_argument("--seeds", default="0", help="evaluate: these training seeds (e.g. 1,2; seeds above 0 score "
@@ -416,7 +418,8 @@ def main() -> None:
     if args.command == "ship":
         from QHQGANLib.core.resources import models_dir
 
-        return ship(models_dir(), cards_only=args.cards_only)
+        return ship(models_dir(), cards_only=args.cards_only,
+                    only=[m for m in args.methods.split(",") if m] if args.methods else None)
     if args.command == "evaluate":
         chosen = [m for m in args.methods.split(",") if m] if args.methods else list(METHODS)
         unknown = [m for m in chosen if m not in METHODS]
