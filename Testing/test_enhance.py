@@ -273,7 +273,7 @@ def test_unknown_model_name_is_a_clear_error():
 
 
 def test_an_input_far_from_the_training_pixel_sizes_is_warned_before_the_work(tmp_path, capsys):
-    """Issue #31: the 0.48 mm head slice (training scans: 0.98-3.2 mm for this model) is enhanced with one
+    """Issue #31: the 0.48 mm head slice (training scans: 0.84-3.2 mm for this model) is enhanced with one
     warning printed before the work and kept in the result; a 0.81 mm abdomen slice gets none."""
     import warnings as warnings_module
 
@@ -288,7 +288,7 @@ def test_an_input_far_from_the_training_pixel_sizes_is_warned_before_the_work(tm
         warnings_module.simplefilter("always")
         out = enhance(head, "no-circuit-enhance")
     said = [str(w.message) for w in caught if "pixel size 0.48 mm" in str(w.message)]
-    assert len(said) == 1 and "0.98-3.20 mm" in said[0]
+    assert len(said) == 1 and "0.84-3.20 mm" in said[0]
     assert said[0] in out.metadata["warnings"]
     assert not any("pixel size" in w for w in enhance(abdomen, "no-circuit-enhance").metadata.get("warnings", []))
     from QHQGANLib import write_volume
