@@ -1,5 +1,6 @@
 """The voxel sha256 of the training volumes, added to the cards of models whose training runs did not record
-them (issue #27 item 5): the synthesis models (64 and 128) and the two super-resolution models.
+them (issue #27 item 5): the synthesis models (64 and 128) and the two super-resolution models (the
+earlier no-circuit-enhance was here too; its retrained run records its own data).
 
 Newer training runs write ``training_data.json`` themselves (``QHQGANLib.training.provenance``) and their
 cards carry it. For these older models the files are the ones their cards and benchmark scripts name; the
@@ -28,8 +29,6 @@ TRAINED_ON = {
     **{f"{m}-synth{s}": SYNTH for m in ("hqgan", "mlp-control", "wgangp", "dcgan") for s in ("", "-128")},
     "hqgan-sr2": SYNTH + ("head-ct-vtk/headsq_quarter_hu.nii.gz",),
     "hqgan-srz2": ("abdomen-ct-totalseg/dicom", "head-ct-vtk/headsq_quarter_hu.nii.gz"),
-    # trained on the three first training patients; its run recorded 16-character prefixes only (checked below)
-    "no-circuit-enhance": SYNTH + ("head-ct-vtk/headsq_quarter_hu.nii.gz",),
 }
 PATIENTS = {"abdomen-ct-totalseg/example_ct.nii.gz": "TotalSegmentator example subject",
             "abdomen-ct-totalseg/dicom": "Siemens Biograph40 example series",
