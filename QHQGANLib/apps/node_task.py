@@ -143,7 +143,26 @@ def check_output_size(request: TaskRequest, input_node) -> None:
                          "(Crop Volume module) first")
 
 
-class NodeTask:
+class ChildProcess:
+    """What a panel task that runs one worker (``self.task``, a BackgroundTask) in a temporary folder
+    (``self.workspace``) answers about its child: :class:`NodeTask` and ``segment_task.SegmentNodeTask``."""
+
+    def poll(self):
+        return self.task.poll()
+
+    @property
+    def running(self) -> bool:
+        return self.task.running
+
+    def cancel(self, grace: float = TERMINATE_GRACE_S) -> None:
+        """End the child and its workers (returns at once; ``grace=0`` kills at once) and remove the folder."""
+        try:
+            self.task.cancel(grace)
+        finally:
+            self.workspace.cleanup()
+
+
+class NodeTask(ChildProcess):
     """A task running in the background on a volume node; :meth:`finish` adds the output node.
 
     The scene is not touched until :meth:`finish` succeeds: a cancelled or failed
@@ -192,20 +211,6 @@ class NodeTask:
         except BaseException:
             self.workspace.cleanup()
             raise
-
-    def poll(self):
-        return self.task.poll()
-
-    @property
-    def running(self) -> bool:
-        return self.task.running
-
-    def cancel(self, grace: float = TERMINATE_GRACE_S) -> None:
-        """End the child and its workers (returns at once; ``grace=0`` kills at once) and remove the folder."""
-        try:
-            self.task.cancel(grace)
-        finally:
-            self.workspace.cleanup()
 
     def finish(self):
         """The output node (raises OperationCancelled / TaskFailed; cleans up either way).

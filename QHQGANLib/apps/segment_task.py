@@ -37,10 +37,10 @@ from typing import List, Optional
 
 from ..core.kinds import LABEL_SYNTH_TASK, LESION_TASK, SEGMENT_TASKS, models_for_task
 from ..core.naming import SYNTHETIC_WORD, output_file_name
-from .node_task import (OutputRefused, TemporaryWorkspace, check_output_size, output_refusal,
+from .node_task import (ChildProcess, OutputRefused, TemporaryWorkspace, check_output_size, output_refusal,
                         slicer_temporary_folder)
 from .request import NO_LABEL_MODEL, TaskRequest, build_command, default_output_name
-from .runner import TERMINATE_GRACE_S, BackgroundTask, TaskFailed
+from .runner import BackgroundTask, TaskFailed
 
 #: The temporary files of the worker (synthetic outputs say so in their names: the command requires it).
 MASK_FILE = "mask.nrrd"
@@ -53,7 +53,7 @@ def check_label_model(request: TaskRequest) -> None:
         raise ValueError(NO_LABEL_MODEL)
 
 
-class SegmentNodeTask:
+class SegmentNodeTask(ChildProcess):
     """A segment task running in the background; :meth:`finish` adds the new synthetic nodes (module doc).
 
     ``input_node``: the CT (Insert lesion; ignored by synthesis); ``segmentation``: a segmentation node or
@@ -140,21 +140,7 @@ class SegmentNodeTask:
 
         return sample_paths(self.workspace.output_path, self.request.n_samples)
 
-    # --- the child ------------------------------------------------------------------------------------
-    def poll(self):
-        return self.task.poll()
-
-    @property
-    def running(self) -> bool:
-        return self.task.running
-
-    def cancel(self, grace: float = TERMINATE_GRACE_S) -> None:
-        """End the child and its workers (returns at once) and remove the folder."""
-        try:
-            self.task.cancel(grace)
-        finally:
-            self.workspace.cleanup()
-
+    # --- the child (poll, running, cancel: node_task.ChildProcess) ------------------------------------
     def finish(self):
         """The first new node (the image; the first sample); all of them in :attr:`nodes`.
 

@@ -35,9 +35,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence
+from typing import Callable, Dict, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -48,12 +47,13 @@ from ..core.volume import Volume
 from ..nn.critics import LabelPatchCritic
 from ..nn.label_synthesis import METHODS, LabelGenerator, check_method, label_channels
 from ..nn.synthesis import hu_to_unit
-from .distributed import broadcast_buffers, frozen, gather_from_ranks, setup_distributed, unwrap, wrap_ddp
+from .distributed import broadcast_buffers, frozen, setup_distributed, unwrap, wrap_ddp
 from .label_pairs import label_training_pairs
 from .loop import Precision, check_output_dir, claim_output_dir, in_training_layout, resume_state, run_loop
 from .losses import gradient_penalty
 from .provenance import write_training_data
 from .slices import training_pixel_spacing
+from .synthesis import GanStepState, rank_seed, update_ema
 
 ADVERSARIAL = ("hinge", "wgan-gp")
 #: Share of the progress bar that preparing the training pairs takes (tissue classes of every slice).
@@ -102,11 +102,7 @@ RESUME_KEYS = ("method", "size", "context", "batch_size", "seed", "width", "hidd
                "n_circuits", "mlp_hidden", "pixel_noise", "critic_width", "adversarial", "ema_decay")
 
 
-def _rank_seed(seed: int, rank: int) -> int:
-    return seed if rank == 0 else int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
-
-
-class LabelStep:
+class LabelStep(GanStepState):
     """One generator update (after ``n_critic`` critic updates) and the state of an exact resume."""
 
     def __init__(self, cfg: LabelSynthConfig, images: torch.Tensor, labels: torch.Tensor, gen: LabelGenerator,
@@ -115,8 +111,8 @@ class LabelStep:
         self.device, self.rank, self.world = device, rank, world
         self.opt_g = torch.optim.Adam(gen.parameters(), lr=cfg.lr_g, betas=(0.0, 0.999))
         self.opt_d = torch.optim.Adam(critic.parameters(), lr=cfg.lr_d, betas=(0.0, 0.999))
-        self.torch_gen = torch.Generator(device).manual_seed(_rank_seed(cfg.seed, rank))
-        self.rng = np.random.default_rng(_rank_seed(cfg.seed, rank))
+        self.torch_gen = torch.Generator(device).manual_seed(rank_seed(cfg.seed, rank))
+        self.rng = np.random.default_rng(rank_seed(cfg.seed, rank))
         self.ema = copy.deepcopy(gen) if cfg.ema_decay > 0 else None
         self.amp = Precision(device, cfg.amp)
         self.scaler_g, self.scaler_d = self.amp.scaler(), self.amp.scaler()
@@ -167,44 +163,9 @@ class LabelStep:
         broadcast_buffers(self.gen, self.world)
         broadcast_buffers(self.critic, self.world)
         if self.ema is not None:
-            _update_ema(self.ema, unwrap(self.gen), min(cfg.ema_decay, (1.0 + step) / (10.0 + step)))
+            update_ema(self.ema, unwrap(self.gen), min(cfg.ema_decay, (1.0 + step) / (10.0 + step)))
         return {"loss_d": float(loss_d.detach()), "loss_g": float(loss_g.detach()), "adv": float(adv.detach()),
                 "l1_hu": float(l1.detach()) * 1024.0, "fm": float(fm.detach())}
-
-    def state_dict(self) -> Dict[str, Any]:
-        torch_states = gather_from_ranks(self.torch_gen.get_state(), self.world)
-        numpy_states = gather_from_ranks(self.rng.bit_generator.state, self.world)
-        one = self.world == 1
-        return {"gen": unwrap(self.gen).state_dict(), "critic": unwrap(self.critic).state_dict(),
-                "ema": None if self.ema is None else self.ema.state_dict(),
-                "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
-                "torch_gen": torch_states[0] if one else torch_states,
-                "numpy_rng": json.dumps(numpy_states[0] if one else numpy_states),
-                "scaler_g": None if self.scaler_g is None else self.scaler_g.state_dict(),
-                "scaler_d": None if self.scaler_d is None else self.scaler_d.state_dict()}
-
-    def load_state_dict(self, state: Dict[str, Any]) -> None:
-        one = self.world == 1
-        unwrap(self.gen).load_state_dict(state["gen"])
-        unwrap(self.critic).load_state_dict(state["critic"])
-        if self.ema is not None:
-            self.ema.load_state_dict(state["ema"])
-        self.opt_g.load_state_dict(state["opt_g"])
-        self.opt_d.load_state_dict(state["opt_d"])
-        self.torch_gen.set_state(state["torch_gen"] if one else state["torch_gen"][self.rank])
-        numpy_state = json.loads(state["numpy_rng"])
-        self.rng.bit_generator.state = numpy_state if one else numpy_state[self.rank]
-        for scaler, key in ((self.scaler_g, "scaler_g"), (self.scaler_d, "scaler_d")):
-            if scaler is not None and state.get(key) is not None:
-                scaler.load_state_dict(state[key])
-
-
-@torch.no_grad()
-def _update_ema(ema, model, decay: float) -> None:
-    for e, m in zip(ema.parameters(), model.parameters()):
-        e.lerp_(m, 1.0 - decay)
-    for e, m in zip(ema.buffers(), model.buffers()):
-        e.copy_(m)
 
 
 def check_config(cfg: LabelSynthConfig) -> None:

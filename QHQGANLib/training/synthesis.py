@@ -100,7 +100,7 @@ def _default_lrs(method: str):
 
 
 @torch.no_grad()
-def _update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
+def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
     """``ema <- decay * ema + (1 - decay) * model`` for the weights; buffers (batch-norm
     statistics) are copied. Sampling from the averaged weights gives smoother, more stable
     samples than the last iterate (Yazici et al. 2019); every method gets the same average."""
@@ -115,12 +115,48 @@ RESUME_KEYS = ("method", "size", "n_qubits", "n_layers", "latent_dim", "width", 
                "n_circuits", "mlp_hidden", "batch_size", "seed", "ema_decay")
 
 
-def _rank_seed(seed: int, rank: int) -> int:
+def rank_seed(seed: int, rank: int) -> int:
     """The seed of rank ``rank``'s streams: ``seed`` itself on rank 0 (a single process is unchanged)."""
     return seed if rank == 0 else int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
 
 
-class SynthStep:
+class GanStepState:
+    """The exact-resume state of a GAN step (generator, critic, their EMA, optimisers, every rank's random
+    streams, AMP scalers): shared by :class:`SynthStep` and ``label_synthesis.LabelStep``, which set the
+    attributes it reads."""
+
+    def state_dict(self) -> Dict[str, Any]:
+        # every rank draws its own slices and noise: keep each rank's streams
+        torch_states = gather_from_ranks(self.torch_gen.get_state(), self.world)
+        numpy_states = gather_from_ranks(self.rng.bit_generator.state, self.world)
+        one = self.world == 1
+        return {
+            "gen": unwrap(self.gen).state_dict(), "critic": unwrap(self.critic).state_dict(),
+            "ema": None if self.ema is None else self.ema.state_dict(),
+            "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
+            "torch_gen": torch_states[0] if one else torch_states,
+            "numpy_rng": json.dumps(numpy_states[0] if one else numpy_states),
+            "scaler_g": None if self.scaler_g is None else self.scaler_g.state_dict(),
+            "scaler_d": None if self.scaler_d is None else self.scaler_d.state_dict(),
+        }
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        one = self.world == 1
+        unwrap(self.gen).load_state_dict(state["gen"])
+        unwrap(self.critic).load_state_dict(state["critic"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
+        self.opt_g.load_state_dict(state["opt_g"])  # moves the moments to the parameters' device
+        self.opt_d.load_state_dict(state["opt_d"])
+        self.torch_gen.set_state(state["torch_gen"] if one else state["torch_gen"][self.rank])
+        numpy_state = json.loads(state["numpy_rng"])
+        self.rng.bit_generator.state = numpy_state if one else numpy_state[self.rank]
+        for scaler, key in ((self.scaler_g, "scaler_g"), (self.scaler_d, "scaler_d")):
+            if scaler is not None and state.get(key) is not None:
+                scaler.load_state_dict(state[key])
+
+
+class SynthStep(GanStepState):
     """One generator update of a synthesis GAN (after ``n_critic`` critic updates), and the
     state that makes a resumed run continue exactly (see :mod:`QHQGANLib.training.loop`)."""
 
@@ -132,8 +168,8 @@ class SynthStep:
         self.opt_g = torch.optim.Adam(gen.parameters(), lr=cfg.lr_g or lr_g, betas=betas)
         self.opt_d = torch.optim.Adam(critic.parameters(), lr=cfg.lr_d or lr_d, betas=betas)
         # latent noise, DiffAugment and penalty mixing weights: one seeded generator on the training device
-        self.torch_gen = torch.Generator(device).manual_seed(_rank_seed(cfg.seed, rank))
-        self.rng = np.random.default_rng(_rank_seed(cfg.seed, rank))  # which slices, flips
+        self.torch_gen = torch.Generator(device).manual_seed(rank_seed(cfg.seed, rank))
+        self.rng = np.random.default_rng(rank_seed(cfg.seed, rank))  # which slices, flips
         self.ema = copy.deepcopy(gen) if cfg.ema_decay > 0 else None
         self.policy = parse_diffaugment(cfg.diffaugment)
         self.wgan = cfg.method != "dcgan"
@@ -189,38 +225,8 @@ class SynthStep:
         broadcast_buffers(self.gen, self.world)  # all ranks: rank 0's batch-norm statistics, as DDP would
         broadcast_buffers(self.critic, self.world)
         if self.ema is not None:
-            _update_ema(self.ema, self.gen, cfg.ema_decay)
+            update_ema(self.ema, self.gen, cfg.ema_decay)
         return {"loss_d": float(loss_d.detach()), "loss_g": float(loss_g.detach())}
-
-    def state_dict(self) -> Dict[str, Any]:
-        # every rank draws its own slices and noise: keep each rank's streams
-        torch_states = gather_from_ranks(self.torch_gen.get_state(), self.world)
-        numpy_states = gather_from_ranks(self.rng.bit_generator.state, self.world)
-        one = self.world == 1
-        return {
-            "gen": unwrap(self.gen).state_dict(), "critic": unwrap(self.critic).state_dict(),
-            "ema": None if self.ema is None else self.ema.state_dict(),
-            "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
-            "torch_gen": torch_states[0] if one else torch_states,
-            "numpy_rng": json.dumps(numpy_states[0] if one else numpy_states),
-            "scaler_g": None if self.scaler_g is None else self.scaler_g.state_dict(),
-            "scaler_d": None if self.scaler_d is None else self.scaler_d.state_dict(),
-        }
-
-    def load_state_dict(self, state: Dict[str, Any]) -> None:
-        one = self.world == 1
-        unwrap(self.gen).load_state_dict(state["gen"])
-        unwrap(self.critic).load_state_dict(state["critic"])
-        if self.ema is not None:
-            self.ema.load_state_dict(state["ema"])
-        self.opt_g.load_state_dict(state["opt_g"])  # moves the moments to the parameters' device
-        self.opt_d.load_state_dict(state["opt_d"])
-        self.torch_gen.set_state(state["torch_gen"] if one else state["torch_gen"][self.rank])
-        numpy_state = json.loads(state["numpy_rng"])
-        self.rng.bit_generator.state = numpy_state if one else numpy_state[self.rank]
-        for scaler, key in ((self.scaler_g, "scaler_g"), (self.scaler_d, "scaler_d")):
-            if scaler is not None and state.get(key) is not None:
-                scaler.load_state_dict(state[key])
 
 
 def train_synth(cfg: SynthConfig, volumes: Optional[Sequence[Volume]] = None,
