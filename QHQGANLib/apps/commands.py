@@ -121,13 +121,16 @@ def _run_model_command(args: argparse.Namespace, task: str) -> int:
 
             check_series_folder(args.output, args.overwrite)
         volume = _read_input(args, through_plane, slice_wise=not through_plane)
-        said = _before_super_resolution(args, volume, model) if task == "super-resolve" else _before_enhancement(
-            args, volume, model)
+        said = _before_super_resolution(args, volume, model) if task == "super-resolve" else set()
         options = dict(device=args.device, quantum_backend=args.quantum_backend, tile_size=args.tile_size,
                        overlap=args.overlap, tile_batch=args.tile_batch)
         with _progress(args, task) as progress:
-            with warnings.catch_warnings():  # said once, before the work, as one line
-                warnings.simplefilter("ignore", UserWarning)
+            with warnings.catch_warnings():  # super-resolve: said above; enhance: said as it warns, before the work
+                if task == "enhance":
+                    warnings.simplefilter("always", UserWarning)
+                    warnings.showwarning = _say_at_once(said)
+                else:
+                    warnings.simplefilter("ignore", UserWarning)
                 if task == "enhance":
                     result = enhance(volume, model=model, progress=progress, strength=args.strength,
                                      target_noise_hu=args.target_noise_hu, adapt_steps=args.adapt_steps,
@@ -153,15 +156,15 @@ def _run_model_command(args: argparse.Namespace, task: str) -> int:
     return 0
 
 
-def _before_enhancement(args: argparse.Namespace, volume, model) -> set:
-    """Before the work (issue #31): the pixel-size and noise warnings of the model's card, said once."""
+def _say_at_once(said: set):
+    """A ``warnings.showwarning`` that prints a task's warning as one line when it is raised (enhance warns
+    about its input before the work, issue #31) and remembers it, so it is not repeated after the work."""
     from ..core.file_checks import printable
-    from ..tasks.enhance import enhancement_notes
 
-    notes = enhancement_notes(volume, model)
-    for note in notes:
-        print(f"qhqgan: warning: {printable(note)}", file=sys.stderr)
-    return set(notes)
+    def show(message, category, filename, lineno, file=None, line=None):
+        said.add(str(message))
+        print(f"qhqgan: warning: {printable(str(message))}", file=sys.stderr)
+    return show
 
 
 def _before_super_resolution(args: argparse.Namespace, volume, model) -> set:
