@@ -157,6 +157,9 @@ def read_dicom_files(files: Sequence[Path], *, source: Path, force: bool, max_vo
         "dicom": _kept_attributes(first),
         "transfer_syntax": str(getattr(first.file_meta, "TransferSyntaxUID", "")),
         "n_files": len(slices),
+        # what the files store (core.pixel_types: integer inputs give int16 outputs)
+        "source_pixel_type": f"{'' if int(first.get('PixelRepresentation', 1)) == 1 else 'u'}int"
+                             f"{int(first.get('BitsAllocated', 16) or 16)}",
     }
     if any(str(ds.get("SyntheticData", "")).strip().upper() == "YES" for _f, ds in chosen):
         metadata["synthetic"] = True  # the mark travels: every volume derived from it stays marked

@@ -151,11 +151,6 @@ def read_volume(path: PathLike, *, force: bool = False, series_uid: Optional[str
         if resample_z is not None and volume.shape[0] > 1 and not same_gap(volume.spacing[2], resample_z):
             volume = _resample_regular(volume, resample_z, path, max_voxels)
     _check_values(volume, path, force=force)
-    from .pixel_types import SOURCE_PIXEL_TYPE, stored_pixel_type
-
-    pixel_type = stored_pixel_type(path, volume.metadata)  # integer inputs give int16 outputs (core.pixel_types)
-    if pixel_type:
-        volume.metadata[SOURCE_PIXEL_TYPE] = pixel_type
     return volume
 
 
@@ -415,7 +410,10 @@ def _read_itk(path: Path, *, max_voxels: int) -> Volume:
     if image.GetDimension() == 3 and not np.allclose(axes @ axes.T, np.eye(3), rtol=0, atol=1e-9):
         image.SetDirection(tuple(orthonormalized(axes).T.reshape(-1)))  # rounding in the header only (checked)
     fmt = "nifti" if path.name.lower().endswith(NIFTI_SUFFIXES) else path.name.lower().rsplit(".", 1)[-1]
-    metadata = {"source": str(path), "format": fmt}
+    from .pixel_types import itk_pixel_type
+
+    # what the file stores (core.pixel_types: integer inputs give int16 outputs)
+    metadata = {"source": str(path), "format": fmt, "source_pixel_type": itk_pixel_type(image.GetPixelID())}
     if image.HasMetaDataKey(HISTORY_KEY):  # what made it: later outputs add to the same record
         metadata["history"] = [h for h in image.GetMetaData(HISTORY_KEY).split(" | ") if h]
     if image.HasMetaDataKey(PADDING_FIELD):

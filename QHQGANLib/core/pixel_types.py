@@ -27,8 +27,6 @@ Console usage::
 """
 from __future__ import annotations
 
-import warnings
-from pathlib import Path
 from typing import Optional, Tuple
 
 import numpy as np
@@ -39,8 +37,6 @@ SOURCE_PIXEL_TYPE = "source_pixel_type"
 OUTPUT_TYPES = ("auto", "int16", "float32")
 INTEGER_TYPES = ("int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64")
 INT16_MIN, INT16_MAX = -32768, 32767
-#: How many files of a DICOM folder are opened (header only) to find one of the series read.
-_DICOM_HEADER_TRIES = 200
 
 
 def is_integer_type(pixel_type: Optional[str]) -> bool:
@@ -48,61 +44,14 @@ def is_integer_type(pixel_type: Optional[str]) -> bool:
     return str(pixel_type) in INTEGER_TYPES
 
 
-def stored_pixel_type(path: Path, metadata: dict) -> Optional[str]:
-    """The pixel type the file (or DICOM series) at ``path`` stores, as a numpy dtype name; None when
-    it cannot be told (a header that no longer reads). Only headers are read."""
-    path = Path(path)
-    if metadata.get("format") == "dicom":
-        return _dicom_pixel_type(path, metadata.get("dicom") or {})
-    return _itk_pixel_type(path)
-
-
-def _itk_pixel_type(path: Path) -> Optional[str]:
+def itk_pixel_type(pixel_id) -> Optional[str]:
+    """The numpy dtype name of a SimpleITK pixel ID (None for a type QHQGAN does not read)."""
     import SimpleITK as sitk
 
     names = {sitk.sitkInt8: "int8", sitk.sitkUInt8: "uint8", sitk.sitkInt16: "int16", sitk.sitkUInt16: "uint16",
              sitk.sitkInt32: "int32", sitk.sitkUInt32: "uint32", sitk.sitkInt64: "int64", sitk.sitkUInt64: "uint64",
              sitk.sitkFloat32: "float32", sitk.sitkFloat64: "float64"}
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError:
-        return None
-    return names.get(reader.GetPixelID())
-
-
-def _dicom_pixel_type(path: Path, kept: dict) -> str:
-    """``int16``/``uint16``/... from the first file of the series read (header only); a DICOM image
-    stores integers (``int16`` when no header tells more)."""
-    import pydicom
-
-    from .dicom_read import is_dicom_file
-
-    files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.is_file())
-    series = kept.get("SeriesInstanceUID")
-    tries = 0
-    for file in files:
-        if tries >= _DICOM_HEADER_TRIES:
-            break
-        if not is_dicom_file(file):
-            continue
-        tries += 1
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                ds = pydicom.dcmread(str(file), stop_before_pixels=True,
-                                     specific_tags=["BitsAllocated", "PixelRepresentation", "SeriesInstanceUID"])
-        except Exception:  # noqa: BLE001 (an unreadable header: try the next file)
-            continue
-        if series and str(ds.get("SeriesInstanceUID", "")) != series:
-            continue
-        bits = int(ds.get("BitsAllocated", 16) or 16)
-        signed = int(ds.get("PixelRepresentation", 1)) == 1
-        if bits in (8, 16, 32, 64):
-            return f"{'' if signed else 'u'}int{bits}"
-        break
-    return "int16"
+    return names.get(pixel_id)
 
 
 def _fits_int16(array: np.ndarray) -> bool:
